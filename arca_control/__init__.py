@@ -1,0 +1,41 @@
+"""arca_control: the guest side of arca, real networking through a host monitor.
+
+    async with arca_control.open_session() as session:
+        listener = await session.listen("127.0.0.1", 0)
+        stream = await session.connect("127.0.0.1", 8080)
+
+The layers, each depending only on those before it: ``wire`` (field layouts),
+``messages`` (typed messages), ``codec`` (bytes), ``core`` (protocol rules, no
+I/O), ``channel`` (frames and fds over a socket), ``stream`` and ``session``
+(the trio API).
+"""
+
+from .codec import FrameDecoder, decode, encode
+from .errors import (
+    ArcaError,
+    LocalProtocolError,
+    MonitorGone,
+    ProtocolError,
+    RemoteProtocolError,
+)
+from .session import ArcaSession, attach_session, open_session
+from .stream import ArcaListener, ArcaStream
+from .wire import PROTOCOL_VERSION, Endpoint
+
+__all__ = [
+    "ArcaError",
+    "ArcaListener",
+    "ArcaSession",
+    "ArcaStream",
+    "Endpoint",
+    "FrameDecoder",
+    "LocalProtocolError",
+    "MonitorGone",
+    "PROTOCOL_VERSION",
+    "ProtocolError",
+    "RemoteProtocolError",
+    "attach_session",
+    "decode",
+    "encode",
+    "open_session",
+]

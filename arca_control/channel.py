@@ -1,0 +1,105 @@
+"""The control channel's transport: one frame per AF_UNIX SOCK_SEQPACKET message, fds beside it.
+
+Both the guest session and the monitor move frames through this class. A
+SEQPACKET socket keeps message boundaries, so one ``recvmsg`` returns exactly
+one frame, and the descriptors passed with SCM_RIGHTS stay tied to the frame
+they were sent with. A frame larger than the receive buffer is cut by the
+kernel and flagged (MSG_TRUNC), so the size limit holds before any allocation
+beyond one buffer.
+
+Resource handling: descriptors received belong to the caller of
+:meth:`receive` from the moment it returns (trio does not cancel a call whose
+syscall has completed, so none can be dropped between the two). They arrive
+close-on-exec. Sending never closes the descriptors it passes: the sender
+closes its copies, or the receiver would never see EOF on a pipe.
+"""
+
+from __future__ import annotations
+
+import array
+import os
+import socket
+from dataclasses import dataclass
+from collections.abc import Sequence
+
+import trio
+
+from . import codec
+from .messages import Message
+from .wire import DEFAULT_MAX_PAYLOAD, HEADER_SIZE
+
+#: More descriptors than any frame carries, so an excess is seen, not cut silently.
+MAX_FDS_PER_FRAME = 4
+
+
+@dataclass(frozen=True)
+class Datagram:
+    """One received frame, with the descriptors that came with it."""
+
+    data: bytes
+    fds: list[int]
+    #: The frame did not fit the buffer (MSG_TRUNC), or its fds did not (MSG_CTRUNC).
+    truncated: bool = False
+    fds_truncated: bool = False
+
+
+def close_fds(fds: Sequence[int]) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def socketpair() -> tuple[socket.socket, socket.socket]:
+    """A connected pair of control channel sockets (close-on-exec)."""
+    return socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+
+
+class ControlChannel:
+    """Frames in and out over a SEQPACKET socket. Sends are serialised; one task receives."""
+
+    def __init__(self, sock: socket.socket, *, max_payload: int = DEFAULT_MAX_PAYLOAD) -> None:
+        if sock.type != socket.SOCK_SEQPACKET:
+            raise ValueError("the control channel must be an AF_UNIX SOCK_SEQPACKET socket")
+        self.sock = trio.socket.from_stdlib_socket(sock)
+        self.max_payload = max_payload
+        # trio allows one task at a time to wait for writability on a socket.
+        self._send_lock = trio.Lock()
+
+    async def send(self, msg: Message, fds: Sequence[int] = ()) -> None:
+        """Send one frame, with ``fds`` as SCM_RIGHTS. Raises OSError if the peer is gone."""
+        await self.send_bytes(codec.encode(msg), fds)
+
+    async def send_bytes(self, data: bytes, fds: Sequence[int] = ()) -> None:
+        ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+        async with self._send_lock:
+            await self.sock.sendmsg([data], ancillary)
+
+    async def receive(self) -> Datagram | None:
+        """The next frame, or None at end of stream."""
+        ancillary_size = socket.CMSG_SPACE(MAX_FDS_PER_FRAME * array.array("i").itemsize)
+        data, ancillary, flags, _ = await self.sock.recvmsg(
+            HEADER_SIZE + self.max_payload, ancillary_size, socket.MSG_CMSG_CLOEXEC
+        )
+        fds = _fds_from(ancillary)
+        if not data and not fds:
+            return None
+        return Datagram(
+            data,
+            fds,
+            truncated=bool(flags & socket.MSG_TRUNC),
+            fds_truncated=bool(flags & socket.MSG_CTRUNC),
+        )
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _fds_from(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
+    fds = array.array("i")
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            usable = len(payload) - len(payload) % fds.itemsize
+            fds.frombytes(payload[:usable])
+    return list(fds)

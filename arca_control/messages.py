@@ -1,0 +1,297 @@
+"""Every control message, as a typed frozen dataclass that declares its own payload.
+
+A message class names its type byte (``TYPE``) and lists its payload fields in
+wire order; each field's ``metadata["wire"]`` is its construct type from
+``wire.py``. ``codec.py`` builds the payload Structs from these declarations,
+so the layout is written once, here, and PROTOCOL.md's tables mirror it.
+
+Three kinds of message, told apart by the type byte's range:
+
+* ``ControlRequest`` (0x01-0x7F), guest to monitor;
+* ``ControlReply`` (0x80-0xBF), monitor to guest, carrying the id of the
+  request it answers;
+* ``ControlEvent`` (0xC0-0xFF), monitor to guest, unsolicited, request id 0.
+
+Messages are plain data: the file descriptors that travel beside a
+``ConnectionReady`` reply are not part of them (see ``channel.py``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from . import wire
+from .errors import error_from_errno
+from .wire import Capability, Endpoint
+
+
+class MessageType(enum.IntEnum):
+    HELLO = 0x01
+    LISTEN = 0x02
+    ACCEPT = 0x03
+    CONNECT = 0x04
+    CLOSE_LISTENER = 0x05
+    CANCEL = 0x06
+
+    HELLO_OK = 0x81
+    LISTEN_OK = 0x82
+    LISTEN_ERR = 0x83
+    ACCEPT_OK = 0x84
+    ACCEPT_ERR = 0x85
+    CONNECT_OK = 0x86
+    CONNECT_ERR = 0x87
+    CLOSE_LISTENER_OK = 0x88
+    ERROR = 0xBF
+
+    CONNECTION_END = 0xC1
+
+
+def field(wire_type: Any, **kwargs: Any) -> Any:
+    """A payload field and the construct type that lays it out."""
+    return dataclasses.field(metadata={"wire": wire_type}, **kwargs)
+
+
+#: Every message class, by its type byte. Filled in by ``@message``.
+REGISTRY: dict[MessageType, type[Message]] = {}
+
+
+def message(cls: type[Message]) -> type[Message]:
+    """Register a message class under its ``TYPE``."""
+    assert cls.TYPE not in REGISTRY, cls
+    REGISTRY[cls.TYPE] = cls
+    return cls
+
+
+def payload_fields(cls: type[Message]) -> list[dataclasses.Field]:
+    """The fields of ``cls`` that go into its payload, in wire order."""
+    return [f for f in dataclasses.fields(cls) if "wire" in f.metadata]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Message:
+    TYPE: ClassVar[MessageType]
+    #: How many file descriptors travel with this message (SCM_RIGHTS).
+    FDS: ClassVar[int] = 0
+    request_id: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class ControlRequest(Message):
+    """Guest to monitor. Every request but Cancel gets exactly one reply."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ControlReply(Message):
+    """Monitor to guest, answering the request with the same id."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ControlEvent(Message):
+    """Monitor to guest, not asked for; its request id is always 0."""
+
+    request_id: int = wire.EVENT_REQUEST_ID
+
+
+# --- requests -----------------------------------------------------------------
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class Hello(ControlRequest):
+    """The first request of every session."""
+
+    TYPE = MessageType.HELLO
+    version: int = field(wire.VERSION, default=wire.PROTOCOL_VERSION)
+    capabilities: Capability = field(wire.CAPABILITIES, default=Capability.TCP)
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class Listen(ControlRequest):
+    """Bind and listen on ``endpoint``; port 0 lets the kernel choose."""
+
+    TYPE = MessageType.LISTEN
+    endpoint: Endpoint = field(wire.ENDPOINT)
+    backlog: int = field(wire.U16, default=128)
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class Accept(ControlRequest):
+    """Wait for the next connection on a listener."""
+
+    TYPE = MessageType.ACCEPT
+    listener_id: int = field(wire.U32)
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class Connect(ControlRequest):
+    """Open a TCP connection. ``timeout_ms`` 0 means the monitor's default."""
+
+    TYPE = MessageType.CONNECT
+    endpoint: Endpoint = field(wire.ENDPOINT)
+    timeout_ms: int = field(wire.U32, default=0)
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class CloseListener(ControlRequest):
+    """Close a listener; its pending accepts fail."""
+
+    TYPE = MessageType.CLOSE_LISTENER
+    listener_id: int = field(wire.U32)
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class Cancel(ControlRequest):
+    """Give up on a pending Accept or Connect. Has no reply of its own."""
+
+    TYPE = MessageType.CANCEL
+    target: int = field(wire.U32)
+
+
+# --- replies ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class ErrorReply(ControlReply):
+    """A failed request: an errno (Linux numbering) and a short reason."""
+
+    errno: int = field(wire.ERRNO)
+    message: str = field(wire.TEXT, default="")
+
+    def exception(self) -> OSError:
+        """The exception a guest raises for this reply."""
+        return error_from_errno(self.errno, self.message)
+
+    @classmethod
+    def make(cls, request_id: int, code: int, message: str) -> ErrorReply:
+        """An error reply whose message is cut to fit its 255-byte field."""
+        text = message.encode("utf-8")[:255].decode("utf-8", "ignore")
+        return cls(request_id=request_id, errno=code, message=text)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConnectionReady(ControlReply):
+    """A new connection. Its two pipe ends travel beside the frame: rx, then tx."""
+
+    FDS = 2
+    connection_id: int = field(wire.U32)
+    local: Endpoint = field(wire.ENDPOINT)
+    peer: Endpoint = field(wire.ENDPOINT)
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class HelloOk(ControlReply):
+    TYPE = MessageType.HELLO_OK
+    version: int = field(wire.VERSION, default=wire.PROTOCOL_VERSION)
+    capabilities: Capability = field(wire.CAPABILITIES, default=Capability.TCP)
+    max_payload: int = field(wire.U16, default=wire.DEFAULT_MAX_PAYLOAD)
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class ListenOk(ControlReply):
+    """``local`` is the address really bound, with the kernel's port for port 0."""
+
+    TYPE = MessageType.LISTEN_OK
+    listener_id: int = field(wire.U32)
+    local: Endpoint = field(wire.ENDPOINT)
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class ListenErr(ErrorReply):
+    TYPE = MessageType.LISTEN_ERR
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class AcceptOk(ConnectionReady):
+    """``peer`` is the client's real source address."""
+
+    TYPE = MessageType.ACCEPT_OK
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class AcceptErr(ErrorReply):
+    TYPE = MessageType.ACCEPT_ERR
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class ConnectOk(ConnectionReady):
+    TYPE = MessageType.CONNECT_OK
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class ConnectErr(ErrorReply):
+    TYPE = MessageType.CONNECT_ERR
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class CloseListenerOk(ControlReply):
+    TYPE = MessageType.CLOSE_LISTENER_OK
+    listener_id: int = field(wire.U32)
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class Error(ErrorReply):
+    """A request that failed before it could be handled (a bad frame, a bad Hello)."""
+
+    TYPE = MessageType.ERROR
+
+
+# --- events -------------------------------------------------------------------
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class ConnectionEnd(ControlEvent):
+    """How a connection's receive direction ended: 0 for a clean EOF, else an errno.
+
+    Sent before the monitor closes the rx pipe, because a pipe's EOF cannot
+    tell a peer's FIN from a reset.
+    """
+
+    TYPE = MessageType.CONNECTION_END
+    connection_id: int = field(wire.U32)
+    status: int = field(wire.END_STATUS, default=0)
+
+
+#: Which replies may answer which request, as data. Error may answer any.
+REPLIES: dict[type[ControlRequest], frozenset[type[ControlReply]]] = {
+    Hello: frozenset({HelloOk, Error}),
+    Listen: frozenset({ListenOk, ListenErr, Error}),
+    Accept: frozenset({AcceptOk, AcceptErr, Error}),
+    Connect: frozenset({ConnectOk, ConnectErr, Error}),
+    CloseListener: frozenset({CloseListenerOk, Error}),
+    Cancel: frozenset(),
+}
+
+#: The error reply type each request kind gets.
+ERROR_REPLY: dict[type[ControlRequest], type[ErrorReply]] = {
+    Listen: ListenErr,
+    Accept: AcceptErr,
+    Connect: ConnectErr,
+}
+
+
+def error_reply_for(request: ControlRequest | None, request_id: int, code: int, text: str) -> ErrorReply:
+    """The error reply to a request (or to an unreadable one): ListenErr, ..., or Error."""
+    cls = ERROR_REPLY.get(type(request), Error) if request is not None else Error
+    return cls.make(request_id, code, text)
+
+
+__all__ = [name for name, value in globals().items() if isinstance(value, type) and issubclass(value, Message)]
+__all__ += ["MessageType", "REGISTRY", "REPLIES", "ERROR_REPLY", "Endpoint", "Capability", "error_reply_for"]

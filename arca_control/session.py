@@ -1,0 +1,333 @@
+"""The guest's public API: a trio session with the monitor, and what it opens.
+
+``open_session()`` spawns a monitor for this guest, ``attach_session(path)``
+joins one started with ``arca-monitor --socket PATH``. Either way the session
+is a context manager, and leaving it closes every stream and listener it
+opened.
+
+Many tasks may call the session at once. Each request waits for the reply
+with its own id, whatever order replies come in; one reader task routes them
+(the rules are in ``core.py``).
+
+Error handling: a request the monitor refuses raises the stdlib ``OSError``
+subclass for its errno (``ConnectionRefusedError``, ...). A protocol
+violation raises ``ProtocolError``. If the monitor dies, the reader sees the
+control channel close at once, and every pending and later call raises
+``MonitorGone``; no call hangs.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import math
+import os
+import socket
+import sys
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+
+import trio
+
+from . import codec, errors
+from .channel import ControlChannel, close_fds, socketpair
+from .core import ClientCore, LateReply, Reply
+from .messages import (
+    Accept,
+    AcceptOk,
+    CloseListener,
+    Connect,
+    ConnectionEnd,
+    ConnectionReady,
+    ControlRequest,
+    ErrorReply,
+    Hello,
+    HelloOk,
+    Listen,
+    ListenOk,
+)
+from .stream import ArcaListener, ArcaStream, EndStatus
+from .wire import Endpoint
+
+log = logging.getLogger("arca_control")
+
+#: How long a spawned monitor gets to exit after its session closes.
+MONITOR_EXIT_GRACE = 5.0
+
+
+class _Waiter:
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.outcome: Reply | BaseException | None = None
+
+    def deliver(self, outcome: Reply | BaseException) -> None:
+        self.outcome = outcome
+        self.event.set()
+
+
+class ArcaSession:
+    """One control channel to a monitor. Build it with ``open_session`` or ``attach_session``."""
+
+    def __init__(self, channel: ControlChannel) -> None:
+        self._channel = channel
+        self._core = ClientCore(max_payload=channel.max_payload)
+        self._waiters: dict[int, _Waiter] = {}
+        self._ends: dict[int, EndStatus] = {}
+        self._listeners: dict[int, ArcaListener] = {}
+        self._streams: set[ArcaStream] = set()
+        self._broken: BaseException | None = None
+        #: The monitor's HelloOk: its version, capabilities and payload limit.
+        self.monitor: HelloOk | None = None
+        #: The monitor process, when ``open_session`` spawned it.
+        self.process: trio.Process | None = None
+
+    # --- public API -------------------------------------------------------------
+
+    async def listen(self, host: str, port: int, *, backlog: int = 128) -> ArcaListener:
+        """Listen on ``host:port`` in the monitor; ``port`` 0 lets the kernel choose.
+
+        ``listener.local`` is the address really bound. Raises OSError with the
+        kernel's errno (EADDRINUSE, EACCES, ...) here, at listen time.
+        """
+        reply, _ = await self._call(Listen, endpoint=Endpoint(host, port), backlog=backlog)
+        assert isinstance(reply, ListenOk)
+        listener = ArcaListener(self, reply.listener_id, reply.local)
+        self._listeners[reply.listener_id] = listener
+        return listener
+
+    async def connect(self, host: str, port: int, *, timeout: float | None = None) -> ArcaStream:
+        """Open a TCP connection through the monitor.
+
+        ``timeout`` (seconds) bounds the kernel connect and gives ETIMEDOUT;
+        None uses the monitor's default. Cancelling the call withdraws it.
+        """
+        timeout_ms = 0 if timeout is None else max(1, math.ceil(timeout * 1000))
+        reply, fds = await self._call(Connect, endpoint=Endpoint(host, port), timeout_ms=timeout_ms)
+        return self._stream_from(reply, fds)
+
+    @property
+    def closed(self) -> bool:
+        return self._broken is not None
+
+    async def aclose(self) -> None:
+        """Close every stream and listener of this session, then the control channel."""
+        if self._broken is None:
+            self._fail(trio.ClosedResourceError("this session is closed"))
+        for stream in list(self._streams):
+            await stream.aclose()
+        for listener in list(self._listeners.values()):
+            listener._closed = True
+        self._channel.close()
+        await trio.lowlevel.checkpoint()
+
+    # --- used by ArcaListener and ArcaStream --------------------------------------
+
+    async def _accept(self, listener: ArcaListener) -> ArcaStream:
+        reply, fds = await self._call(Accept, listener_id=listener.listener_id)
+        return self._stream_from(reply, fds)
+
+    async def _close_listener(self, listener: ArcaListener) -> None:
+        self._listeners.pop(listener.listener_id, None)
+        if self._broken is None:
+            await self._call(CloseListener, listener_id=listener.listener_id)
+        else:
+            await trio.lowlevel.checkpoint()
+
+    def _forget_stream(self, stream: ArcaStream) -> None:
+        self._streams.discard(stream)
+        self._ends.pop(stream.connection_id, None)
+
+    # --- requests and replies -----------------------------------------------------
+
+    async def _call(self, request_type: type[ControlRequest], **fields) -> tuple[object, list[int]]:
+        """Send a request and wait for its reply; raise the reply's error, if it is one."""
+        if self._broken is not None:
+            await trio.lowlevel.checkpoint()
+            raise self._broken
+        request = self._core.send(request_type, **fields)
+        waiter = _Waiter()
+        self._waiters[request.request_id] = waiter
+        try:
+            await self._send(request)
+            await waiter.event.wait()
+        except BaseException:
+            self._abandon(request, waiter)
+            raise
+        outcome = waiter.outcome
+        if isinstance(outcome, BaseException):
+            raise outcome
+        reply, fds = outcome.reply, outcome.fds
+        if isinstance(reply, ErrorReply):
+            raise reply.exception()
+        return reply, fds
+
+    def _abandon(self, request: ControlRequest, waiter: _Waiter) -> None:
+        """The caller gave up (cancelled): withdraw the request, or keep what already came."""
+        self._waiters.pop(request.request_id, None)
+        if isinstance(waiter.outcome, Reply):
+            # The reply was delivered but the caller was cancelled before seeing it.
+            self._adopt_late(waiter.outcome.request, waiter.outcome.reply, waiter.outcome.fds)
+            return
+        cancel = self._core.cancel(request.request_id)
+        if cancel is not None and self._broken is None:
+            try:
+                # Synchronous best effort: a cancelled task cannot wait. A full
+                # SEQPACKET buffer means the monitor is stuck; then the late
+                # reply, if any, is still handled by the reader.
+                self._channel.sock.send(codec.encode(cancel), socket.MSG_DONTWAIT)
+            except OSError:
+                pass
+
+    def _adopt_late(self, request: ControlRequest, reply, fds: list[int]) -> None:
+        """A reply nobody waits for: an accepted connection goes to its listener's backlog."""
+        if isinstance(reply, AcceptOk):
+            listener = self._listeners.get(request.listener_id)
+            if listener is not None and not listener.closed:
+                listener.backlog.append(self._stream_from(reply, fds))
+                return
+        close_fds(fds)
+
+    def _stream_from(self, reply, fds: list[int]) -> ArcaStream:
+        assert isinstance(reply, ConnectionReady) and len(fds) == 2
+        end = self._ends.setdefault(reply.connection_id, EndStatus())
+        stream = ArcaStream(self, reply.connection_id, reply.local, reply.peer, fds[0], fds[1], end)
+        self._streams.add(stream)
+        return stream
+
+    async def _send(self, request: ControlRequest) -> None:
+        try:
+            await self._channel.send(request)
+        except (OSError, trio.ClosedResourceError) as exc:
+            self._fail(errors.MonitorGone(f"cannot reach the monitor: {exc}"))
+            raise self._broken from None
+
+    async def _read_replies(self) -> None:
+        """Route every frame from the monitor until the channel closes. Never raises."""
+        reason: BaseException
+        try:
+            while True:
+                datagram = await self._channel.receive()
+                if datagram is None:
+                    reason = errors.MonitorGone("the monitor closed the control channel")
+                    break
+                self._route(datagram.data, datagram.fds)
+        except errors.ProtocolError as exc:
+            log.error("the monitor broke the protocol: %s", exc)
+            reason = exc
+        except (OSError, trio.ClosedResourceError) as exc:
+            reason = errors.MonitorGone(f"control channel failed: {exc}")
+        self._fail(reason)
+
+    def _route(self, data: bytes, fds: list[int]) -> None:
+        try:
+            event = self._core.receive(data, fds)
+        except BaseException:
+            close_fds(fds)
+            raise
+        if isinstance(event, ConnectionEnd):
+            end = self._ends.get(event.connection_id)
+            if end is not None:
+                end.set(event.status)
+        elif isinstance(event, LateReply):
+            self._adopt_late(event.request, event.reply, event.fds)
+        elif isinstance(event, Reply):
+            if isinstance(event.reply, ConnectionReady):
+                # Ready for its ConnectionEnd, which may follow before the caller runs.
+                self._ends.setdefault(event.reply.connection_id, EndStatus())
+            self._waiters.pop(event.request.request_id).deliver(event)
+
+    def _fail(self, reason: BaseException) -> None:
+        """The session is over: release every waiter, now and for good."""
+        if self._broken is not None:
+            return
+        self._broken = reason
+        self._core.close()
+        for waiter in self._waiters.values():
+            waiter.deliver(reason)
+        self._waiters.clear()
+        for end in self._ends.values():
+            end.set(None)
+
+    async def _handshake(self) -> None:
+        reply, _ = await self._call(Hello)
+        self.monitor = reply
+
+
+@asynccontextmanager
+async def _run_session(sock: socket.socket) -> AsyncIterator[ArcaSession]:
+    session = ArcaSession(ControlChannel(sock))
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(session._read_replies)
+            try:
+                await session._handshake()
+                yield session
+            finally:
+                with trio.CancelScope(shield=True):
+                    await session.aclose()
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # The reader never raises, so the group holds only what the caller's own
+        # code raised: give it back as it was, not wrapped (strict exception groups).
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
+
+
+def monitor_command() -> list[str]:
+    """The default command that runs a monitor: this interpreter, ``-m arca_monitor``."""
+    return [sys.executable, "-m", "arca_monitor"]
+
+
+@asynccontextmanager
+async def open_session(
+    *monitor_args: str, command: Sequence[str] | None = None
+) -> AsyncIterator[ArcaSession]:
+    """Spawn a monitor for this guest and open a session with it.
+
+    ``monitor_args`` are extra ``arca-monitor`` options (``"--connect-timeout", "5"``).
+    ``command`` replaces the command that starts the monitor, for example to
+    run it under ``unshare``; ``--fd N`` and ``monitor_args`` are appended.
+
+    Resource handling: the monitor is a child process that lives exactly as
+    long as the session; on exit the control channel is closed, the monitor
+    exits 0 and is reaped (killed if it does not exit within a few seconds).
+    """
+    ours, theirs = socketpair()
+    argv = [*(command or monitor_command()), "--fd", str(theirs.fileno()), *monitor_args]
+    try:
+        process = await trio.lowlevel.open_process(argv, pass_fds=(theirs.fileno(),))
+    except BaseException:
+        ours.close()
+        raise
+    finally:
+        theirs.close()
+    try:
+        async with _run_session(ours) as session:
+            session.process = process
+            yield session
+    finally:
+        with trio.CancelScope(shield=True):
+            await _reap(process)
+
+
+async def _reap(process: trio.Process) -> None:
+    with trio.move_on_after(MONITOR_EXIT_GRACE):
+        await process.wait()
+        return
+    log.warning("the monitor did not exit; killing it")
+    process.kill()
+    await process.wait()
+
+
+@asynccontextmanager
+async def attach_session(path: str | os.PathLike[str]) -> AsyncIterator[ArcaSession]:
+    """Open a session with a monitor serving ``arca-monitor --socket PATH``."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        await trio.socket.from_stdlib_socket(sock).connect(os.fspath(path))
+    except BaseException:
+        sock.close()
+        raise
+    async with _run_session(sock) as session:
+        yield session

@@ -1,0 +1,1 @@
+"""The arca host monitor: does the kernel's network work for guests, over a control channel."""

@@ -1,0 +1,100 @@
+"""One guest listener: the kernel socket and its queue of pending Accept requests.
+
+The kernel accept runs only while an Accept request is queued. The acceptor
+waits for the socket to be readable, then, with no checkpoint in between,
+checks that a request is still queued and accepts. So a connection is never
+taken from the kernel's backlog without a request to hand it to; a request
+withdrawn by Cancel simply leaves the connection where it was.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+from collections import deque
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from arca_control.messages import Accept, AcceptErr, ControlReply, Endpoint
+
+log = logging.getLogger("arca_monitor.listeners")
+
+#: accept(2) errors about one connection, not the listener: try the next one.
+TRANSIENT_ACCEPT_ERRORS = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR}
+
+
+class Listener:
+    """Resource handling: owns ``sock`` and closes it in :meth:`close`. Connections
+    it accepts go to ``on_accept``, which owns them from then on.
+
+    Error handling: an accept(2) error that concerns the listener (EMFILE, ...)
+    is the reply to the first queued Accept; errors that concern only the
+    incoming connection are skipped, as every TCP server does.
+    """
+
+    def __init__(
+        self,
+        listener_id: int,
+        sock: socket.socket,
+        local: Endpoint,
+        on_accept: Callable[[socket.socket, Accept], Awaitable[None]],
+        reply: Callable[[ControlReply], Awaitable[None]],
+    ) -> None:
+        self.listener_id = listener_id
+        self.sock = sock
+        self.local = local
+        self._on_accept = on_accept
+        self._reply = reply
+        self._waiting: deque[Accept] = deque()
+        self._wakeup = trio.Event()
+        self._scope = trio.CancelScope()
+        self.closed = False
+
+    def enqueue(self, request: Accept) -> None:
+        self._waiting.append(request)
+        self._wakeup.set()
+
+    def withdraw(self, request_id: int) -> Accept | None:
+        """Remove a queued Accept (for Cancel); None if it is not queued."""
+        for request in self._waiting:
+            if request.request_id == request_id:
+                self._waiting.remove(request)
+                return request
+        return None
+
+    async def run(self) -> None:
+        """Accept connections for queued requests until the listener is closed."""
+        with self._scope:
+            while True:
+                while not self._waiting:
+                    self._wakeup = trio.Event()
+                    await self._wakeup.wait()
+                await trio.lowlevel.wait_readable(self.sock)
+                if not self._waiting:
+                    continue
+                try:
+                    conn, _ = self.sock.accept()
+                except BlockingIOError:
+                    continue
+                except OSError as exc:
+                    if exc.errno in TRANSIENT_ACCEPT_ERRORS:
+                        continue
+                    # EMFILE, ENFILE, ENOBUFS, ...: the waiting guest hears about it.
+                    request = self._waiting.popleft()
+                    await self._reply(AcceptErr.make(request.request_id, exc.errno, f"accept: {exc.strerror}"))
+                    continue
+                conn.setblocking(False)
+                await self._on_accept(conn, self._waiting.popleft())
+
+    def close(self) -> list[Accept]:
+        """Close the kernel socket; the queued Accepts, which the caller must answer."""
+        if not self.closed:
+            self.closed = True
+            self._scope.cancel()
+            trio.lowlevel.notify_closing(self.sock)
+            self.sock.close()
+        withdrawn = list(self._waiting)
+        self._waiting.clear()
+        return withdrawn

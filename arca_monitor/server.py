@@ -1,0 +1,87 @@
+"""Where sessions come from: an inherited control channel fd, or a listening socket path.
+
+Resource handling: each accepted control connection becomes one session task,
+which owns the connection. Error handling: a session can only end, never
+raise, so one guest cannot take down the monitor or another guest's session.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+import stat
+
+import trio
+
+from .config import Config
+from .session import MonitorSession
+
+log = logging.getLogger("arca_monitor.server")
+
+
+async def serve_fd(fd: int, config: Config) -> None:
+    """Serve the one session on an inherited SEQPACKET fd; return when it ends."""
+    sock = socket.socket(fileno=fd)
+    await MonitorSession(sock, config).run()
+
+
+def bind_path(path: str) -> socket.socket:
+    """A listening SEQPACKET socket at ``path``, replacing only a stale socket file."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        pass
+    else:
+        if not stat.S_ISSOCK(mode):
+            raise OSError(errno.EEXIST, f"{path} exists and is not a socket")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            probe.connect(path)
+        except ConnectionRefusedError:
+            os.unlink(path)  # nobody is serving it: a leftover from a dead monitor
+        else:
+            raise OSError(errno.EADDRINUSE, f"another monitor is serving {path}")
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    old_umask = os.umask(0o177)  # the socket file is the guest's only door: owner only
+    try:
+        sock.bind(path)
+    finally:
+        os.umask(old_umask)
+    sock.listen(128)
+    return sock
+
+
+async def serve_path(path: str, config: Config, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Serve one session per guest that connects to ``path``, until cancelled."""
+    listener = trio.socket.from_stdlib_socket(bind_path(path))
+    log.info("serving on %s", path)
+    try:
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            while True:
+                try:
+                    conn, _ = await listener.accept()
+                except OSError as exc:
+                    # EMFILE and friends: wait a little rather than spin, like trio.serve_listeners.
+                    log.error("accept on %s failed: %s", path, exc)
+                    await trio.sleep(0.1)
+                    continue
+                nursery.start_soon(_run_session, conn.detach(), config)
+    finally:
+        listener.close()
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
+async def _run_session(fd: int, config: Config) -> None:
+    sock = socket.socket(fileno=fd)
+    try:
+        await MonitorSession(sock, config).run()
+    except Exception as exc:  # a bug in one session must not end the others
+        log.error("session failed: %r", exc)

@@ -1,0 +1,255 @@
+"""One guest's session: read requests from its control channel and carry them out.
+
+Every request is answered on the channel, errors included; a log line is
+never the only trace of a failure. Slow work (a Connect) runs in a task of
+its own, so one request never holds up another.
+
+Resource handling: every listener, pending connect and relayed connection of
+the session lives in the session's nursery and its tables. When the control
+channel reaches EOF (the guest exited or crashed), when the guest breaks the
+protocol beyond repair, or when the session is cancelled, all of them are
+closed before :meth:`MonitorSession.run` returns.
+
+Error handling: nothing the guest sends can make ``run`` raise. A bad frame is
+answered with an Error reply where its request id is readable, else the
+session ends with one log line. An unexpected exception while handling one
+request is logged and answered with EIO; it does not end the session.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+import socket
+
+import trio
+
+from arca_control.channel import ControlChannel, close_fds
+from arca_control.core import Incoming, ServerCore, cancelled_reply
+from arca_control.messages import (
+    Accept,
+    AcceptErr,
+    AcceptOk,
+    Cancel,
+    CloseListener,
+    CloseListenerOk,
+    Connect,
+    ConnectOk,
+    ControlRequest,
+    Error,
+    Hello,
+    Listen,
+    ListenOk,
+    error_reply_for,
+)
+
+from . import net
+from .config import Config
+from .listeners import Listener
+from .relay import Connection, make_pipe
+
+log = logging.getLogger("arca_monitor.session")
+
+_session_numbers = itertools.count(1)
+
+
+class SessionClosed(Exception):
+    """The guest's side of the control channel is gone; nothing more can be sent."""
+
+
+class MonitorSession:
+    def __init__(self, sock: socket.socket, config: Config) -> None:
+        self.config = config
+        self.number = next(_session_numbers)
+        self.channel = ControlChannel(sock, max_payload=config.max_payload)
+        self.core = ServerCore(max_payload=config.max_payload, max_errors=config.max_protocol_errors)
+        self.listeners: dict[int, Listener] = {}
+        self.connections: dict[int, Connection] = {}
+        #: Connect requests in progress, by request id, so Cancel can reach them.
+        self._connects: dict[int, trio.CancelScope] = {}
+        self._listener_ids = itertools.count(1)
+        self._connection_ids = itertools.count(1)
+        self._nursery: trio.Nursery | None = None
+
+    async def run(self) -> None:
+        log.info("session %d: started", self.number)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                try:
+                    await self._read_requests()
+                except SessionClosed:
+                    pass
+                nursery.cancel_scope.cancel()
+        finally:
+            # The guest is gone or lost: close quietly, there is no one to answer.
+            for listener in self.listeners.values():
+                listener.close()
+            self.channel.close()
+            log.info("session %d: ended", self.number)
+
+    async def _read_requests(self) -> None:
+        while True:
+            try:
+                datagram = await self.channel.receive()
+            except OSError as exc:
+                log.info("session %d: control channel failed: %s", self.number, exc)
+                return
+            if datagram is None:
+                return
+            close_fds(datagram.fds)  # a guest never passes descriptors; do not keep them
+            event = self.core.receive(
+                datagram.data,
+                len(datagram.fds) + datagram.fds_truncated,
+                truncated=datagram.truncated,
+            )
+            if isinstance(event, Incoming):
+                await self._dispatch(event.request)
+                continue
+            log.warning("session %d: bad frame: %s", self.number, event.reason)
+            if event.reply is not None:
+                await self.send(event.reply)
+            if event.close:
+                log.warning("session %d: closing after a protocol error", self.number)
+                return
+
+    async def send(self, reply, fds=()) -> None:
+        try:
+            await self.channel.send(reply, fds)
+        except (OSError, trio.ClosedResourceError) as exc:
+            raise SessionClosed(str(exc)) from None
+
+    async def _dispatch(self, request: ControlRequest) -> None:
+        if isinstance(request, Hello):
+            await self.send(self.core.hello_reply(request))
+        elif isinstance(request, Listen):
+            await self._guarded(request, self._listen(request))
+        elif isinstance(request, Accept):
+            await self._guarded(request, self._accept(request))
+        elif isinstance(request, Connect):
+            if request.request_id in self._connects:
+                await self.send(Error.make(request.request_id, errno.EBUSY, "request id already in use"))
+                return
+            scope = trio.CancelScope()
+            self._connects[request.request_id] = scope
+            self._spawn(self._guarded, request, self._connect(request, scope))
+        elif isinstance(request, CloseListener):
+            await self._guarded(request, self._close_listener(request))
+        elif isinstance(request, Cancel):
+            await self._guarded(request, self._cancel(request))
+
+    async def _guarded(self, request: ControlRequest, work) -> None:
+        """Run the handler for ``request``; turn any failure into its error reply."""
+        try:
+            await work
+        except SessionClosed:
+            raise
+        except OSError as exc:
+            code = exc.errno or errno.EIO
+            await self.send(error_reply_for(request, request.request_id, code, exc.strerror or str(exc)))
+        except Exception as exc:
+            log.error("session %d: internal error on %s: %r", self.number, type(request).__name__, exc)
+            await self.send(error_reply_for(request, request.request_id, errno.EIO, f"internal error: {exc!r}"))
+
+    async def _listen(self, request: Listen) -> None:
+        backlog = min(request.backlog, self.config.max_backlog)
+        sock = net.open_listener(request.endpoint, backlog)
+        local = net.endpoint_of(sock.getsockname())
+        listener_id = next(self._listener_ids)
+        listener = Listener(listener_id, sock, local, self._accepted, self.send)
+        self.listeners[listener_id] = listener
+        self._spawn(listener.run)
+        log.info("session %d: listener %d on %s:%d", self.number, listener_id, *local)
+        await self.send(ListenOk(request_id=request.request_id, listener_id=listener_id, local=local))
+
+    async def _accept(self, request: Accept) -> None:
+        listener = self.listeners.get(request.listener_id)
+        if listener is None:
+            await self.send(AcceptErr.make(request.request_id, errno.EBADF, f"no listener {request.listener_id}"))
+            return
+        listener.enqueue(request)
+
+    async def _accepted(self, sock: socket.socket, request: Accept) -> None:
+        await self._start_connection(sock, request, AcceptOk)
+
+    async def _connect(self, request: Connect, scope: trio.CancelScope) -> None:
+        timeout = request.timeout_ms / 1000 if request.timeout_ms else self.config.connect_timeout
+        try:
+            with scope:
+                sock = await net.open_connection(request.endpoint, timeout)
+            if scope.cancelled_caught:
+                await self.send(cancelled_reply(request))
+                return
+        finally:
+            del self._connects[request.request_id]
+        await self._start_connection(sock, request, ConnectOk)
+
+    async def _start_connection(self, sock: socket.socket, request: Accept | Connect, reply_type) -> None:
+        """Give a connected socket to the guest: pipes, register, announce, relay."""
+        try:
+            sock.setblocking(False)
+            local = net.endpoint_of(sock.getsockname())
+            peer = net.endpoint_of(sock.getpeername())
+            rx_read, rx_write = make_pipe()
+            try:
+                tx_read, tx_write = make_pipe()
+            except OSError:
+                close_fds([rx_read, rx_write])
+                raise
+        except OSError as exc:  # EMFILE, or a peer that already left (ENOTCONN)
+            sock.close()
+            await self.send(error_reply_for(request, request.request_id, exc.errno or errno.EIO, exc.strerror or ""))
+            return
+        conn = Connection(next(self._connection_ids), sock, local, peer, rx_write, tx_read)
+        # Register before announcing: the guest's next request may name this connection.
+        self.connections[conn.connection_id] = conn
+        self._spawn(self._relay, conn)
+        try:
+            reply = reply_type(request_id=request.request_id, connection_id=conn.connection_id, local=local, peer=peer)
+            await self.send(reply, [rx_read, tx_write])
+        finally:
+            # Our copies must go, or the guest would never see EOF on rx.
+            close_fds([rx_read, tx_write])
+        conn.announced.set()
+        log.debug("session %d: connection %d %s -> %s", self.number, conn.connection_id, local, peer)
+
+    async def _relay(self, conn: Connection) -> None:
+        try:
+            await conn.run(self.send)
+        finally:
+            self.connections.pop(conn.connection_id, None)
+
+    def _spawn(self, fn, *args) -> None:
+        self._nursery.start_soon(self._task, fn, *args)
+
+    async def _task(self, fn, *args) -> None:
+        """A session task: a lost channel ends the session; a bug ends only this task."""
+        try:
+            await fn(*args)
+        except SessionClosed:
+            self._nursery.cancel_scope.cancel()
+        except Exception as exc:
+            log.error("session %d: internal error in %s: %r", self.number, getattr(fn, "__qualname__", fn), exc)
+
+    async def _close_listener(self, request: CloseListener) -> None:
+        listener = self.listeners.pop(request.listener_id, None)
+        if listener is None:
+            await self.send(Error.make(request.request_id, errno.EBADF, f"no listener {request.listener_id}"))
+            return
+        for withdrawn in listener.close():
+            await self.send(AcceptErr.make(withdrawn.request_id, errno.EBADF, "listener closed"))
+        await self.send(CloseListenerOk(request_id=request.request_id, listener_id=request.listener_id))
+
+    async def _cancel(self, request: Cancel) -> None:
+        # A target that is no longer pending has been (or is being) answered: nothing to do.
+        scope = self._connects.get(request.target)
+        if scope is not None:
+            scope.cancel()
+            return
+        for listener in self.listeners.values():
+            withdrawn = listener.withdraw(request.target)
+            if withdrawn is not None:
+                await self.send(cancelled_reply(withdrawn))
+                return
+
