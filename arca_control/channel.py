@@ -62,6 +62,7 @@ class ControlChannel:
     def __init__(self, sock: socket.socket, *, max_payload: int = DEFAULT_MAX_PAYLOAD) -> None:
         if sock.type != socket.SOCK_SEQPACKET:
             raise ValueError("the control channel must be an AF_UNIX SOCK_SEQPACKET socket")
+        self._raw = sock
         self.sock = trio.socket.from_stdlib_socket(sock)
         self.max_payload = max_payload
         # trio allows one task at a time to wait for writability on a socket.
@@ -75,6 +76,17 @@ class ControlChannel:
         ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
         async with self._send_lock:
             await self.sock.sendmsg([data], ancillary)
+
+    def send_nowait(self, msg: Message) -> bool:
+        """Send one frame without waiting, even from a cancelled task; False if it would block.
+
+        SEQPACKET sends are atomic, so this cannot cut into a frame another task is sending.
+        """
+        try:
+            self._raw.send(codec.encode(msg), socket.MSG_DONTWAIT)
+        except OSError:
+            return False
+        return True
 
     async def receive(self) -> Datagram | None:
         """The next frame, or None at end of stream."""

@@ -18,7 +18,7 @@ control channel close at once, and every pending and later call raises
 
 from __future__ import annotations
 
-import errno
+import ipaddress
 import logging
 import math
 import os
@@ -55,6 +55,17 @@ log = logging.getLogger("arca_control")
 MONITOR_EXIT_GRACE = 5.0
 
 
+def _endpoint(host: str, port: int) -> Endpoint:
+    """Check an address the way socket.connect would, before it goes on the wire."""
+    try:
+        address = ipaddress.IPv4Address(host)
+    except ValueError:
+        raise ValueError(f"{host!r} is not an IPv4 address literal (this protocol version resolves no names)") from None
+    if not isinstance(port, int) or not 0 <= port <= 0xFFFF:
+        raise ValueError(f"port must be 0-65535, not {port!r}")
+    return Endpoint(str(address), port)
+
+
 class _Waiter:
     def __init__(self) -> None:
         self.event = trio.Event()
@@ -89,7 +100,7 @@ class ArcaSession:
         ``listener.local`` is the address really bound. Raises OSError with the
         kernel's errno (EADDRINUSE, EACCES, ...) here, at listen time.
         """
-        reply, _ = await self._call(Listen, endpoint=Endpoint(host, port), backlog=backlog)
+        reply, _ = await self._call(Listen, endpoint=_endpoint(host, port), backlog=backlog)
         assert isinstance(reply, ListenOk)
         listener = ArcaListener(self, reply.listener_id, reply.local)
         self._listeners[reply.listener_id] = listener
@@ -102,7 +113,7 @@ class ArcaSession:
         None uses the monitor's default. Cancelling the call withdraws it.
         """
         timeout_ms = 0 if timeout is None else max(1, math.ceil(timeout * 1000))
-        reply, fds = await self._call(Connect, endpoint=Endpoint(host, port), timeout_ms=timeout_ms)
+        reply, fds = await self._call(Connect, endpoint=_endpoint(host, port), timeout_ms=timeout_ms)
         return self._stream_from(reply, fds)
 
     @property
@@ -145,10 +156,15 @@ class ArcaSession:
             await trio.lowlevel.checkpoint()
             raise self._broken
         request = self._core.send(request_type, **fields)
+        try:
+            frame = codec.encode(request, max_payload=self._core.max_payload)
+        except errors.LocalProtocolError:
+            self._core.cancel(request.request_id)
+            raise
         waiter = _Waiter()
         self._waiters[request.request_id] = waiter
         try:
-            await self._send(request)
+            await self._send(frame)
             await waiter.event.wait()
         except BaseException:
             self._abandon(request, waiter)
@@ -170,13 +186,9 @@ class ArcaSession:
             return
         cancel = self._core.cancel(request.request_id)
         if cancel is not None and self._broken is None:
-            try:
-                # Synchronous best effort: a cancelled task cannot wait. A full
-                # SEQPACKET buffer means the monitor is stuck; then the late
-                # reply, if any, is still handled by the reader.
-                self._channel.sock.send(codec.encode(cancel), socket.MSG_DONTWAIT)
-            except OSError:
-                pass
+            # Best effort, without waiting: a cancelled task cannot wait. If it
+            # cannot be sent, the reply still comes, and is handled as late.
+            self._channel.send_nowait(cancel)
 
     def _adopt_late(self, request: ControlRequest, reply, fds: list[int]) -> None:
         """A reply nobody waits for: an accepted connection goes to its listener's backlog."""
@@ -194,9 +206,9 @@ class ArcaSession:
         self._streams.add(stream)
         return stream
 
-    async def _send(self, request: ControlRequest) -> None:
+    async def _send(self, frame: bytes) -> None:
         try:
-            await self._channel.send(request)
+            await self._channel.send_bytes(frame)
         except (OSError, trio.ClosedResourceError) as exc:
             self._fail(errors.MonitorGone(f"cannot reach the monitor: {exc}"))
             raise self._broken from None

@@ -113,7 +113,8 @@ class ArcaStream(trio.abc.HalfCloseableStream):
                 await trio.lowlevel.checkpoint()
                 return
             self._eof_sent = True
-            await self._tx.aclose()
+            self._tx.close()
+            await trio.lowlevel.checkpoint()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         with self._receive_conflict.hold():
@@ -137,8 +138,10 @@ class ArcaStream(trio.abc.HalfCloseableStream):
             self.session._forget_stream(self)
             # Wake a receive_some still waiting for the end status.
             self._end.set(errno.EBADF)
-        await self._rx.aclose()
-        await self._tx.aclose()
+        # Close both before the checkpoint: a cancelled aclose must still close everything.
+        self._rx.close()
+        self._tx.close()
+        await trio.lowlevel.checkpoint()
 
     def _check_open(self) -> None:
         if self._closed:

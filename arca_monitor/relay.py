@@ -135,6 +135,8 @@ class Connection:
                 else:
                     status = exc.errno or errno.EIO
             nursery.cancel_scope.cancel()
+        log.debug("connection %d: downstream ended, status %d, reader gone %s",
+                  self.connection_id, status, self.reader_gone)
         if not self.reader_gone:
             await self.announced.wait()
             await send_event(ConnectionEnd(connection_id=self.connection_id, status=status))
@@ -156,6 +158,7 @@ class Connection:
             await splice_pump(self.tx_read, self.sock.fileno())
             # Everything the guest wrote is in the socket now; only then the FIN.
             self.sock.shutdown(socket.SHUT_WR)
+            log.debug("connection %d: upstream EOF, socket shut down for writing", self.connection_id)
         except OSError as exc:
             log.debug("connection %d: upstream ended: %s", self.connection_id, exc)
         finally:

@@ -1,0 +1,37 @@
+"""Hypothesis strategies for every control message, derived from the declared wire fields."""
+
+from __future__ import annotations
+
+import errno
+
+from hypothesis import strategies as st
+
+from arca_control import wire
+from arca_control.messages import REGISTRY, ControlEvent, payload_fields
+from arca_control.wire import Capability, Endpoint
+
+ipv4 = st.ip_addresses(v=4).map(str)
+ports = st.integers(0, 0xFFFF)
+known_errnos = st.sampled_from(sorted(errno.errorcode))
+# A UTF-8 text of at most 255 bytes (the field's u8 length counts bytes, not characters).
+short_text = st.text(max_size=80).filter(lambda s: len(s.encode()) <= 255)
+
+FIELD_STRATEGIES = {
+    id(wire.U16): st.integers(0, 0xFFFF),
+    id(wire.U32): st.integers(0, 0xFFFFFFFF),
+    id(wire.ENDPOINT): st.builds(Endpoint, ipv4, ports),
+    id(wire.ERRNO): known_errnos,
+    id(wire.END_STATUS): st.one_of(st.just(0), known_errnos),
+    id(wire.TEXT): short_text,
+    id(wire.VERSION): st.just(wire.PROTOCOL_VERSION),
+    id(wire.CAPABILITIES): st.integers(0, 0xFFFFFFFF).map(Capability),
+}
+
+
+def message_of(cls):
+    fields = {f.name: FIELD_STRATEGIES[id(f.metadata["wire"])] for f in payload_fields(cls)}
+    request_ids = st.just(0) if issubclass(cls, ControlEvent) else st.integers(1, 0xFFFFFFFF)
+    return st.builds(cls, request_id=request_ids, **fields)
+
+
+messages = st.one_of([message_of(cls) for cls in REGISTRY.values()])

@@ -1,0 +1,181 @@
+"""The sans-IO protocol rules, driven with bytes only: no sockets, no monitor."""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+
+from arca_control import errors
+from arca_control.codec import encode
+from arca_control.core import ClientCore, Incoming, LateReply, Reject, Reply, ServerCore, SessionState
+from arca_control.messages import (
+    Accept,
+    AcceptErr,
+    AcceptOk,
+    Cancel,
+    Connect,
+    ConnectionEnd,
+    Error,
+    Hello,
+    HelloOk,
+    Listen,
+    ListenOk,
+)
+from arca_control.wire import Endpoint
+
+HERE = Endpoint("127.0.0.1", 1)
+THERE = Endpoint("127.0.0.1", 2)
+
+
+def ready_client() -> ClientCore:
+    core = ClientCore()
+    hello = core.send(Hello)
+    core.receive(encode(HelloOk(request_id=hello.request_id)), [])
+    assert core.state is SessionState.READY
+    return core
+
+
+def test_hello_must_come_first_and_only_once():
+    core = ClientCore()
+    with pytest.raises(errors.LocalProtocolError):
+        core.send(Listen, endpoint=HERE)
+    core.send(Hello)
+    with pytest.raises(errors.LocalProtocolError):  # still waiting for HelloOk
+        core.send(Listen, endpoint=HERE)
+
+
+def test_error_to_hello_closes_the_client():
+    core = ClientCore()
+    hello = core.send(Hello)
+    event = core.receive(encode(Error(request_id=hello.request_id, errno=errno.EPROTONOSUPPORT)), [])
+    assert isinstance(event, Reply) and core.state is SessionState.CLOSED
+
+
+def test_request_ids_are_unique_nonzero_and_wrap():
+    core = ready_client()
+    core._next_id = 0xFFFFFFFF
+    first = core.send(Listen, endpoint=HERE)
+    second = core.send(Listen, endpoint=HERE)
+    assert (first.request_id, second.request_id) == (0xFFFFFFFF, 1)  # 1 was Hello, answered long ago
+    core._next_id = 0xFFFFFFFF
+    assert core.send(Listen, endpoint=HERE).request_id == 2  # 0xFFFFFFFF and 1 are pending
+
+
+def test_replies_match_by_id_in_any_order():
+    core = ready_client()
+    a = core.send(Listen, endpoint=HERE)
+    b = core.send(Listen, endpoint=HERE)
+    rb = core.receive(encode(ListenOk(request_id=b.request_id, listener_id=2, local=HERE)), [])
+    ra = core.receive(encode(ListenOk(request_id=a.request_id, listener_id=1, local=HERE)), [])
+    assert (ra.request, rb.request) == (a, b)
+
+
+@pytest.mark.parametrize(
+    "reply, fds, error",
+    [
+        (lambda rid: ListenOk(request_id=rid + 100, listener_id=1, local=HERE), [], "unknown request"),
+        (lambda rid: AcceptErr(request_id=rid, errno=errno.EBADF), [], "cannot answer"),
+        (lambda rid: ListenOk(request_id=rid, listener_id=1, local=HERE), [5], "file descriptors"),
+        (lambda rid: Listen(request_id=rid, endpoint=HERE), [], "sent a request"),
+    ],
+)
+def test_client_refuses_replies_that_break_the_rules(reply, fds, error):
+    core = ready_client()
+    listen = core.send(Listen, endpoint=HERE)
+    with pytest.raises(errors.UnexpectedMessage, match=error):
+        core.receive(encode(reply(listen.request_id)), fds)
+
+
+def test_connection_replies_need_two_fds():
+    core = ready_client()
+    accept = core.send(Accept, listener_id=1)
+    ok = AcceptOk(request_id=accept.request_id, connection_id=1, local=HERE, peer=THERE)
+    with pytest.raises(errors.UnexpectedMessage):
+        core.receive(encode(ok), [])
+
+
+def test_cancel_turns_a_reply_into_a_late_reply():
+    core = ready_client()
+    accept = core.send(Accept, listener_id=1)
+    cancel = core.cancel(accept.request_id)
+    assert isinstance(cancel, Cancel) and cancel.target == accept.request_id
+    late = core.receive(encode(AcceptOk(request_id=accept.request_id, connection_id=9, local=HERE, peer=THERE)), [3, 4])
+    assert isinstance(late, LateReply) and late.fds == [3, 4] and late.request == accept
+    # Exactly one reply: a second one is a violation.
+    with pytest.raises(errors.UnexpectedMessage):
+        core.receive(encode(AcceptErr(request_id=accept.request_id, errno=errno.ECANCELED)), [])
+
+
+def test_only_accept_and_connect_are_withdrawn_on_the_wire():
+    core = ready_client()
+    listen = core.send(Listen, endpoint=HERE)
+    assert core.cancel(listen.request_id) is None
+    connect = core.send(Connect, endpoint=THERE)
+    assert isinstance(core.cancel(connect.request_id), Cancel)
+    assert core.cancel(12345) is None
+
+
+def test_events_pass_through_and_close_releases_waiters():
+    core = ready_client()
+    assert core.receive(encode(ConnectionEnd(connection_id=3, status=errno.ECONNRESET)), []) == ConnectionEnd(
+        connection_id=3, status=errno.ECONNRESET
+    )
+    pending = core.send(Accept, listener_id=1)
+    assert core.close() == [pending]
+    with pytest.raises(errors.LocalProtocolError):
+        core.send(Accept, listener_id=1)
+
+
+# --- the monitor's side ---------------------------------------------------------
+
+
+def test_server_wants_hello_first():
+    core = ServerCore()
+    event = core.receive(encode(Listen(request_id=4, endpoint=HERE)))
+    assert isinstance(event, Reject) and event.close and event.reply.request_id == 4
+
+
+def test_server_version_mismatch_is_answered_then_closed():
+    core = ServerCore()
+    frame = bytearray(encode(Hello(request_id=1)))
+    frame[7] = 9
+    event = core.receive(bytes(frame))
+    assert isinstance(event, Reject) and event.close
+    assert event.reply.errno == errno.EPROTONOSUPPORT and event.reply.request_id == 1
+
+
+def test_server_answers_bad_frames_and_stays_open_until_the_limit():
+    core = ServerCore(max_errors=3)
+    assert isinstance(core.receive(encode(Hello(request_id=1))), Incoming)
+    listen = encode(Listen(request_id=2, endpoint=HERE))
+    for expected_close in (False, False, True):
+        event = core.receive(listen + b"junk")
+        assert isinstance(event, Reject) and event.reply.request_id == 2 and event.close is expected_close
+
+
+def test_server_rules():
+    core = ServerCore()
+    core.receive(encode(Hello(request_id=1)))
+    second = core.receive(encode(Hello(request_id=2)))
+    assert isinstance(second, Reject) and not second.close and "second Hello" in second.reason
+    reply = core.receive(encode(ListenOk(request_id=3, listener_id=1, local=HERE)))
+    assert isinstance(reply, Reject) and reply.reply.request_id == 3
+    with_fds = core.receive(encode(Accept(request_id=4, listener_id=1)), fds_count=1)
+    assert isinstance(with_fds, Reject) and with_fds.reply.request_id == 4
+    unreadable = core.receive(b"\x01\x02")
+    assert isinstance(unreadable, Reject) and unreadable.reply is None and unreadable.close
+
+
+def test_server_oversize_flag_keeps_the_request_id():
+    core = ServerCore()
+    core.receive(encode(Hello(request_id=1)))
+    event = core.receive(encode(Accept(request_id=8, listener_id=1)), truncated=True)
+    assert event.reply.request_id == 8 and event.reply.errno == errno.EMSGSIZE
+
+
+def test_hello_ok_offers_the_common_capabilities():
+    core = ServerCore(max_payload=1000)
+    hello = Hello(request_id=1, capabilities=0xFF)
+    reply = core.hello_reply(hello)
+    assert reply.capabilities == 1 and reply.max_payload == 1000
