@@ -18,6 +18,7 @@ control channel close at once, and every pending and later call raises
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 import logging
 import math
@@ -154,7 +155,7 @@ class ArcaSession:
         """Send a request and wait for its reply; raise the reply's error, if it is one."""
         if self._broken is not None:
             await trio.lowlevel.checkpoint()
-            raise self._broken
+            raise copy.copy(self._broken)
         request = self._core.send(request_type, **fields)
         try:
             frame = codec.encode(request, max_payload=self._core.max_payload)
@@ -211,7 +212,7 @@ class ArcaSession:
             await self._channel.send_bytes(frame)
         except (OSError, trio.ClosedResourceError) as exc:
             self._fail(errors.MonitorGone(f"cannot reach the monitor: {exc}"))
-            raise self._broken from None
+            raise copy.copy(self._broken) from None
 
     async def _read_replies(self) -> None:
         """Route every frame from the monitor until the channel closes. Never raises."""
@@ -255,7 +256,7 @@ class ArcaSession:
         self._broken = reason
         self._core.close()
         for waiter in self._waiters.values():
-            waiter.deliver(reason)
+            waiter.deliver(copy.copy(reason))  # one exception object per raising task
         self._waiters.clear()
         for end in self._ends.values():
             end.set(None)

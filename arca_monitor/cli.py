@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import resource
+import signal
 import sys
 
 import trio
@@ -59,6 +60,17 @@ def raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+async def _until_signalled(serve, *args) -> None:
+    """Run ``serve`` until SIGTERM or SIGINT, then close every session and exit 0."""
+    async with trio.open_nursery() as nursery:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            nursery.start_soon(serve, *args)
+            async for signum in signals:
+                log.info("%s: shutting down", signal.Signals(signum).name)
+                nursery.cancel_scope.cancel()
+                break
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if not 0 < args.max_payload <= 0xFFFF:
@@ -80,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.fd is not None:
             trio.run(serve_fd, args.fd, config)
         else:
-            trio.run(serve_path, args.socket, config)
+            trio.run(_until_signalled, serve_path, args.socket, config)
     except KeyboardInterrupt:
         log.info("interrupted")
     except OSError as exc:

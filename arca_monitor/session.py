@@ -107,11 +107,11 @@ class MonitorSession:
             if isinstance(event, Incoming):
                 await self._dispatch(event.request)
                 continue
-            log.warning("session %d: bad frame: %s", self.number, event.reason)
+            verdict = "closing the session after a bad frame" if event.close else "bad frame"
+            log.warning("session %d: %s: %s", self.number, verdict, event.reason)
             if event.reply is not None:
                 await self.send(event.reply)
             if event.close:
-                log.warning("session %d: closing after a protocol error", self.number)
                 return
 
     async def send(self, reply, fds=()) -> None:

@@ -284,7 +284,9 @@ async def socket_monitor(tmp_path):
             await trio.sleep(0.02)
     yield path, process
     process.terminate()
-    await process.wait()
+    with trio.fail_after(10):
+        assert await process.wait() == 0  # SIGTERM is a clean shutdown
+    assert not os.path.exists(path)
 
 
 async def test_standalone_monitor_serves_sessions_one_after_another_and_at_once(socket_monitor):
