@@ -7,6 +7,7 @@ import hashlib
 import os
 import socket
 import struct
+import sys
 
 import pytest
 import trio
@@ -377,3 +378,51 @@ async def test_spawned_monitor_exits_zero_and_is_reaped():
     assert process.returncode == 0
     with pytest.raises(ProcessLookupError):
         os.kill(process.pid, 0)
+
+
+async def test_no_kernel_accept_without_a_waiting_accept(session):
+    """The monitor leaves connections in the kernel's queue until the guest asks for one."""
+    listener = await session.listen("127.0.0.1", 0, backlog=0)
+    first = await trio.to_thread.run_sync(blocking_client, listener.local)  # fills the queue of one
+    second = socket.socket()
+    second.setblocking(False)
+    with first, second:
+        with pytest.raises(BlockingIOError):
+            second.connect(listener.local)
+        await trio.sleep(0.3)
+        # Had the monitor drained the queue, this handshake would have completed.
+        assert second.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+        with pytest.raises(OSError):
+            second.getpeername()
+        stream = await listener.accept()
+        assert stream.peer == first.getsockname()
+        await stream.aclose()
+
+
+async def test_running_out_of_descriptors_is_an_error_reply_not_a_crash():
+    command = ["prlimit", "--nofile=48:48", "--", sys.executable, "-m", "arca_monitor"]
+    async with arca_control.open_session(command=command) as session:
+        listener = await session.listen("127.0.0.1", 0)
+        streams = []
+        with pytest.raises(OSError) as caught:
+            for _ in range(48):
+                streams.append(await session.connect(*listener.local))
+                streams.append(await listener.accept())
+        assert caught.value.errno == errno.EMFILE
+        for stream in streams:
+            await stream.aclose()
+        # Once the relays have closed their descriptors, the same session works again.
+        with trio.fail_after(10):
+            while True:
+                try:
+                    client = await session.connect(*listener.local)
+                    break
+                except OSError as exc:
+                    assert exc.errno == errno.EMFILE
+                    await trio.sleep(0.05)
+            # The queue may still hold the connection whose accept failed: nothing was lost.
+            while (server := await listener.accept()).peer != client.local:
+                assert await server.receive_some() == b""  # its client is closed already
+                await server.aclose()
+        await client.send_all(b"still alive")
+        assert await server.receive_some() == b"still alive"
