@@ -12,6 +12,9 @@ The rules, which the trio session and the monitor rely on:
   and never one still pending. Id 0 marks the monitor's unsolicited events.
 * Every request but Cancel gets exactly one reply, carrying its id, and only a
   reply type listed for it in ``messages.REPLIES``. Replies come in any order.
+  Cancel never gets a reply: the monitor only ever acts on it or ignores it.
+* HelloOk grants capabilities (the Hello's, intersected with the monitor's);
+  a request needing one not granted is refused with EOPNOTSUPP.
 * A reply carrying a connection (AcceptOk, ConnectOk) comes with exactly two
   file descriptors; every other frame with none.
 * Cancel(target) withdraws a pending Accept or Connect. The target still gets
@@ -42,7 +45,7 @@ from .messages import (
     Message,
     error_reply_for,
 )
-from .wire import DEFAULT_MAX_PAYLOAD, PROTOCOL_VERSION, SUPPORTED_CAPABILITIES
+from .wire import DEFAULT_MAX_PAYLOAD, LENGTH_FIELD_MAX, PROTOCOL_VERSION, SUPPORTED_CAPABILITIES, Capability
 
 
 class SessionState(enum.Enum):
@@ -84,23 +87,35 @@ def _check_fds(msg: Message, fds: list[int]) -> None:
 class ClientCore:
     """The guest's side of one control channel."""
 
-    def __init__(self, *, max_payload: int = DEFAULT_MAX_PAYLOAD) -> None:
+    def __init__(self) -> None:
         self.state = SessionState.HANDSHAKE
-        self.max_payload = max_payload
+        #: Largest payload the monitor accepts; HelloOk announces it.
+        self.send_limit = DEFAULT_MAX_PAYLOAD
+        # The monitor is the guest's trusted side; its frames are limited only by the u16 length.
+        self.receive_limit = LENGTH_FIELD_MAX
         self._next_id = 1
         self._pending: dict[int, ControlRequest] = {}
         self._abandoned: dict[int, ControlRequest] = {}
 
-    def send(self, request_type: type[ControlRequest], **fields: object) -> ControlRequest:
-        """A new request with a fresh id; encode it with ``codec.encode``."""
+    def send(self, request_type: type[ControlRequest], **fields: object) -> tuple[ControlRequest, bytes]:
+        """A new request with a fresh id, and its frame.
+
+        Raises ``LocalProtocolError`` (and registers nothing) if the request is
+        not allowed now or does not fit its fields.
+        """
         if self.state is SessionState.CLOSED:
             raise errors.LocalProtocolError("the session is closed")
         if (self.state is SessionState.HANDSHAKE) != (request_type is Hello):
             raise errors.LocalProtocolError(f"{request_type.__name__} is not allowed in state {self.state.value}")
         request = request_type(request_id=self._allocate_id(), **fields)
+        frame = codec.encode(request, max_payload=self.send_limit)
         if REPLIES[request_type]:
             self._pending[request.request_id] = request
-        return request
+        return request, frame
+
+    def forget(self, request_id: int) -> None:
+        """Drop a request whose frame was never sent: no reply will come for it."""
+        self._pending.pop(request_id, None)
 
     def cancel(self, request_id: int) -> Cancel | None:
         """Give up waiting for ``request_id``: the Cancel to send, if it needs one."""
@@ -114,7 +129,7 @@ class ClientCore:
 
     def receive(self, data: bytes, fds: list[int]) -> Reply | LateReply | ControlEvent:
         """Classify one frame from the monitor; raises ``RemoteProtocolError`` if it breaks a rule."""
-        msg = codec.decode(data, max_payload=self.max_payload)
+        msg = codec.decode(data, max_payload=self.receive_limit)
         _check_fds(msg, fds)
         if isinstance(msg, ControlEvent):
             return msg
@@ -144,7 +159,7 @@ class ClientCore:
     def _finish_handshake(self, msg: ControlReply) -> None:
         if isinstance(msg, HelloOk):
             self.state = SessionState.READY
-            self.max_payload = min(self.max_payload, msg.max_payload)
+            self.send_limit = msg.max_payload
         else:
             self.state = SessionState.CLOSED
 
@@ -184,6 +199,8 @@ class ServerCore:
     max_errors: int = 16
     state: SessionState = SessionState.HANDSHAKE
     errors_seen: int = 0
+    #: What HelloOk granted: requests needing anything else are refused.
+    capabilities: Capability = Capability(0)
 
     def receive(self, data: bytes, fds_count: int = 0, *, truncated: bool = False) -> Incoming | Reject:
         """Classify one frame from the guest (``truncated``: the transport cut it short)."""
@@ -227,10 +244,11 @@ class ServerCore:
         return Reject(reply, close, str(exc))
 
     def hello_reply(self, hello: Hello) -> HelloOk:
+        self.capabilities = hello.capabilities & SUPPORTED_CAPABILITIES
         return HelloOk(
             request_id=hello.request_id,
             version=PROTOCOL_VERSION,
-            capabilities=hello.capabilities & SUPPORTED_CAPABILITIES,
+            capabilities=self.capabilities,
             max_payload=self.max_payload,
         )
 

@@ -269,7 +269,7 @@ class ConnectionEnd(ControlEvent):
     status: int = field(wire.END_STATUS, default=0)
 
 
-#: Which replies may answer which request, as data. Error may answer any.
+#: Which replies may answer which request, as data. Cancel is never answered.
 REPLIES: dict[type[ControlRequest], frozenset[type[ControlReply]]] = {
     Hello: frozenset({HelloOk, Error}),
     Listen: frozenset({ListenOk, ListenErr, Error}),

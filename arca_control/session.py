@@ -30,7 +30,7 @@ from contextlib import asynccontextmanager
 
 import trio
 
-from . import codec, errors
+from . import errors
 from .channel import ControlChannel, close_fds, socketpair
 from .core import ClientCore, LateReply, Reply
 from .messages import (
@@ -48,7 +48,7 @@ from .messages import (
     ListenOk,
 )
 from .stream import ArcaListener, ArcaStream, EndStatus
-from .wire import Endpoint
+from .wire import LENGTH_FIELD_MAX, Capability, Endpoint
 
 log = logging.getLogger("arca_control")
 
@@ -82,7 +82,7 @@ class ArcaSession:
 
     def __init__(self, channel: ControlChannel) -> None:
         self._channel = channel
-        self._core = ClientCore(max_payload=channel.max_payload)
+        self._core = ClientCore()
         self._waiters: dict[int, _Waiter] = {}
         self._ends: dict[int, EndStatus] = {}
         self._listeners: dict[int, ArcaListener] = {}
@@ -92,6 +92,7 @@ class ArcaSession:
         self.monitor: HelloOk | None = None
         #: The monitor process, when ``open_session`` spawned it.
         self.process: trio.Process | None = None
+        self._nursery: trio.Nursery | None = None
 
     # --- public API -------------------------------------------------------------
 
@@ -156,16 +157,17 @@ class ArcaSession:
         if self._broken is not None:
             await trio.lowlevel.checkpoint()
             raise copy.copy(self._broken)
-        request = self._core.send(request_type, **fields)
-        try:
-            frame = codec.encode(request, max_payload=self._core.max_payload)
-        except errors.LocalProtocolError:
-            self._core.cancel(request.request_id)
-            raise
+        request, frame = self._core.send(request_type, **fields)
         waiter = _Waiter()
         self._waiters[request.request_id] = waiter
         try:
             await self._send(frame)
+        except BaseException:
+            # trio cancels a send only before its syscall: the frame never left.
+            self._waiters.pop(request.request_id, None)
+            self._core.forget(request.request_id)
+            raise
+        try:
             await waiter.event.wait()
         except BaseException:
             self._abandon(request, waiter)
@@ -198,7 +200,16 @@ class ArcaSession:
             if listener is not None and not listener.closed:
                 listener.backlog.append(self._stream_from(reply, fds))
                 return
+        elif isinstance(reply, ListenOk):
+            # Nobody will use this listener: close it, or its port stays bound.
+            self._nursery.start_soon(self._close_orphan_listener, reply.listener_id)
         close_fds(fds)
+
+    async def _close_orphan_listener(self, listener_id: int) -> None:
+        try:
+            await self._call(CloseListener, listener_id=listener_id)
+        except (OSError, trio.ClosedResourceError) as exc:
+            log.debug("closing orphan listener %d: %s", listener_id, exc)
 
     def _stream_from(self, reply, fds: list[int]) -> ArcaStream:
         assert isinstance(reply, ConnectionReady) and len(fds) == 2
@@ -263,14 +274,17 @@ class ArcaSession:
 
     async def _handshake(self) -> None:
         reply, _ = await self._call(Hello)
+        if Capability.TCP not in reply.capabilities:
+            raise errors.UnexpectedMessage(f"the monitor does not offer TCP: {reply!r}")
         self.monitor = reply
 
 
 @asynccontextmanager
 async def _run_session(sock: socket.socket) -> AsyncIterator[ArcaSession]:
-    session = ArcaSession(ControlChannel(sock))
+    session = ArcaSession(ControlChannel(sock, max_payload=LENGTH_FIELD_MAX))
     try:
         async with trio.open_nursery() as nursery:
+            session._nursery = nursery
             nursery.start_soon(session._read_replies)
             try:
                 await session._handshake()

@@ -15,6 +15,9 @@ from .server import serve_fd, serve_path
 
 log = logging.getLogger("arca_monitor")
 
+#: Room for every request of this version, with space to spare for later ones.
+MIN_PAYLOAD = 64
+
 
 def parser() -> argparse.ArgumentParser:
     defaults = Config()
@@ -40,7 +43,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--max-payload", type=int, default=defaults.max_payload, metavar="BYTES",
-        help="largest control frame payload accepted (default: %(default)s, at most 65535)",
+        help=f"largest control frame payload accepted (default: %(default)s, {MIN_PAYLOAD} to 65535)",
     )
     p.add_argument(
         "--max-protocol-errors", type=int, default=defaults.max_protocol_errors, metavar="N",
@@ -73,8 +76,10 @@ async def _until_signalled(serve, *args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    if not 0 < args.max_payload <= 0xFFFF:
-        parser().error("--max-payload must be between 1 and 65535")
+    if not MIN_PAYLOAD <= args.max_payload <= 0xFFFF:
+        parser().error(f"--max-payload must be between {MIN_PAYLOAD} and 65535")
+    if args.max_protocol_errors < 1:
+        parser().error("--max-protocol-errors must be at least 1")
     if args.connect_timeout <= 0:
         parser().error("--connect-timeout must be positive")
     logging.basicConfig(

@@ -49,7 +49,8 @@ class Listener:
         self._reply = reply
         self._waiting: deque[Accept] = deque()
         self._wakeup = trio.Event()
-        self._scope = trio.CancelScope()
+        #: Covers only the waiting, never a handover: closing must not cut an AcceptOk short.
+        self._wait_scope = trio.CancelScope()
         self.closed = False
 
     def enqueue(self, request: Accept) -> None:
@@ -64,35 +65,42 @@ class Listener:
                 return request
         return None
 
+    def holds(self, request_id: int) -> bool:
+        return any(request.request_id == request_id for request in self._waiting)
+
     async def run(self) -> None:
         """Accept connections for queued requests until the listener is closed."""
-        with self._scope:
-            while True:
+        while not self.closed:
+            # A fresh scope each round (a scope is entered once); close() cancels the current one.
+            self._wait_scope = trio.CancelScope()
+            with self._wait_scope:
                 while not self._waiting:
                     self._wakeup = trio.Event()
                     await self._wakeup.wait()
                 await trio.lowlevel.wait_readable(self.sock)
-                if not self._waiting:
+            if self.closed:
+                return
+            if not self._waiting:
+                continue
+            try:
+                conn, _ = self.sock.accept()
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                if exc.errno in TRANSIENT_ACCEPT_ERRORS:
                     continue
-                try:
-                    conn, _ = self.sock.accept()
-                except BlockingIOError:
-                    continue
-                except OSError as exc:
-                    if exc.errno in TRANSIENT_ACCEPT_ERRORS:
-                        continue
-                    # EMFILE, ENFILE, ENOBUFS, ...: the waiting guest hears about it.
-                    request = self._waiting.popleft()
-                    await self._reply(AcceptErr.make(request.request_id, exc.errno, f"accept: {exc.strerror}"))
-                    continue
-                conn.setblocking(False)
-                await self._on_accept(conn, self._waiting.popleft())
+                # EMFILE, ENFILE, ENOBUFS, ...: the waiting guest hears about it.
+                request = self._waiting.popleft()
+                await self._reply(AcceptErr.make(request.request_id, exc.errno, f"accept: {exc.strerror}"))
+                continue
+            conn.setblocking(False)
+            await self._on_accept(conn, self._waiting.popleft())
 
     def close(self) -> list[Accept]:
         """Close the kernel socket; the queued Accepts, which the caller must answer."""
         if not self.closed:
             self.closed = True
-            self._scope.cancel()
+            self._wait_scope.cancel()
             trio.lowlevel.notify_closing(self.sock)
             self.sock.close()
         withdrawn = list(self._waiting)

@@ -104,14 +104,18 @@ class Connection:
     #: Set once the guest has been told about the connection (register before announce).
     announced: trio.Event = field(default_factory=trio.Event)
     reader_gone: bool = False
+    #: The errno of a failed write to the socket: it may have used up the
+    #: socket's pending error, so the read side would see a plain EOF.
+    write_error: int = 0
 
     async def run(self, send_event: Callable[[ConnectionEnd], Awaitable[None]]) -> None:
         """Relay both directions until both are finished, then close everything.
 
         Resource handling: owns the socket and both pipe ends, and closes them
         when it returns, however it returns (cancellation included).
-        Error handling: socket errors end the direction they hit and are
-        reported to the guest; they never propagate out of here.
+        Error handling: a socket error ends the direction it hits; a read
+        error, or a write error before the read side has ended, goes to the
+        guest as the ConnectionEnd status. Nothing propagates out of here.
         """
         try:
             async with trio.open_nursery() as nursery:
@@ -135,6 +139,7 @@ class Connection:
                 else:
                     status = exc.errno or errno.EIO
             nursery.cancel_scope.cancel()
+        status = status or self.write_error
         log.debug("connection %d: downstream ended, status %d, reader gone %s",
                   self.connection_id, status, self.reader_gone)
         if not self.reader_gone:
@@ -160,6 +165,9 @@ class Connection:
             self.sock.shutdown(socket.SHUT_WR)
             log.debug("connection %d: upstream EOF, socket shut down for writing", self.connection_id)
         except OSError as exc:
+            # The connection failed (a write after the peer's reset): the
+            # downstream reports it, in ConnectionEnd, unless it already ended.
+            self.write_error = exc.errno or errno.EIO
             log.debug("connection %d: upstream ended: %s", self.connection_id, exc)
         finally:
             close_fd(self.tx_read)

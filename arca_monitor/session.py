@@ -43,6 +43,7 @@ from arca_control.messages import (
     ListenOk,
     error_reply_for,
 )
+from arca_control.wire import Capability
 
 from . import net
 from .config import Config
@@ -123,21 +124,26 @@ class MonitorSession:
     async def _dispatch(self, request: ControlRequest) -> None:
         if isinstance(request, Hello):
             await self.send(self.core.hello_reply(request))
+        elif isinstance(request, Cancel):
+            self._cancel(request)  # never answered, so there is nothing to send
+        elif Capability.TCP not in self.core.capabilities:
+            await self.send(Error.make(request.request_id, errno.EOPNOTSUPP, "TCP was not granted in HelloOk"))
+        elif self._is_pending(request.request_id):
+            # Cancel names requests by id: two pending with one id would be ambiguous.
+            await self.send(Error.make(request.request_id, errno.EBUSY, "request id already in use"))
         elif isinstance(request, Listen):
             await self._guarded(request, self._listen(request))
         elif isinstance(request, Accept):
             await self._guarded(request, self._accept(request))
         elif isinstance(request, Connect):
-            if request.request_id in self._connects:
-                await self.send(Error.make(request.request_id, errno.EBUSY, "request id already in use"))
-                return
             scope = trio.CancelScope()
             self._connects[request.request_id] = scope
             self._spawn(self._guarded, request, self._connect(request, scope))
         elif isinstance(request, CloseListener):
             await self._guarded(request, self._close_listener(request))
-        elif isinstance(request, Cancel):
-            await self._guarded(request, self._cancel(request))
+
+    def _is_pending(self, request_id: int) -> bool:
+        return request_id in self._connects or any(l.holds(request_id) for l in self.listeners.values())
 
     async def _guarded(self, request: ControlRequest, work) -> None:
         """Run the handler for ``request``; turn any failure into its error reply."""
@@ -241,15 +247,15 @@ class MonitorSession:
             await self.send(AcceptErr.make(withdrawn.request_id, errno.EBADF, "listener closed"))
         await self.send(CloseListenerOk(request_id=request.request_id, listener_id=request.listener_id))
 
-    async def _cancel(self, request: Cancel) -> None:
+    def _cancel(self, request: Cancel) -> None:
         # A target that is no longer pending has been (or is being) answered: nothing to do.
         scope = self._connects.get(request.target)
         if scope is not None:
-            scope.cancel()
+            scope.cancel()  # the Connect's own task sends its ECANCELED reply
             return
         for listener in self.listeners.values():
             withdrawn = listener.withdraw(request.target)
             if withdrawn is not None:
-                await self.send(cancelled_reply(withdrawn))
+                self._spawn(self.send, cancelled_reply(withdrawn))
                 return
 

@@ -30,7 +30,7 @@ THERE = Endpoint("127.0.0.1", 2)
 
 def ready_client() -> ClientCore:
     core = ClientCore()
-    hello = core.send(Hello)
+    hello = core.send(Hello)[0]
     core.receive(encode(HelloOk(request_id=hello.request_id)), [])
     assert core.state is SessionState.READY
     return core
@@ -47,7 +47,7 @@ def test_hello_must_come_first_and_only_once():
 
 def test_error_to_hello_closes_the_client():
     core = ClientCore()
-    hello = core.send(Hello)
+    hello = core.send(Hello)[0]
     event = core.receive(encode(Error(request_id=hello.request_id, errno=errno.EPROTONOSUPPORT)), [])
     assert isinstance(event, Reply) and core.state is SessionState.CLOSED
 
@@ -55,17 +55,17 @@ def test_error_to_hello_closes_the_client():
 def test_request_ids_are_unique_nonzero_and_wrap():
     core = ready_client()
     core._next_id = 0xFFFFFFFF
-    first = core.send(Listen, endpoint=HERE)
-    second = core.send(Listen, endpoint=HERE)
+    first = core.send(Listen, endpoint=HERE)[0]
+    second = core.send(Listen, endpoint=HERE)[0]
     assert (first.request_id, second.request_id) == (0xFFFFFFFF, 1)  # 1 was Hello, answered long ago
     core._next_id = 0xFFFFFFFF
-    assert core.send(Listen, endpoint=HERE).request_id == 2  # 0xFFFFFFFF and 1 are pending
+    assert core.send(Listen, endpoint=HERE)[0].request_id == 2  # 0xFFFFFFFF and 1 are pending
 
 
 def test_replies_match_by_id_in_any_order():
     core = ready_client()
-    a = core.send(Listen, endpoint=HERE)
-    b = core.send(Listen, endpoint=HERE)
+    a = core.send(Listen, endpoint=HERE)[0]
+    b = core.send(Listen, endpoint=HERE)[0]
     rb = core.receive(encode(ListenOk(request_id=b.request_id, listener_id=2, local=HERE)), [])
     ra = core.receive(encode(ListenOk(request_id=a.request_id, listener_id=1, local=HERE)), [])
     assert (ra.request, rb.request) == (a, b)
@@ -82,14 +82,14 @@ def test_replies_match_by_id_in_any_order():
 )
 def test_client_refuses_replies_that_break_the_rules(reply, fds, error):
     core = ready_client()
-    listen = core.send(Listen, endpoint=HERE)
+    listen = core.send(Listen, endpoint=HERE)[0]
     with pytest.raises(errors.UnexpectedMessage, match=error):
         core.receive(encode(reply(listen.request_id)), fds)
 
 
 def test_connection_replies_need_two_fds():
     core = ready_client()
-    accept = core.send(Accept, listener_id=1)
+    accept = core.send(Accept, listener_id=1)[0]
     ok = AcceptOk(request_id=accept.request_id, connection_id=1, local=HERE, peer=THERE)
     with pytest.raises(errors.UnexpectedMessage):
         core.receive(encode(ok), [])
@@ -97,7 +97,7 @@ def test_connection_replies_need_two_fds():
 
 def test_cancel_turns_a_reply_into_a_late_reply():
     core = ready_client()
-    accept = core.send(Accept, listener_id=1)
+    accept = core.send(Accept, listener_id=1)[0]
     cancel = core.cancel(accept.request_id)
     assert isinstance(cancel, Cancel) and cancel.target == accept.request_id
     late = core.receive(encode(AcceptOk(request_id=accept.request_id, connection_id=9, local=HERE, peer=THERE)), [3, 4])
@@ -109,9 +109,9 @@ def test_cancel_turns_a_reply_into_a_late_reply():
 
 def test_only_accept_and_connect_are_withdrawn_on_the_wire():
     core = ready_client()
-    listen = core.send(Listen, endpoint=HERE)
+    listen = core.send(Listen, endpoint=HERE)[0]
     assert core.cancel(listen.request_id) is None
-    connect = core.send(Connect, endpoint=THERE)
+    connect = core.send(Connect, endpoint=THERE)[0]
     assert isinstance(core.cancel(connect.request_id), Cancel)
     assert core.cancel(12345) is None
 
@@ -121,7 +121,7 @@ def test_events_pass_through_and_close_releases_waiters():
     assert core.receive(encode(ConnectionEnd(connection_id=3, status=errno.ECONNRESET)), []) == ConnectionEnd(
         connection_id=3, status=errno.ECONNRESET
     )
-    pending = core.send(Accept, listener_id=1)
+    pending = core.send(Accept, listener_id=1)[0]
     assert core.close() == [pending]
     with pytest.raises(errors.LocalProtocolError):
         core.send(Accept, listener_id=1)
@@ -179,3 +179,28 @@ def test_hello_ok_offers_the_common_capabilities():
     hello = Hello(request_id=1, capabilities=0xFF)
     reply = core.hello_reply(hello)
     assert reply.capabilities == 1 and reply.max_payload == 1000
+
+
+def test_a_request_that_cannot_be_encoded_registers_nothing():
+    core = ready_client()
+    with pytest.raises(errors.LocalProtocolError):
+        core.send(Listen, endpoint=Endpoint("127.0.0.1", 70000))
+    assert core.close() == []
+
+
+def test_send_limit_comes_from_hello_ok_and_receiving_is_not_limited_by_it():
+    core = ClientCore()
+    hello, frame = core.send(Hello)
+    assert frame == encode(hello)
+    core.receive(encode(HelloOk(request_id=hello.request_id, max_payload=64)), [])
+    assert core.send_limit == 64
+    accept, _ = core.send(Accept, listener_id=1)
+    reply = Error.make(accept.request_id, errno.EIO, "x" * 255)  # a payload far over 64 bytes
+    assert isinstance(core.receive(encode(reply), []), Reply)
+
+
+def test_granted_capabilities_are_remembered():
+    core = ServerCore()
+    core.receive(encode(Hello(request_id=1, capabilities=0)))
+    assert core.hello_reply(Hello(request_id=1, capabilities=0)).capabilities == 0
+    assert not core.capabilities

@@ -21,6 +21,7 @@ from arca_control.codec import decode, encode
 from arca_control.messages import (
     Accept,
     AcceptErr,
+    Cancel,
     CloseListener,
     CloseListenerOk,
     Connect,
@@ -76,7 +77,9 @@ class RawMonitor:
         """Close our end; the monitor must exit 0. Returns its stderr."""
         self.sock.close()
         assert self.process.wait(timeout=10) == 0
-        return self.stderr_path.read_text()
+        log = self.stderr_path.read_text()
+        assert "Traceback" not in log and "internal error" not in log
+        return log
 
 
 @pytest.fixture
@@ -190,6 +193,25 @@ def test_fd_count_returns_to_baseline_after_connections(raw):
             break
         __import__("time").sleep(0.05)
     assert raw.fd_count() == baseline
+    raw.finish()
+
+
+def test_requests_need_the_tcp_capability(raw):
+    assert raw.request(Hello(request_id=1, capabilities=0)).capabilities == 0
+    reply = raw.request(Listen(request_id=2, endpoint=LOOPBACK))
+    assert isinstance(reply, Error) and reply.errno == errno.EOPNOTSUPP
+    raw.finish()
+
+
+def test_a_request_id_still_pending_is_refused(raw):
+    raw.hello()
+    listen = raw.request(Listen(request_id=2, endpoint=LOOPBACK))
+    raw.send(encode(Accept(request_id=3, listener_id=listen.listener_id)))
+    again = raw.request(Accept(request_id=3, listener_id=listen.listener_id))
+    assert isinstance(again, Error) and again.errno == errno.EBUSY and again.request_id == 3
+    raw.send(encode(Cancel(request_id=4, target=3)))
+    withdrawn = raw.receive()
+    assert isinstance(withdrawn, AcceptErr) and withdrawn.request_id == 3 and withdrawn.errno == errno.ECANCELED
     raw.finish()
 
 

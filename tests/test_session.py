@@ -426,3 +426,35 @@ async def test_running_out_of_descriptors_is_an_error_reply_not_a_crash():
                 await server.aclose()
         await client.send_all(b"still alive")
         assert await server.receive_some() == b"still alive"
+
+
+async def test_a_cancelled_listen_leaves_no_port_bound(session):
+    probe = socket.create_server(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(session.listen, "127.0.0.1", port)
+        await trio.testing.wait_all_tasks_blocked()  # sent, and waiting for ListenOk
+        nursery.cancel_scope.cancel()
+    with trio.fail_after(5):
+        while session._core._abandoned:  # until the late ListenOk has come
+            await trio.sleep(0.01)
+        # It made the session close that listener again.
+        while True:
+            try:
+                socket.create_server(("127.0.0.1", port)).close()
+                break
+            except OSError:
+                await trio.sleep(0.02)
+    assert not session._core._pending
+
+
+async def test_a_small_monitor_payload_limit_still_works():
+    async with arca_control.open_session("--max-payload", "64") as session:
+        assert session.monitor.max_payload == 64
+        listener = await session.listen("127.0.0.1", 0)
+        stream = await session.connect(*listener.local)
+        await (await listener.accept()).aclose()
+        await stream.aclose()
+        with pytest.raises(ConnectionRefusedError):
+            await session.connect("127.0.0.1", 1)
