@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import resource
 import signal
@@ -10,17 +11,12 @@ import sys
 
 import trio
 
-from .config import Config
+from .config import Config, option_name
 from .server import serve_fd, serve_path
 
 log = logging.getLogger("arca_monitor")
 
-#: Room for every request of this version, with space to spare for later ones.
-MIN_PAYLOAD = 64
-
-
 def parser() -> argparse.ArgumentParser:
-    defaults = Config()
     p = argparse.ArgumentParser(
         prog="arca-monitor",
         description=(
@@ -37,18 +33,13 @@ def parser() -> argparse.ArgumentParser:
         "--socket", metavar="PATH",
         help="listen on a SEQPACKET socket at PATH (mode 0600) and serve one session per guest that connects",
     )
-    p.add_argument(
-        "--connect-timeout", type=float, default=defaults.connect_timeout, metavar="SECONDS",
-        help="how long a Connect may take when the request names no timeout (default: %(default)s)",
-    )
-    p.add_argument(
-        "--max-payload", type=int, default=defaults.max_payload, metavar="BYTES",
-        help=f"largest control frame payload accepted (default: %(default)s, {MIN_PAYLOAD} to 65535)",
-    )
-    p.add_argument(
-        "--max-protocol-errors", type=int, default=defaults.max_protocol_errors, metavar="N",
-        help="bad frames after which a session is closed (default: %(default)s)",
-    )
+    for f in dataclasses.fields(Config):
+        default = f.default
+        p.add_argument(
+            f"--{option_name(f.name)}", type=type(default), default=default,
+            metavar="SECONDS" if isinstance(default, float) else "N",
+            help=f"{f.metadata['help']} (default: %(default)s)",
+        )
     p.add_argument(
         "--log-level", default="warning", choices=["debug", "info", "warning", "error"],
         help="log verbosity on stderr (default: %(default)s)",
@@ -76,23 +67,16 @@ async def _until_signalled(serve, *args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    if not MIN_PAYLOAD <= args.max_payload <= 0xFFFF:
-        parser().error(f"--max-payload must be between {MIN_PAYLOAD} and 65535")
-    if args.max_protocol_errors < 1:
-        parser().error("--max-protocol-errors must be at least 1")
-    if args.connect_timeout <= 0:
-        parser().error("--connect-timeout must be positive")
+    try:
+        config = Config(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Config)})
+    except ValueError as exc:
+        parser().error(str(exc))
     logging.basicConfig(
         stream=sys.stderr,
         level=args.log_level.upper(),
         format="arca-monitor[%(process)d] %(levelname)s %(name)s: %(message)s",
     )
     raise_fd_limit()
-    config = Config(
-        connect_timeout=args.connect_timeout,
-        max_payload=args.max_payload,
-        max_protocol_errors=args.max_protocol_errors,
-    )
     try:
         if args.fd is not None:
             trio.run(serve_fd, args.fd, config)

@@ -41,12 +41,16 @@ class Listener:
         local: Endpoint,
         on_accept: Callable[[socket.socket, Accept], Awaitable[None]],
         reply: Callable[[ControlReply], Awaitable[None]],
+        admit: Callable[[], None],
     ) -> None:
         self.listener_id = listener_id
         self.sock = sock
         self.local = local
         self._on_accept = on_accept
         self._reply = reply
+        # Raises the session's connection-limit error: then the connection stays
+        # in the kernel's queue, and the Accept waiting for it gets the error.
+        self._admit = admit
         self._waiting: deque[Accept] = deque()
         self._wakeup = trio.Event()
         #: Covers only the waiting, never a handover: closing must not cut an AcceptOk short.
@@ -64,6 +68,10 @@ class Listener:
                 self._waiting.remove(request)
                 return request
         return None
+
+    @property
+    def queued(self) -> int:
+        return len(self._waiting)
 
     def holds(self, request_id: int) -> bool:
         return any(request.request_id == request_id for request in self._waiting)
@@ -83,6 +91,7 @@ class Listener:
             if not self._waiting:
                 continue
             try:
+                self._admit()
                 conn, _ = self.sock.accept()
             except BlockingIOError:
                 continue

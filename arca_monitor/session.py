@@ -136,11 +136,16 @@ class MonitorSession:
         elif isinstance(request, Accept):
             await self._guarded(request, self._accept(request))
         elif isinstance(request, Connect):
-            scope = trio.CancelScope()
-            self._connects[request.request_id] = scope
-            self._spawn(self._guarded, request, self._connect(request, scope))
+            await self._guarded(request, self._start_connect(request))
         elif isinstance(request, CloseListener):
             await self._guarded(request, self._close_listener(request))
+
+    async def _start_connect(self, request: Connect) -> None:
+        self.config.check("max_in_flight", self._in_flight())
+        self._admit_connection()
+        scope = trio.CancelScope()
+        self._connects[request.request_id] = scope
+        self._spawn(self._guarded, request, self._connect(request, scope))
 
     def _is_pending(self, request_id: int) -> bool:
         return request_id in self._connects or any(l.holds(request_id) for l in self.listeners.values())
@@ -158,12 +163,23 @@ class MonitorSession:
             log.error("session %d: internal error on %s: %r", self.number, type(request).__name__, exc)
             await self.send(error_reply_for(request, request.request_id, errno.EIO, f"internal error: {exc!r}"))
 
+    def _in_flight(self) -> int:
+        return len(self._connects) + self._queued_accepts()
+
+    def _queued_accepts(self) -> int:
+        return sum(listener.queued for listener in self.listeners.values())
+
+    def _admit_connection(self) -> None:
+        """Raise the limit's error if the session may not hold one more connection."""
+        self.config.check("max_connections", len(self.connections))
+
     async def _listen(self, request: Listen) -> None:
+        self.config.check("max_listeners", len(self.listeners))
         backlog = min(request.backlog, self.config.max_backlog)
         sock = net.open_listener(request.endpoint, backlog)
         local = net.endpoint_of(sock.getsockname())
         listener_id = next(self._listener_ids)
-        listener = Listener(listener_id, sock, local, self._accepted, self.send)
+        listener = Listener(listener_id, sock, local, self._accepted, self.send, self._admit_connection)
         self.listeners[listener_id] = listener
         self._spawn(listener.run)
         log.info("session %d: listener %d on %s:%d", self.number, listener_id, *local)
@@ -174,6 +190,9 @@ class MonitorSession:
         if listener is None:
             await self.send(AcceptErr.make(request.request_id, errno.EBADF, f"no listener {request.listener_id}"))
             return
+        self.config.check("max_accepts_per_listener", listener.queued)
+        self.config.check("max_accepts", self._queued_accepts())
+        self.config.check("max_in_flight", self._in_flight())
         listener.enqueue(request)
 
     async def _accepted(self, sock: socket.socket, request: Accept) -> None:
@@ -194,6 +213,7 @@ class MonitorSession:
     async def _start_connection(self, sock: socket.socket, request: Accept | Connect, reply_type) -> None:
         """Give a connected socket to the guest: pipes, register, announce, relay."""
         try:
+            self._admit_connection()
             sock.setblocking(False)
             local = net.endpoint_of(sock.getsockname())
             peer = net.endpoint_of(sock.getpeername())
@@ -203,7 +223,7 @@ class MonitorSession:
             except OSError:
                 close_fds([rx_read, rx_write])
                 raise
-        except OSError as exc:  # EMFILE, or a peer that already left (ENOTCONN)
+        except OSError as exc:  # a limit, EMFILE, or a peer that already left (ENOTCONN)
             sock.close()
             await self.send(error_reply_for(request, request.request_id, exc.errno or errno.EIO, exc.strerror or ""))
             return
