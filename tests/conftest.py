@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import os
 import socket
+import sys
 
 import pytest
 import trio
@@ -49,3 +51,42 @@ def stalled_address():
     yield listener.getsockname()
     filler.close()
     listener.close()
+
+
+def fd_count(pid: int) -> int:
+    """Open descriptors of a process, from /proc."""
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of a process, from /proc."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+async def settle(measure, target, *, seconds: float = 5.0, interval: float = 0.02):
+    """Poll ``measure()`` until it equals ``target`` or time runs out; return the last value."""
+    value = measure()
+    with trio.move_on_after(seconds):
+        while value != target:
+            await trio.sleep(interval)
+            value = measure()
+    return value
+
+
+@pytest.fixture
+async def socket_monitor(tmp_path):
+    """A standalone ``arca-monitor --socket PATH``: (path, process)."""
+    path = str(tmp_path / "arca.sock")
+    process = await trio.lowlevel.open_process([sys.executable, "-m", "arca_monitor", "--socket", path])
+    with trio.fail_after(10):
+        while not os.path.exists(path):
+            await trio.sleep(0.02)
+    yield path, process
+    process.terminate()
+    with trio.fail_after(10):
+        assert await process.wait() == 0  # SIGTERM is a clean shutdown
+    assert not os.path.exists(path)

@@ -297,20 +297,6 @@ async def test_monitor_crash_fails_everything_promptly():
 # --- standalone mode ----------------------------------------------------------------
 
 
-@pytest.fixture
-async def socket_monitor(tmp_path):
-    path = str(tmp_path / "arca.sock")
-    process = await trio.lowlevel.open_process([sys.executable, "-m", "arca_monitor", "--socket", path])
-    with trio.fail_after(10):
-        while not os.path.exists(path):
-            await trio.sleep(0.02)
-    yield path, process
-    process.terminate()
-    with trio.fail_after(10):
-        assert await process.wait() == 0  # SIGTERM is a clean shutdown
-    assert not os.path.exists(path)
-
-
 async def test_standalone_monitor_serves_sessions_one_after_another_and_at_once(socket_monitor):
     path, process = socket_monitor
     async with arca_control.attach_session(path) as first:

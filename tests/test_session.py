@@ -458,3 +458,34 @@ async def test_a_small_monitor_payload_limit_still_works():
         await stream.aclose()
         with pytest.raises(ConnectionRefusedError):
             await session.connect("127.0.0.1", 1)
+
+
+async def test_a_late_accept_ok_goes_to_the_next_accept(session):
+    """The Cancel crossed the AcceptOk on the wire: the connection waits in the guest's backlog."""
+    listener = await session.listen("127.0.0.1", 0)
+    request, frame = session._core.send(Accept, listener_id=listener.listener_id)
+    await session._channel.send_bytes(frame)
+    session._core.cancel(request.request_id)  # gave up; the monitor answers before the Cancel lands
+    client = await trio.to_thread.run_sync(blocking_client, listener.local)
+    with trio.fail_after(5):
+        while not listener.backlog:
+            await trio.sleep(0.01)
+    stream = await listener.accept()
+    assert stream.peer == client.getsockname()
+    await stream.send_all(b"kept")
+    assert await trio.to_thread.run_sync(client.recv, 10) == b"kept"
+    await stream.aclose()
+    # And a late connection is closed with its listener, never leaked.
+    request, frame = session._core.send(Accept, listener_id=listener.listener_id)
+    await session._channel.send_bytes(frame)
+    session._core.cancel(request.request_id)
+    second = await trio.to_thread.run_sync(blocking_client, listener.local)
+    with trio.fail_after(5):
+        while not listener.backlog:
+            await trio.sleep(0.01)
+    await listener.aclose()
+    second.settimeout(5)
+    assert await trio.to_thread.run_sync(second.recv, 10) == b""
+    assert not session._streams
+    client.close()
+    second.close()
