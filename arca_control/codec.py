@@ -6,7 +6,8 @@ one payload Struct per message, each ending in ``Terminated`` so that no byte
 of a payload goes unread.
 
 ``decode`` is the untrusted-input path. It checks the header against the
-buffer and the size limit before construct parses anything, and it raises
+buffer and the size limit before any payload is parsed (by ``fastpath``,
+which holds to the construct schema byte for byte), and it raises
 :class:`~arca_control.errors.RemoteProtocolError` (a subclass naming the cause)
 for every malformed input, never ``struct.error``, ``KeyError`` or any other
 exception. The invariant a fuzzer checks: ``decode(data)`` either raises
@@ -15,12 +16,13 @@ exception. The invariant a fuzzer checks: ``decode(data)`` either raises
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterator
 
 import construct
 from construct import FixedSized, Struct, Switch, Terminated, this
 
-from . import errors
+from . import errors, fastpath
 from .messages import REGISTRY, ControlEvent, Message, MessageType, payload_fields
 from .wire import DEFAULT_MAX_PAYLOAD, EVENT_REQUEST_ID, HEADER, HEADER_SIZE, LENGTH_FIELD_MAX
 
@@ -36,6 +38,10 @@ FRAME = Struct(
     "payload" / FixedSized(this.length, Switch(this.type, PAYLOADS)),
 )
 
+#: HEADER's layout for the stdlib: the header is read on every frame. A test holds them equal.
+_HEADER = struct.Struct("<BHI")
+_CLASSES: dict[int, type[Message]] = {int(kind): cls for kind, cls in REGISTRY.items()}
+
 
 class NEED_DATA:
     """Sentinel: the incremental decoder needs more bytes for the next frame."""
@@ -43,30 +49,53 @@ class NEED_DATA:
 
 def encode(msg: Message, *, max_payload: int = LENGTH_FIELD_MAX) -> bytes:
     """The frame for ``msg``. Raises ``LocalProtocolError`` if a field does not fit."""
-    cls = type(msg)
-    if REGISTRY.get(getattr(cls, "TYPE", None)) is not cls:
-        raise errors.LocalProtocolError(f"{cls.__name__} is not a protocol message")
-    _check_request_id(msg.request_id, cls, errors.LocalProtocolError)
+    cls = _check_message(msg)
+    payload = fastpath.build_payload(msg)
+    if len(payload) > max_payload:
+        raise errors.LocalProtocolError(f"{cls.__name__} payload of {len(payload)} bytes exceeds {max_payload}")
+    return _HEADER.pack(cls.TYPE, len(payload), msg.request_id) + payload
+
+
+def encode_with_construct(msg: Message) -> bytes:
+    """``encode``, by the construct schema itself: the reference the fast path is held to."""
+    cls = _check_message(msg)
     values = {f.name: getattr(msg, f.name) for f in payload_fields(cls)}
     try:
         payload = PAYLOADS[cls.TYPE].build(values)
     except (construct.ConstructError, ValueError, TypeError, OverflowError, UnicodeError) as exc:
         raise errors.LocalProtocolError(f"cannot encode {msg!r}: {exc}") from None
-    if len(payload) > max_payload:
-        raise errors.LocalProtocolError(f"{cls.__name__} payload of {len(payload)} bytes exceeds {max_payload}")
     return HEADER.build({"type": cls.TYPE, "length": len(payload), "request_id": msg.request_id}) + payload
+
+
+def _check_message(msg: Message) -> type[Message]:
+    cls = type(msg)
+    if _CLASSES.get(getattr(cls, "TYPE", None)) is not cls:
+        raise errors.LocalProtocolError(f"{cls.__name__} is not a protocol message")
+    _check_request_id(msg.request_id, cls, errors.LocalProtocolError)
+    return cls
 
 
 def peek_header(data: bytes) -> tuple[int, int, int] | None:
     """``(type, length, request_id)`` of the frame at the start of ``data``, if whole."""
     if len(data) < HEADER_SIZE:
         return None
-    header = HEADER.parse(data[:HEADER_SIZE])
-    return header.type, header.length, header.request_id
+    return _HEADER.unpack_from(data)
 
 
 def decode(data: bytes, *, max_payload: int = DEFAULT_MAX_PAYLOAD) -> Message:
     """The one message that ``data`` holds, exactly and entirely."""
+    kind, request_id = _check_frame(data, max_payload)
+    return fastpath.parse_payload(kind, request_id, bytes(data[HEADER_SIZE:]))
+
+
+def decode_with_construct(data: bytes, *, max_payload: int = DEFAULT_MAX_PAYLOAD) -> Message:
+    """``decode``, by the construct schema itself: the reference the fast path is held to."""
+    kind, request_id = _check_frame(data, max_payload)
+    return _parse(bytes(data), kind, request_id)
+
+
+def _check_frame(data: bytes, max_payload: int) -> tuple[int, int]:
+    """Check everything the header says against ``data``; ``(type, request_id)``."""
     header = peek_header(data)
     if header is None:
         raise errors.TruncatedFrame(f"{len(data)} bytes is shorter than the {HEADER_SIZE}-byte header")
@@ -80,15 +109,17 @@ def decode(data: bytes, *, max_payload: int = DEFAULT_MAX_PAYLOAD) -> Message:
         raise errors.TrailingBytes(
             f"{len(data) - HEADER_SIZE - length} bytes after the frame", request_id=request_id
         )
-    return _parse(bytes(data), kind, request_id)
+    return kind, request_id
 
 
 def _check_header(kind: int, length: int, request_id: int, max_payload: int) -> None:
     if length > max_payload:
         raise errors.OversizedFrame(f"payload of {length} bytes exceeds the limit of {max_payload}", request_id=request_id)
-    if kind not in PAYLOADS:
+    cls = _CLASSES.get(kind)
+    if cls is None:
         raise errors.UnknownMessageType(f"unknown message type 0x{kind:02x}", request_id=request_id)
-    _check_request_id(request_id, REGISTRY[MessageType(kind)], errors.InvalidField)
+    if (request_id == EVENT_REQUEST_ID) != issubclass(cls, ControlEvent):
+        _check_request_id(request_id, cls, errors.InvalidField)
 
 
 def _check_request_id(request_id: int, cls: type[Message], error: type[errors.ProtocolError]) -> None:
@@ -172,9 +203,9 @@ class FrameDecoder:
             _check_header(kind, length, request_id, self.max_payload)
             end = HEADER_SIZE + length
             if len(self._buffer) >= end:
-                frame = bytes(self._buffer[:end])
+                payload = bytes(self._buffer[HEADER_SIZE:end])
                 del self._buffer[:end]
-                return _parse(frame, kind, request_id)
+                return fastpath.parse_payload(kind, request_id, payload)
         if self._eof and self._buffer:
             raise errors.TruncatedFrame(f"stream ended inside a frame ({len(self._buffer)} bytes)")
         return NEED_DATA

@@ -1,0 +1,224 @@
+"""Payloads parsed and built without construct: the same checks as the schema, at a tenth of the cost.
+
+construct parses a small frame in about 70 µs and builds one in 40; the
+control plane needs well over 100k frames per second. This module compiles
+each message's declared fields (``messages.py``) into plain reader and writer
+functions over ``struct``, once, at import. Every reader checks its own bounds
+and ranges, and raises exactly the error the construct schema would raise for
+the same bytes, field by field in the same order; every writer refuses what
+construct's builder refuses. ``tests/test_fastpath.py`` holds the two to
+that on generated and mutated frames. construct stays the declaration of the
+layout, and the codec of reference.
+
+construct's own compiled parsers are not used: their documentation says they
+must not see untrusted data.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import ipaddress
+import socket
+import struct
+from collections.abc import Callable
+
+from . import errors, wire
+from .messages import REGISTRY, Message, payload_fields
+from .wire import AddressFamily, Capability, Endpoint
+
+#: A reader takes (payload, offset) and returns (value, next offset), or raises.
+Reader = Callable[[bytes, int], tuple[object, int]]
+
+_U16 = struct.Struct("<H")
+_U32 = struct.Struct("<I")
+_KNOWN_ERRNOS = frozenset(_errno.errorcode)
+
+
+class _Short(Exception):
+    """A field runs past the end of the payload."""
+
+
+class _Bad(Exception):
+    """A field's value is out of range."""
+
+
+def _u16(data: bytes, at: int) -> tuple[int, int]:
+    if at + 2 > len(data):
+        raise _Short
+    return _U16.unpack_from(data, at)[0], at + 2
+
+
+def _u32(data: bytes, at: int) -> tuple[int, int]:
+    if at + 4 > len(data):
+        raise _Short
+    return _U32.unpack_from(data, at)[0], at + 4
+
+
+class _Version(Exception):
+    """A version field other than PROTOCOL_VERSION."""
+
+
+def _version(data: bytes, at: int) -> tuple[int, int]:
+    value, at = _u16(data, at)
+    if value != wire.PROTOCOL_VERSION:
+        raise _Version(f"expected version {wire.PROTOCOL_VERSION}, got {value}")
+    return value, at
+
+
+def _capabilities(data: bytes, at: int) -> tuple[Capability, int]:
+    value, at = _u32(data, at)
+    return Capability(value), at
+
+
+def _errno(data: bytes, at: int) -> tuple[int, int]:
+    value, at = _u16(data, at)
+    if value not in _KNOWN_ERRNOS:
+        raise _Bad(f"unknown errno {value}")
+    return value, at
+
+
+def _status(data: bytes, at: int) -> tuple[int, int]:
+    value, at = _u16(data, at)
+    if value and value not in _KNOWN_ERRNOS:
+        raise _Bad(f"unknown errno {value}")
+    return value, at
+
+
+def _endpoint(data: bytes, at: int) -> tuple[Endpoint, int]:
+    if at + 1 > len(data):
+        raise _Short
+    family = data[at]
+    if family != AddressFamily.IPV4:
+        raise _Bad(f"{family} is not a valid AddressFamily")
+    if at + 7 > len(data):
+        raise _Short
+    port = _U16.unpack_from(data, at + 5)[0]
+    return Endpoint(socket.inet_ntoa(data[at + 1 : at + 5]), port), at + 7
+
+
+def _text(data: bytes, at: int) -> tuple[str, int]:
+    if at + 1 > len(data):
+        raise _Short
+    end = at + 1 + data[at]
+    if end > len(data):
+        raise _Short
+    try:
+        return data[at + 1 : end].decode("utf-8"), end
+    except UnicodeDecodeError as exc:
+        raise _Bad(str(exc)) from None
+
+
+#: The reader for each field type declared in ``wire.py``.
+READERS: dict[int, Reader] = {
+    id(wire.U16): _u16,
+    id(wire.U32): _u32,
+    id(wire.VERSION): _version,
+    id(wire.CAPABILITIES): _capabilities,
+    id(wire.ERRNO): _errno,
+    id(wire.END_STATUS): _status,
+    id(wire.ENDPOINT): _endpoint,
+    id(wire.TEXT): _text,
+}
+
+class _Unfit(Exception):
+    """A value that does not fit its field (a local error when building)."""
+
+
+def _write_uint(packer: struct.Struct, top: int):
+    def write(value: object) -> bytes:
+        if not isinstance(value, int) or not 0 <= value <= top:
+            raise _Unfit(f"{value!r} does not fit 0..{top}")
+        return packer.pack(value)
+
+    return write
+
+
+_w16 = _write_uint(_U16, 0xFFFF)
+_w32 = _write_uint(_U32, 0xFFFFFFFF)
+
+
+def _w_version(value: object) -> bytes:
+    if value != wire.PROTOCOL_VERSION:
+        raise _Unfit(f"version must be {wire.PROTOCOL_VERSION}, not {value!r}")
+    return _U16.pack(value)
+
+
+def _w_errno(value: object) -> bytes:
+    if value not in _KNOWN_ERRNOS:
+        raise _Unfit(f"unknown errno {value!r}")
+    return _U16.pack(value)
+
+
+def _w_status(value: object) -> bytes:
+    return _U16.pack(0) if value == 0 and isinstance(value, int) else _w_errno(value)
+
+
+def _w_endpoint(value: object) -> bytes:
+    try:
+        host, port = value
+        packed = ipaddress.IPv4Address(host).packed  # strict: no "127.1", no leading zeros, no names
+    except (TypeError, ValueError):
+        raise _Unfit(f"not an IPv4 endpoint: {value!r}") from None
+    return bytes([AddressFamily.IPV4]) + packed + _w16(port)
+
+
+def _w_text(value: object) -> bytes:
+    if not isinstance(value, str):
+        raise _Unfit(f"not text: {value!r}")
+    data = value.encode("utf-8")
+    if len(data) > 255:
+        raise _Unfit(f"text of {len(data)} bytes does not fit in 255")
+    return bytes([len(data)]) + data
+
+
+#: The writer for each field type declared in ``wire.py``.
+WRITERS: dict[int, Callable[[object], bytes]] = {
+    id(wire.U16): _w16,
+    id(wire.U32): _w32,
+    id(wire.VERSION): _w_version,
+    id(wire.CAPABILITIES): _w32,
+    id(wire.ERRNO): _w_errno,
+    id(wire.END_STATUS): _w_status,
+    id(wire.ENDPOINT): _w_endpoint,
+    id(wire.TEXT): _w_text,
+}
+
+#: For each message type: its class, and (field name, reader) in wire order.
+PLANS: dict[int, tuple[type[Message], tuple[tuple[str, Reader], ...]]] = {
+    int(kind): (cls, tuple((f.name, READERS[id(f.metadata["wire"])]) for f in payload_fields(cls)))
+    for kind, cls in REGISTRY.items()
+}
+
+
+#: For each message class: (field name, writer) in wire order.
+BUILD_PLANS: dict[type[Message], tuple[tuple[str, Callable[[object], bytes]], ...]] = {
+    cls: tuple((f.name, WRITERS[id(f.metadata["wire"])]) for f in payload_fields(cls)) for cls in REGISTRY.values()
+}
+
+
+def build_payload(msg: Message) -> bytes:
+    """The payload bytes of ``msg``; raises ``LocalProtocolError`` for a value that does not fit."""
+    try:
+        return b"".join([write(getattr(msg, name)) for name, write in BUILD_PLANS[type(msg)]])
+    except _Unfit as exc:
+        raise errors.LocalProtocolError(f"cannot encode {msg!r}: {exc}") from None
+
+
+def parse_payload(kind: int, request_id: int, payload: bytes) -> Message:
+    """The message of type ``kind`` whose payload is exactly ``payload`` (header already checked)."""
+    cls, plan = PLANS[kind]
+    values = {}
+    at = 0
+    try:
+        for name, read in plan:
+            values[name], at = read(payload, at)
+    except _Version as exc:
+        raise errors.UnsupportedVersion(f"{cls.__name__}: {exc}", request_id=request_id) from None
+    except _Short:
+        raise errors.InvalidField(f"{cls.__name__}: a length inside the payload lies", request_id=request_id) from None
+    except _Bad as exc:
+        raise errors.InvalidField(f"{cls.__name__}: {exc}", request_id=request_id) from None
+    if at != len(payload):
+        raise errors.TrailingBytes(f"{cls.__name__}: bytes left after the last field", request_id=request_id)
+    return cls(request_id=request_id, **values)
+
