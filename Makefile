@@ -4,7 +4,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv system-deps clean
+.PHONY: demo test fuzz bench venv system-deps clean
+
+# How long `make fuzz` runs each mode (seconds).
+FUZZ_SECONDS ?= 600
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,15 +17,25 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# Real peers the tests and the demo talk to: curl as an HTTP client.
+# Real peers that are not our code: curl (an HTTP client) and socat (a relay and UDP peer).
 system-deps:
-	@command -v curl >/dev/null || (apt-get update -qq && apt-get install -y -qq curl)
+	@command -v curl >/dev/null && command -v socat >/dev/null || \
+		(apt-get update -qq && apt-get install -y -qq curl socat)
 
 demo: venv system-deps
 	$(PY) -m arca_control.demo
 
 test: venv system-deps
 	$(PY) -m pytest
+
+# The long fuzz run: both modes, with progress; any finding fails it and lands in tools/corpus/found/.
+fuzz: venv
+	$(PY) tools/fuzz_frames.py codec --seconds $(FUZZ_SECONDS)
+	$(PY) tools/fuzz_frames.py live --seconds $(FUZZ_SECONDS)
+
+# Every performance case side by side, as ratios; results also in bench.json.
+bench: venv system-deps
+	$(PY) tools/bench.py --json bench.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
