@@ -77,14 +77,15 @@ class ControlChannel:
         async with self._send_lock:
             await self.sock.sendmsg([data], ancillary)
 
-    def send_nowait(self, msg: Message) -> bool:
+    def send_nowait(self, data: bytes) -> bool:
         """Send one frame without waiting, even from a cancelled task; False if it would block.
 
         SEQPACKET sends are atomic, so this cannot cut into a frame another task is sending.
+        Raises OSError if the peer is gone.
         """
         try:
-            self._raw.send(codec.encode(msg), socket.MSG_DONTWAIT)
-        except OSError:
+            self._raw.send(data, socket.MSG_DONTWAIT)
+        except BlockingIOError:
             return False
         return True
 

@@ -30,7 +30,7 @@ from contextlib import asynccontextmanager
 
 import trio
 
-from . import errors
+from . import codec, errors
 from .channel import ControlChannel, close_fds, socketpair
 from .core import ClientCore, LateReply, Reply
 from .messages import (
@@ -191,7 +191,10 @@ class ArcaSession:
         if cancel is not None and self._broken is None:
             # Best effort, without waiting: a cancelled task cannot wait. If it
             # cannot be sent, the reply still comes, and is handled as late.
-            self._channel.send_nowait(cancel)
+            try:
+                self._channel.send_nowait(codec.encode(cancel))
+            except OSError:
+                pass
 
     def _adopt_late(self, request: ControlRequest, reply, fds: list[int]) -> None:
         """A reply nobody waits for: an accepted connection goes to its listener's backlog."""
@@ -219,7 +222,16 @@ class ArcaSession:
         return stream
 
     async def _send(self, frame: bytes) -> None:
+        """Send a request's frame. Once this returns, the frame is on its way.
+
+        The frame goes out at once, before any checkpoint, whenever the socket
+        has room: then even a caller already cancelled (``aclose`` inside
+        ``serve_listeners``' shutdown) gets its request to the monitor, and
+        its reply is handled as a late one. Only a full socket means waiting.
+        """
         try:
+            if self._channel.send_nowait(frame):
+                return
             await self._channel.send_bytes(frame)
         except (OSError, trio.ClosedResourceError) as exc:
             self._fail(errors.MonitorGone(f"cannot reach the monitor: {exc}"))
@@ -243,6 +255,10 @@ class ArcaSession:
         self._fail(reason)
 
     def _route(self, data: bytes, fds: list[int]) -> None:
+        if self._broken is not None:
+            # Closing: replies still in flight have nobody to go to.
+            close_fds(fds)
+            return
         try:
             event = self._core.receive(data, fds)
         except BaseException:

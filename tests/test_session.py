@@ -489,3 +489,20 @@ async def test_a_late_accept_ok_goes_to_the_next_accept(session):
     assert not session._streams
     client.close()
     second.close()
+
+
+async def test_a_listener_closed_in_a_cancelled_scope_is_closed_in_the_monitor(session):
+    """trio.serve_listeners closes its listeners inside a cancelled scope: that close must count."""
+    listener = await session.listen("127.0.0.1", 0)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.serve_listeners, echo, [listener])
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    assert listener.closed
+    with trio.fail_after(5):
+        while True:
+            try:
+                socket.create_connection(listener.local, timeout=1).close()
+            except ConnectionRefusedError:
+                break
+            await trio.sleep(0.02)
