@@ -1,4 +1,4 @@
-"""Moving bytes between one kernel socket and the guest's two pipes.
+"""Moving bytes between kernel sockets and guests' pipes: one task and one epoll per session.
 
 Each connection has two one-way pipes. The guest holds the read end of *rx*
 and the write end of *tx*; the monitor holds the other two ends and relays:
@@ -11,8 +11,17 @@ and the write end of *tx*; the monitor holds the other two ends and relays:
 Bytes move with splice(2), so they never enter user space and buffering is
 bounded by the pipe and socket buffers: when the guest stops reading, the rx
 pipe fills, the monitor stops reading the socket, and TCP flow control pushes
-back on the peer. Nothing busy-waits: a splice that would block tells us,
-with a zero-timeout poll, which side to wait for.
+back on the peer.
+
+Why one loop and not tasks: a trio task per direction costs several KiB per
+connection; a session with 10,000 connections would spend most of its memory
+on them. Here a connection is one small object and three epoll registrations,
+and one task waits on the session's epoll fd (trio watches it like any other
+fd) and runs whatever is ready. Each fd is registered only while the relay
+waits on it, so a level-triggered epoll never reports the same idle fd twice.
+The rx write end stays registered, with no events asked for, for as long as
+the downstream runs: the error event it reports when its reader is gone wakes
+an idle relay when the guest closes.
 
 Before closing rx after the socket's EOF or error, the monitor sends a
 ConnectionEnd event with the status (0 or an errno): a pipe cannot tell a FIN
@@ -21,14 +30,15 @@ from a reset.
 
 from __future__ import annotations
 
+import enum
 import errno
 import fcntl
 import logging
+import math
 import os
 import select
 import socket
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 
 import trio
 
@@ -38,46 +48,18 @@ log = logging.getLogger("arca_monitor.relay")
 
 PIPE_SIZE = 1 << 20
 SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
-#: Errors that mean "the guest closed its end of the pipe".
-GUEST_GONE = (errno.EPIPE,)
+#: Splices per ready fd per round: enough to amortise a round, few enough to stay fair.
+SPLICES_PER_TURN = 4
+IN, OUT = select.EPOLLIN, select.EPOLLOUT
+ERR = select.EPOLLERR | select.EPOLLHUP
 
 
-def close_fd(fd: int) -> None:
-    """Close an fd that trio may be watching, waking any waiter first."""
-    if fd < 0:
-        return
-    trio.lowlevel.notify_closing(fd)
-    try:
-        os.close(fd)
-    except OSError:
-        pass
+class Wait(enum.Enum):
+    """What one direction of a connection waits for."""
 
-
-def _poll_ready(fd: int, events: int) -> bool:
-    poller = select.poll()
-    poller.register(fd, events)
-    return bool(poller.poll(0))
-
-
-async def splice_pump(src: int, dst: int) -> None:
-    """Move bytes from ``src`` to ``dst`` until ``src`` reaches EOF. One side must be a pipe.
-
-    Raises the ``OSError`` of either side. Both fds must be non-blocking.
-    """
-    while True:
-        try:
-            moved = os.splice(src, dst, PIPE_SIZE, flags=SPLICE_FLAGS)
-        except BlockingIOError:
-            # EAGAIN does not say which side is blocked; ask the source.
-            if _poll_ready(src, select.POLLIN):
-                await trio.lowlevel.wait_writable(dst)
-            else:
-                await trio.lowlevel.wait_readable(src)
-            continue
-        if moved == 0:
-            return
-        # Let other connections run between chunks; a busy one must not starve them.
-        await trio.lowlevel.checkpoint()
+    SOURCE = "source readable"
+    SINK = "sink writable"
+    DONE = "done"
 
 
 def make_pipe() -> tuple[int, int]:
@@ -91,84 +73,242 @@ def make_pipe() -> tuple[int, int]:
     return read_end, write_end
 
 
-@dataclass(eq=False)
+def _readable_now(fd: int) -> bool:
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+def _close(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
 class Connection:
-    """One relayed connection: the socket, the monitor's two pipe ends, and its state."""
+    """One relayed connection: the socket, the monitor's two pipe ends, and where each direction is."""
 
-    connection_id: int
-    sock: socket.socket
-    local: Endpoint
-    peer: Endpoint
-    rx_write: int
-    tx_read: int
-    #: Set once the guest has been told about the connection (register before announce).
-    announced: trio.Event = field(default_factory=trio.Event)
-    reader_gone: bool = False
-    #: The errno of a failed write to the socket: it may have used up the
-    #: socket's pending error, so the read side would see a plain EOF.
-    write_error: int = 0
+    __slots__ = (
+        "connection_id", "sock", "sock_fd", "local", "peer", "rx_write", "tx_read",
+        "down", "up", "announced", "end_status", "write_error",
+    )
 
-    async def run(self, send_event: Callable[[ConnectionEnd], Awaitable[None]]) -> None:
-        """Relay both directions until both are finished, then close everything.
+    def __init__(self, connection_id: int, sock: socket.socket, local: Endpoint, peer: Endpoint,
+                 rx_write: int, tx_read: int) -> None:
+        self.connection_id = connection_id
+        self.sock = sock
+        self.sock_fd = sock.fileno()
+        self.local = local
+        self.peer = peer
+        self.rx_write = rx_write
+        self.tx_read = tx_read
+        self.down = Wait.SOURCE
+        self.up = Wait.SOURCE
+        #: The guest has its ConnectionReady: its ConnectionEnd may follow.
+        self.announced = False
+        #: The downstream's status, while its ConnectionEnd waits to be sent.
+        self.end_status: int | None = None
+        #: The errno of a failed write to the socket: it may have used up the
+        #: socket's pending error, so the read side would see a plain EOF.
+        self.write_error = 0
 
-        Resource handling: owns the socket and both pipe ends, and closes them
-        when it returns, however it returns (cancellation included).
-        Error handling: a socket error ends the direction it hits; a read
-        error, or a write error before the read side has ended, goes to the
-        guest as the ConnectionEnd status. Nothing propagates out of here.
-        """
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._downstream, send_event, nursery.cancel_scope)
-                nursery.start_soon(self._upstream)
-        finally:
-            close_fd(self.rx_write)
-            close_fd(self.tx_read)
-            trio.lowlevel.notify_closing(self.sock)
-            self.sock.close()
 
-    async def _downstream(self, send_event, relay_scope: trio.CancelScope) -> None:
-        status = 0
+class RelayEngine:
+    """Every relayed connection of one session.
+
+    Resource handling: owns every connection added to it (socket and pipe
+    ends) and its epoll fd; :meth:`close` closes all of them, and a finished
+    connection is closed and forgotten as soon as both directions end.
+    Error handling: socket and pipe errors end the direction they hit and go
+    to the guest as ConnectionEnd statuses; only a failure to send on the
+    control channel leaves :meth:`run`, raised by ``send_event``.
+    """
+
+    def __init__(self, send_event: Callable[[ConnectionEnd], Awaitable[None]]) -> None:
+        self._send_event = send_event
+        self._epoll = select.epoll()
+        self._registered: dict[int, int] = {}
+        self._owners: dict[int, Connection] = {}
+        self.connections: dict[int, Connection] = {}
+        # At most one end per connection is ever queued, so this is bounded by the connections.
+        self._ends_in, self._ends_out = trio.open_memory_channel[Connection](math.inf)
+
+    # --- life cycle -----------------------------------------------------------------
+
+    def add(self, conn: Connection) -> None:
+        """Start relaying ``conn``; its ConnectionEnd waits for :meth:`announce`."""
+        self.connections[conn.connection_id] = conn
+        for fd in (conn.sock_fd, conn.rx_write, conn.tx_read):
+            self._owners[fd] = conn
+        self._update(conn)
+
+    def announce(self, conn: Connection) -> None:
+        """The guest has been told of ``conn``: its ConnectionEnd may go out now."""
+        conn.announced = True
+        if conn.end_status is not None:
+            self._ends_in.send_nowait(conn)
+
+    async def run(self) -> None:
+        """Relay until cancelled. Sends the ConnectionEnd events too."""
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._watch_reader, nursery.cancel_scope)
+            nursery.start_soon(self._send_ends)
+            while True:
+                await trio.lowlevel.wait_readable(self._epoll.fileno())
+                for fd, events in self._epoll.poll(0, 1024):
+                    conn = self._owners.get(fd)
+                    if conn is not None:
+                        self._on_event(conn, fd, events)
+
+    def close(self) -> None:
+        """Close every connection and the epoll fd (the session is over)."""
+        for conn in list(self.connections.values()):
+            for fd in (conn.rx_write, conn.tx_read):
+                if fd >= 0:
+                    _close(fd)
+            conn.sock.close()
+        self.connections.clear()
+        self._owners.clear()
+        self._epoll.close()
+
+    # --- events --------------------------------------------------------------------------
+
+    def _on_event(self, conn: Connection, fd: int, events: int) -> None:
+        if fd == conn.rx_write:
+            if events & ERR:
+                self._finish_down(conn, reader_gone=True)
+            elif conn.down is Wait.SINK:
+                self._pump_down(conn)
+        elif fd == conn.tx_read:
+            if conn.up is Wait.SOURCE:
+                self._pump_up(conn)
+        else:  # the socket
+            if conn.down is Wait.SOURCE and events & (IN | ERR):
+                self._pump_down(conn)
+            if conn.up is Wait.SINK and events & (OUT | ERR):
+                self._pump_up(conn)
+        if conn.connection_id in self.connections:
+            self._update(conn)
+
+    def _pump_down(self, conn: Connection) -> None:
+        for _ in range(SPLICES_PER_TURN):
             try:
-                await splice_pump(self.sock.fileno(), self.rx_write)
+                moved = os.splice(conn.sock_fd, conn.rx_write, PIPE_SIZE, flags=SPLICE_FLAGS)
+            except BlockingIOError:
+                # EAGAIN does not say which side is blocked; ask the source.
+                conn.down = Wait.SINK if _readable_now(conn.sock_fd) else Wait.SOURCE
+                return
             except OSError as exc:
-                if exc.errno in GUEST_GONE:
-                    self.reader_gone = True
+                if exc.errno == errno.EPIPE:
+                    self._finish_down(conn, reader_gone=True)
                 else:
-                    status = exc.errno or errno.EIO
-            nursery.cancel_scope.cancel()
-        status = status or self.write_error
-        log.debug("connection %d: downstream ended, status %d, reader gone %s",
-                  self.connection_id, status, self.reader_gone)
-        if not self.reader_gone:
-            await self.announced.wait()
-            await send_event(ConnectionEnd(connection_id=self.connection_id, status=status))
-        close_fd(self.rx_write)
-        self.rx_write = -1
+                    self._finish_down(conn, status=exc.errno or errno.EIO)
+                return
+            if moved == 0:
+                self._finish_down(conn, status=conn.write_error)
+                return
+        conn.down = Wait.SOURCE
+
+    def _pump_up(self, conn: Connection) -> None:
+        for _ in range(SPLICES_PER_TURN):
+            try:
+                moved = os.splice(conn.tx_read, conn.sock_fd, PIPE_SIZE, flags=SPLICE_FLAGS)
+            except BlockingIOError:
+                conn.up = Wait.SINK if _readable_now(conn.tx_read) else Wait.SOURCE
+                return
+            except OSError as exc:
+                # A write after the peer's reset: the downstream reports it, unless it already ended.
+                conn.write_error = exc.errno or errno.EIO
+                self._finish_up(conn)
+                return
+            if moved == 0:
+                # Everything the guest wrote is in the socket now; only then the FIN.
+                try:
+                    conn.sock.shutdown(socket.SHUT_WR)
+                except OSError as exc:
+                    conn.write_error = exc.errno or errno.EIO
+                self._finish_up(conn)
+                return
+        conn.up = Wait.SOURCE
+
+    # --- endings ---------------------------------------------------------------------------
+
+    def _finish_down(self, conn: Connection, *, reader_gone: bool = False, status: int = 0) -> None:
+        if conn.down is Wait.DONE:
+            return
+        conn.down = Wait.DONE
+        self._unregister(conn.rx_write)
+        if reader_gone:
+            # The guest closed its end: nobody to tell.
+            self._close_rx(conn)
+        else:
+            conn.end_status = status
+            if conn.announced:
+                self._ends_in.send_nowait(conn)
         if status:
             # The socket is dead: stop taking bytes from the guest, so its next send fails.
-            relay_scope.cancel()
+            self._finish_up(conn)
+        log.debug("connection %d: downstream ended, status %d, reader gone %s",
+                  conn.connection_id, status, reader_gone)
 
-    async def _watch_reader(self, scope: trio.CancelScope) -> None:
-        # The write end of a pipe whose reader is gone reports an error event;
-        # it never becomes readable otherwise. This wakes an idle relay.
-        await trio.lowlevel.wait_readable(self.rx_write)
-        self.reader_gone = True
-        scope.cancel()
+    def _finish_up(self, conn: Connection) -> None:
+        if conn.up is Wait.DONE:
+            return
+        conn.up = Wait.DONE
+        self._unregister(conn.tx_read)
+        _close(conn.tx_read)
+        self._owners.pop(conn.tx_read, None)
+        conn.tx_read = -1
+        self._forget_if_done(conn)
 
-    async def _upstream(self) -> None:
-        try:
-            await splice_pump(self.tx_read, self.sock.fileno())
-            # Everything the guest wrote is in the socket now; only then the FIN.
-            self.sock.shutdown(socket.SHUT_WR)
-            log.debug("connection %d: upstream EOF, socket shut down for writing", self.connection_id)
-        except OSError as exc:
-            # The connection failed (a write after the peer's reset): the
-            # downstream reports it, in ConnectionEnd, unless it already ended.
-            self.write_error = exc.errno or errno.EIO
-            log.debug("connection %d: upstream ended: %s", self.connection_id, exc)
-        finally:
-            close_fd(self.tx_read)
-            self.tx_read = -1
+    def _close_rx(self, conn: Connection) -> None:
+        _close(conn.rx_write)
+        self._owners.pop(conn.rx_write, None)
+        conn.rx_write = -1
+        self._forget_if_done(conn)
+
+    def _forget_if_done(self, conn: Connection) -> None:
+        if conn.up is Wait.DONE and conn.down is Wait.DONE and conn.rx_write < 0:
+            self._unregister(conn.sock_fd)
+            self._owners.pop(conn.sock_fd, None)
+            conn.sock.close()
+            self.connections.pop(conn.connection_id, None)
+
+    async def _send_ends(self) -> None:
+        async for conn in self._ends_out:
+            if conn.connection_id not in self.connections:
+                continue  # the session closed it meanwhile
+            await self._send_event(ConnectionEnd(connection_id=conn.connection_id, status=conn.end_status))
+            # Only now may rx close: the guest, at EOF, waits for this status.
+            self._close_rx(conn)
+
+    # --- epoll interest --------------------------------------------------------------------
+
+    def _update(self, conn: Connection) -> None:
+        """Register each fd of ``conn`` for exactly what its direction waits for."""
+        sock_events = (IN if conn.down is Wait.SOURCE else 0) | (OUT if conn.up is Wait.SINK else 0)
+        self._register(conn.sock_fd, sock_events)
+        if conn.down is not Wait.DONE:
+            # Always registered, for the error event that says the guest closed its end.
+            self._register(conn.rx_write, OUT if conn.down is Wait.SINK else 0, keep_empty=True)
+        if conn.up is not Wait.DONE:
+            self._register(conn.tx_read, IN if conn.up is Wait.SOURCE else 0)
+
+    def _register(self, fd: int, events: int, *, keep_empty: bool = False) -> None:
+        old = self._registered.get(fd)
+        if not events and not keep_empty:
+            if old is not None:
+                self._unregister(fd)
+        elif old is None:
+            self._epoll.register(fd, events)
+            self._registered[fd] = events
+        elif old != events:
+            self._epoll.modify(fd, events)
+            self._registered[fd] = events
+
+    def _unregister(self, fd: int) -> None:
+        if self._registered.pop(fd, None) is not None:
+            try:
+                self._epoll.unregister(fd)
+            except OSError:
+                pass

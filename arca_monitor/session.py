@@ -48,7 +48,7 @@ from arca_control.wire import Capability
 from . import net
 from .config import Config
 from .listeners import Listener
-from .relay import Connection, make_pipe
+from .relay import Connection, RelayEngine, make_pipe
 
 log = logging.getLogger("arca_monitor.session")
 
@@ -66,7 +66,9 @@ class MonitorSession:
         self.channel = ControlChannel(sock, max_payload=config.max_payload)
         self.core = ServerCore(max_payload=config.max_payload, max_errors=config.max_protocol_errors)
         self.listeners: dict[int, Listener] = {}
-        self.connections: dict[int, Connection] = {}
+        self.relay = RelayEngine(self.send)
+        #: Every relayed connection, by id (the relay engine's table).
+        self.connections: dict[int, Connection] = self.relay.connections
         #: Connect requests in progress, by request id, so Cancel can reach them.
         self._connects: dict[int, trio.CancelScope] = {}
         self._listener_ids = itertools.count(1)
@@ -78,6 +80,7 @@ class MonitorSession:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                self._spawn(self.relay.run)
                 try:
                     await self._read_requests()
                 except SessionClosed:
@@ -87,6 +90,7 @@ class MonitorSession:
             # The guest is gone or lost: close quietly, there is no one to answer.
             for listener in self.listeners.values():
                 listener.close()
+            self.relay.close()
             self.channel.close()
             log.info("session %d: ended", self.number)
 
@@ -229,22 +233,15 @@ class MonitorSession:
             return
         conn = Connection(next(self._connection_ids), sock, local, peer, rx_write, tx_read)
         # Register before announcing: the guest's next request may name this connection.
-        self.connections[conn.connection_id] = conn
-        self._spawn(self._relay, conn)
+        self.relay.add(conn)
         try:
             reply = reply_type(request_id=request.request_id, connection_id=conn.connection_id, local=local, peer=peer)
             await self.send(reply, [rx_read, tx_write])
         finally:
             # Our copies must go, or the guest would never see EOF on rx.
             close_fds([rx_read, tx_write])
-        conn.announced.set()
+        self.relay.announce(conn)
         log.debug("session %d: connection %d %s -> %s", self.number, conn.connection_id, local, peer)
-
-    async def _relay(self, conn: Connection) -> None:
-        try:
-            await conn.run(self.send)
-        finally:
-            self.connections.pop(conn.connection_id, None)
 
     def _spawn(self, fn, *args) -> None:
         self._nursery.start_soon(self._task, fn, *args)
