@@ -96,15 +96,18 @@ class ArcaSession:
 
     # --- public API -------------------------------------------------------------
 
-    async def listen(self, host: str, port: int, *, backlog: int = 128) -> ArcaListener:
+    async def listen(self, host: str, port: int, *, backlog: int = 128, prefetch: int = 0) -> ArcaListener:
         """Listen on ``host:port`` in the monitor; ``port`` 0 lets the kernel choose.
 
         ``listener.local`` is the address really bound. Raises OSError with the
         kernel's errno (EADDRINUSE, EACCES, ...) here, at listen time.
+        ``prefetch`` N keeps N connections accepted ahead (see ``ArcaListener``).
         """
+        if prefetch < 0:
+            raise ValueError("prefetch must be 0 or more")
         reply, _ = await self._call(Listen, endpoint=_endpoint(host, port), backlog=backlog)
         assert isinstance(reply, ListenOk)
-        listener = ArcaListener(self, reply.listener_id, reply.local)
+        listener = ArcaListener(self, reply.listener_id, reply.local, prefetch)
         self._listeners[reply.listener_id] = listener
         return listener
 
@@ -230,8 +233,6 @@ class ArcaSession:
         its reply is handled as a late one. Only a full socket means waiting.
         """
         try:
-            if self._channel.send_nowait(frame):
-                return
             await self._channel.send_bytes(frame)
         except (OSError, trio.ClosedResourceError) as exc:
             self._fail(errors.MonitorGone(f"cannot reach the monitor: {exc}"))

@@ -15,6 +15,7 @@ An :class:`ArcaListener` is a ``trio.abc.Listener``, so
 from __future__ import annotations
 
 import errno
+import os
 from collections import deque
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -120,17 +121,42 @@ class ArcaStream(trio.abc.HalfCloseableStream):
         with self._receive_conflict.hold():
             self._check_open()
             data = await self._rx.receive_some(max_bytes)
-            if data:
-                return data
-            # EOF on the pipe: the monitor's ConnectionEnd says whether it was clean.
-            await self._end.event.wait()
+            if not data:
+                await self._confirm_eof()
+            return data
+
+    async def receive_into(self, buffer: bytearray | memoryview) -> int:
+        """Like ``receive_some``, into ``buffer``: the bytes read, 0 at EOF.
+
+        Reads straight from the rx pipe into the caller's buffer, with no
+        allocation per chunk: the fast way to take in bulk data.
+        """
+        with self._receive_conflict.hold():
             self._check_open()
-            status = self._end.status
-            if status is None:
-                raise trio.BrokenResourceError("the monitor is gone; the connection may be incomplete")
-            if status:
-                raise trio.BrokenResourceError(f"connection {self.connection_id} failed") from error_from_errno(status)
-            return b""
+            if not len(buffer):
+                raise ValueError("the buffer must not be empty")
+            fd = self._rx.fileno()
+            await trio.lowlevel.checkpoint_if_cancelled()
+            while True:
+                try:
+                    count = os.readv(fd, [buffer])
+                    break
+                except BlockingIOError:
+                    await trio.lowlevel.wait_readable(fd)
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            if not count:
+                await self._confirm_eof()
+            return count
+
+    async def _confirm_eof(self) -> None:
+        """EOF on the pipe: the monitor's ConnectionEnd says whether it was clean."""
+        await self._end.event.wait()
+        self._check_open()
+        status = self._end.status
+        if status is None:
+            raise trio.BrokenResourceError("the monitor is gone; the connection may be incomplete")
+        if status:
+            raise trio.BrokenResourceError(f"connection {self.connection_id} failed") from error_from_errno(status)
 
     async def aclose(self) -> None:
         if not self._closed:
@@ -154,14 +180,25 @@ class ArcaListener(trio.abc.Listener[ArcaStream]):
     ``accept`` may be called by many tasks at once: the monitor queues them.
     A connection accepted for an ``accept`` that was cancelled meanwhile is
     kept in :attr:`backlog` and handed to the next ``accept``, so none is lost.
+
+    With ``prefetch`` N > 0 the listener keeps up to N Accepts outstanding in
+    the background, so connections are ready before ``accept`` asks: a server
+    then pays one control round trip per connection off its critical path.
+    Connections fetched ahead and never taken are closed with the listener.
+    An error fetching one is raised by the next ``accept``, which also
+    restarts fetching (so EMFILE backs off the way ``serve_listeners`` wants).
     """
 
-    def __init__(self, session: ArcaSession, listener_id: int, local: Endpoint) -> None:
+    def __init__(self, session: ArcaSession, listener_id: int, local: Endpoint, prefetch: int = 0) -> None:
         self.session = session
         self.listener_id = listener_id
         self.local = local
+        self.prefetch = prefetch
         self.backlog: deque[ArcaStream] = deque()
         self._closed = False
+        self._outstanding = 0
+        self._errors: deque[BaseException] = deque()
+        self._arrived = trio.Event()
 
     def __repr__(self) -> str:
         return f"<ArcaListener #{self.listener_id} {self.local[0]}:{self.local[1]}>"
@@ -175,7 +212,10 @@ class ArcaListener(trio.abc.Listener[ArcaStream]):
             raise trio.ClosedResourceError("this listener is closed")
         if self.backlog:
             await trio.lowlevel.checkpoint()
+            self._refill()
             return self.backlog.popleft()
+        if self.prefetch:
+            return await self._accept_fetched()
         try:
             return await self.session._accept(self)
         except OSError as exc:
@@ -183,11 +223,51 @@ class ArcaListener(trio.abc.Listener[ArcaStream]):
                 raise trio.ClosedResourceError("this listener was closed") from None
             raise
 
+    async def _accept_fetched(self) -> ArcaStream:
+        self._refill()
+        while not self.backlog and not self._errors:
+            if self._arrived.is_set():
+                self._arrived = trio.Event()
+            await self._arrived.wait()
+            if self._closed:
+                raise trio.ClosedResourceError("this listener was closed")
+        if self.backlog:
+            stream = self.backlog.popleft()
+            self._refill()
+            return stream
+        raise self._errors.popleft()
+
+    def _refill(self) -> None:
+        """Start background Accepts until ``prefetch`` are outstanding or waiting in the backlog."""
+        while (
+            not self._closed
+            and not self._errors
+            and self._outstanding + len(self.backlog) < self.prefetch
+        ):
+            self._outstanding += 1
+            self.session._nursery.start_soon(self._fetch_one)
+
+    async def _fetch_one(self) -> None:
+        try:
+            stream = await self.session._accept(self)
+        except (OSError, trio.ClosedResourceError) as exc:
+            if not self._closed:
+                self._errors.append(exc)
+        else:
+            if self._closed:
+                await stream.aclose()
+            else:
+                self.backlog.append(stream)
+        finally:
+            self._outstanding -= 1
+            self._arrived.set()
+
     async def aclose(self) -> None:
         if self._closed:
             await trio.lowlevel.checkpoint()
             return
         self._closed = True
+        self._arrived.set()  # wake accepts waiting for fetched connections
         while self.backlog:
             await self.backlog.popleft().aclose()
         await self.session._close_listener(self)

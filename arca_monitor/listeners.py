@@ -85,15 +85,17 @@ class Listener:
                 while not self._waiting:
                     self._wakeup = trio.Event()
                     await self._wakeup.wait()
-                await trio.lowlevel.wait_readable(self.sock)
             if self.closed:
                 return
-            if not self._waiting:
-                continue
             try:
                 self._admit()
+                # Try first, wait only if nothing is pending: a busy listener
+                # then takes connection after connection without an epoll round.
                 conn, _ = self.sock.accept()
             except BlockingIOError:
+                self._wait_scope = trio.CancelScope()
+                with self._wait_scope:
+                    await trio.lowlevel.wait_readable(self.sock)
                 continue
             except OSError as exc:
                 if exc.errno in TRANSIENT_ACCEPT_ERRORS:

@@ -506,3 +506,33 @@ async def test_a_listener_closed_in_a_cancelled_scope_is_closed_in_the_monitor(s
             except ConnectionRefusedError:
                 break
             await trio.sleep(0.02)
+
+
+async def test_prefetching_listener_serves_and_closes_cleanly(session):
+    listener = await session.listen("127.0.0.1", 0, prefetch=4)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.serve_listeners, echo, [listener])
+        for i in range(20):
+            client = await trio.open_tcp_stream(*listener.local)
+            async with client:
+                await client.send_all(b"n%d" % i)
+                await client.send_eof()
+                assert await read_all(client) == b"n%d" % i
+        nursery.cancel_scope.cancel()
+    # Fetched-ahead connections went with the listener; the port is closed in the monitor.
+    with trio.fail_after(5):
+        while session._streams:
+            await trio.sleep(0.01)
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(listener.local, timeout=1)
+
+
+async def test_prefetch_hands_errors_to_accept():
+    async with arca_control.open_session("--max-connections", "0") as session:
+        listener = await session.listen("127.0.0.1", 0, prefetch=2)
+        client = socket.create_connection(listener.local, timeout=5)
+        with pytest.raises(OSError) as caught:
+            await listener.accept()
+        assert caught.value.errno == errno.EMFILE
+        client.close()
+        await listener.aclose()

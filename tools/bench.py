@@ -383,9 +383,11 @@ async def arca_download(nbytes: int) -> Transfer:
                 await stream.send_all(b"g")
                 cpu_before, start = cpu_seconds(monitor), time.perf_counter()
                 received = 0
-                # The guest's reading loop, and nothing else: count what each read returns.
-                while data := await stream.receive_some(CHUNK):
-                    received += len(data)
+                buffer = bytearray(CHUNK)
+                # The guest's reading loop, and nothing else: into one buffer, as the
+                # direct receiver does with recv_into.
+                while count := await stream.receive_into(buffer):
+                    received += count
                 seconds = time.perf_counter() - start
                 cpu = cpu_seconds(monitor) - cpu_before
                 await stream.aclose()
@@ -509,9 +511,13 @@ async def run_loadgen(port: int, sizes: Sizes, timeout: float) -> float:
     return int(done) / float(seconds)
 
 
+#: Accepts an ArcaListener keeps outstanding for serve_listeners.
+ACCEPT_PREFETCH = 8
+
 async def arca_accept_rate(sizes: Sizes, timeout: float) -> float:
     async with arca_control.open_session() as session:
-        listener = await session.listen(HOST, 0, backlog=1024)
+        # A server keeps a few Accepts outstanding, as the kernel keeps a backlog.
+        listener = await session.listen(HOST, 0, backlog=1024, prefetch=ACCEPT_PREFETCH)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(trio.serve_listeners, echo_one_byte, [listener])
             rate = await run_loadgen(listener.local.port, sizes, timeout)
