@@ -70,9 +70,9 @@ async def test_guest_killed_mid_transfer_releases_everything_within_a_second(soc
         with trio.fail_after(10):
             await transfer_started.wait()
         during = fd_count(monitor.pid)
+        killed_at = trio.current_time()
         guest.send_signal(signal.SIGKILL)
         await guest.wait()
-        killed_at = trio.current_time()
         after = await settle(lambda: fd_count(monitor.pid), baseline, seconds=1.0)
         elapsed = trio.current_time() - killed_at
         assert after == baseline, f"monitor fds {after}, baseline {baseline}, 1 s after the guest died"
