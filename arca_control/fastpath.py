@@ -17,20 +17,20 @@ must not see untrusted data.
 from __future__ import annotations
 
 import errno as _errno
-import ipaddress
 import socket
 import struct
 from collections.abc import Callable
 
 from . import errors, wire
 from .messages import REGISTRY, Message, payload_fields
-from .wire import AddressFamily, Capability, Endpoint
+from .wire import AddressFamily, Capability, Endpoint, ListenFlags
 
 #: A reader takes (payload, offset) and returns (value, next offset), or raises.
 Reader = Callable[[bytes, int], tuple[object, int]]
 
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
+_SCOPE_PORT = struct.Struct("<IH")
 _KNOWN_ERRNOS = frozenset(_errno.errorcode)
 
 
@@ -88,12 +88,26 @@ def _endpoint(data: bytes, at: int) -> tuple[Endpoint, int]:
     if at + 1 > len(data):
         raise _Short
     family = data[at]
-    if family != AddressFamily.IPV4:
-        raise _Bad(f"{family} is not a valid AddressFamily")
-    if at + 7 > len(data):
+    if family == AddressFamily.IPV4:
+        if at + 7 > len(data):
+            raise _Short
+        port = _U16.unpack_from(data, at + 5)[0]
+        return Endpoint(socket.inet_ntoa(data[at + 1 : at + 5]), port), at + 7
+    if family == AddressFamily.IPV6:
+        if at + 23 > len(data):
+            raise _Short
+        scope_id, port = _SCOPE_PORT.unpack_from(data, at + 17)
+        return Endpoint(wire.ipv6_host(data[at + 1 : at + 17], scope_id), port), at + 23
+    raise _Bad(f"{family} is not a valid AddressFamily")
+
+
+def _listen_flags(data: bytes, at: int) -> tuple[ListenFlags, int]:
+    if at + 1 > len(data):
         raise _Short
-    port = _U16.unpack_from(data, at + 5)[0]
-    return Endpoint(socket.inet_ntoa(data[at + 1 : at + 5]), port), at + 7
+    try:
+        return ListenFlags(data[at]), at + 1
+    except ValueError:
+        raise _Bad(f"{data[at]} is not a valid ListenFlags") from None
 
 
 def _text(data: bytes, at: int) -> tuple[str, int]:
@@ -118,6 +132,7 @@ READERS: dict[int, Reader] = {
     id(wire.END_STATUS): _status,
     id(wire.ENDPOINT): _endpoint,
     id(wire.TEXT): _text,
+    id(wire.LISTEN_FLAGS): _listen_flags,
 }
 
 class _Unfit(Exception):
@@ -156,10 +171,19 @@ def _w_status(value: object) -> bytes:
 def _w_endpoint(value: object) -> bytes:
     try:
         host, port = value
-        packed = ipaddress.IPv4Address(host).packed  # strict: no "127.1", no leading zeros, no names
+        family, packed, scope_id = wire.parse_ip(host)
     except (TypeError, ValueError):
-        raise _Unfit(f"not an IPv4 endpoint: {value!r}") from None
-    return bytes([AddressFamily.IPV4]) + packed + _w16(port)
+        raise _Unfit(f"not an IP endpoint: {value!r}") from None
+    if family == AddressFamily.IPV4:
+        return bytes([family]) + packed + _w16(port)
+    return bytes([family]) + packed + _U32.pack(scope_id) + _w16(port)
+
+
+def _w_listen_flags(value: object) -> bytes:
+    try:
+        return bytes([ListenFlags(value)])
+    except (TypeError, ValueError):
+        raise _Unfit(f"not ListenFlags: {value!r}") from None
 
 
 def _w_text(value: object) -> bytes:
@@ -181,6 +205,7 @@ WRITERS: dict[int, Callable[[object], bytes]] = {
     id(wire.END_STATUS): _w_status,
     id(wire.ENDPOINT): _w_endpoint,
     id(wire.TEXT): _w_text,
+    id(wire.LISTEN_FLAGS): _w_listen_flags,
 }
 
 #: For each message type: its class, and (field name, reader) in wire order.

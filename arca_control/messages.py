@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 
 from . import wire
 from .errors import error_from_errno
-from .wire import Capability, Endpoint
+from .wire import Capability, Endpoint, ListenFlags
 
 
 class MessageType(enum.IntEnum):
@@ -116,6 +116,7 @@ class Listen(ControlRequest):
     TYPE = MessageType.LISTEN
     endpoint: Endpoint = field(wire.ENDPOINT)
     backlog: int = field(wire.U16, default=128)
+    flags: ListenFlags = field(wire.LISTEN_FLAGS, default=ListenFlags(0))
 
 
 @message
@@ -294,4 +295,4 @@ def error_reply_for(request: ControlRequest | None, request_id: int, code: int, 
 
 
 __all__ = [name for name, value in globals().items() if isinstance(value, type) and issubclass(value, Message)]
-__all__ += ["MessageType", "REGISTRY", "REPLIES", "ERROR_REPLY", "Endpoint", "Capability", "error_reply_for"]
+__all__ += ["MessageType", "REGISTRY", "REPLIES", "ERROR_REPLY", "Endpoint", "Capability", "ListenFlags", "error_reply_for"]

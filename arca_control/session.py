@@ -48,7 +48,7 @@ from .messages import (
     ListenOk,
 )
 from .stream import ArcaListener, ArcaStream, EndStatus
-from .wire import LENGTH_FIELD_MAX, Capability, Endpoint
+from .wire import LENGTH_FIELD_MAX, AddressFamily, Capability, Endpoint, ListenFlags, ipv6_host, parse_ip
 
 log = logging.getLogger("arca_control")
 
@@ -57,14 +57,26 @@ MONITOR_EXIT_GRACE = 5.0
 
 
 def _endpoint(host: str, port: int) -> Endpoint:
-    """Check an address the way socket.connect would, before it goes on the wire."""
+    """Check an address the way socket.connect would, before it goes on the wire.
+
+    IPv4 or IPv6 literals; an IPv6 scope may name an interface (``fe80::1%eth0``),
+    which becomes its index here, on the guest's side.
+    """
+    if isinstance(host, str) and "%" in host:
+        address, _, scope = host.partition("%")
+        if not scope.isdigit():
+            try:
+                host = f"{address}%{socket.if_nametoindex(scope)}"
+            except OSError:
+                raise ValueError(f"no interface {scope!r} for the scope of {host!r}") from None
     try:
-        address = ipaddress.IPv4Address(host)
-    except ValueError:
-        raise ValueError(f"{host!r} is not an IPv4 address literal (this protocol version resolves no names)") from None
+        family, packed, scope_id = parse_ip(host)
+    except (ValueError, TypeError):
+        raise ValueError(f"{host!r} is not an IP address literal (this protocol version resolves no names)") from None
     if not isinstance(port, int) or not 0 <= port <= 0xFFFF:
         raise ValueError(f"port must be 0-65535, not {port!r}")
-    return Endpoint(str(address), port)
+    canonical = str(ipaddress.IPv4Address(packed)) if family == AddressFamily.IPV4 else ipv6_host(packed, scope_id)
+    return Endpoint(canonical, port)
 
 
 class _Waiter:
@@ -96,16 +108,21 @@ class ArcaSession:
 
     # --- public API -------------------------------------------------------------
 
-    async def listen(self, host: str, port: int, *, backlog: int = 128, prefetch: int = 0) -> ArcaListener:
+    async def listen(
+        self, host: str, port: int, *, backlog: int = 128, prefetch: int = 0, v6only: bool = False
+    ) -> ArcaListener:
         """Listen on ``host:port`` in the monitor; ``port`` 0 lets the kernel choose.
 
         ``listener.local`` is the address really bound. Raises OSError with the
         kernel's errno (EADDRINUSE, EACCES, ...) here, at listen time.
         ``prefetch`` N keeps N connections accepted ahead (see ``ArcaListener``).
+        An IPv6 listener on ``"::"`` takes IPv4 connections too (as
+        ``::ffff:a.b.c.d`` peers) unless ``v6only`` is set.
         """
         if prefetch < 0:
             raise ValueError("prefetch must be 0 or more")
-        reply, _ = await self._call(Listen, endpoint=_endpoint(host, port), backlog=backlog)
+        flags = ListenFlags.V6ONLY if v6only else ListenFlags(0)
+        reply, _ = await self._call(Listen, endpoint=_endpoint(host, port), backlog=backlog, flags=flags)
         assert isinstance(reply, ListenOk)
         listener = ArcaListener(self, reply.listener_id, reply.local, prefetch)
         self._listeners[reply.listener_id] = listener

@@ -16,6 +16,7 @@ from __future__ import annotations
 import enum
 import errno
 import ipaddress
+import socket
 from typing import NamedTuple
 
 from construct import (
@@ -50,18 +51,45 @@ HEADER = Struct(
 
 
 class Endpoint(NamedTuple):
-    """An address and port. For IPv4 it equals Python's ``(host, port)`` tuple."""
+    """An address and port. For IPv4 it equals Python's ``(host, port)`` tuple.
+
+    An IPv6 host is in its compressed form, with ``%N`` for a nonzero scope id
+    (``fe80::1%2``); :meth:`sockaddr` gives the 4-tuple Python's sockets use.
+    """
 
     host: str
     port: int
 
+    def sockaddr(self) -> tuple:
+        """The address as Python's socket functions take and return it."""
+        address = ipaddress.ip_address(self.host)
+        if address.version == 4:
+            return (self.host, self.port)
+        return (str(address).split("%")[0], self.port, 0, int(address.scope_id or 0))
+
+    @classmethod
+    def from_sockaddr(cls, sockaddr: tuple) -> "Endpoint":
+        """The Endpoint of an address Python's sockets returned (IPv4 or IPv6)."""
+        host, port = sockaddr[0], sockaddr[1]
+        if len(sockaddr) == 4 and sockaddr[3]:
+            host = f"{host.split('%')[0]}%{sockaddr[3]}"
+        return cls(host, port)
+
 
 class AddressFamily(enum.IntEnum):
-    """The tag in front of every endpoint. Values 2 and up are reserved."""
+    """The tag in front of every endpoint. Values 3 and up are reserved."""
 
     IPV4 = 1
-    # Reserved for later versions, so the layout has room for them:
-    # IPV6 = 2 (16 bytes, flow info, scope id); NAME = 3 (length-prefixed host name).
+    IPV6 = 2
+    # Reserved for later versions, so the layout has room for it:
+    # NAME = 3 (length-prefixed host name).
+
+
+class ListenFlags(enum.IntFlag, boundary=enum.STRICT):
+    """Options of a Listen. Unknown bits are an error."""
+
+    #: IPV6_V6ONLY: an IPv6 listener that does not also take IPv4 connections.
+    V6ONLY = 1
 
 
 class Capability(enum.IntFlag, boundary=enum.KEEP):
@@ -123,25 +151,54 @@ class _StatusAdapter(_ErrnoAdapter):
         return 0 if obj == 0 else super()._encode(obj, context, path)
 
 
+def ipv6_host(packed: bytes, scope_id: int) -> str:
+    """The Endpoint host for 16 address bytes and a scope id, written as the kernel writes it."""
+    host = socket.inet_ntop(socket.AF_INET6, packed)
+    return f"{host}%{scope_id}" if scope_id else host
+
+
+def parse_ip(host: str) -> tuple[AddressFamily, bytes, int]:
+    """``(family, packed address, scope id)`` of an IP literal; ValueError for anything else.
+
+    Strict: no names, no "127.1" shorthand, no leading zeros; a scope id must be a number.
+    """
+    address = ipaddress.ip_address(host)
+    if address.version == 4:
+        return AddressFamily.IPV4, address.packed, 0
+    scope = address.scope_id
+    if scope is not None and not (scope.isdigit() and int(scope) <= 0xFFFFFFFF):
+        raise ValueError(f"scope id {scope!r} is not a number (use socket.if_nametoindex)")
+    return AddressFamily.IPV6, address.packed, int(scope or 0)
+
+
 class _EndpointAdapter(Adapter):
     def _decode(self, obj, context, path):
-        # Only IPv4 exists in this version; the Switch has already refused the rest.
-        return Endpoint(str(ipaddress.IPv4Address(obj.address)), obj.port)
+        if obj.family == AddressFamily.IPV4:
+            return Endpoint(str(ipaddress.IPv4Address(obj.address)), obj.port)
+        return Endpoint(ipv6_host(obj.address.packed, obj.address.scope_id), obj.port)
 
     def _encode(self, obj, context, path):
         host, port = obj
         try:
-            address = ipaddress.IPv4Address(host)
-        except ValueError:
-            raise ValidationError(f"not an IPv4 address literal: {host!r}", path=path)
-        return {"family": AddressFamily.IPV4, "address": address.packed, "port": port}
+            family, packed, scope_id = parse_ip(host)
+        except (ValueError, TypeError):
+            raise ValidationError(f"not an IP address literal: {host!r}", path=path)
+        address = packed if family == AddressFamily.IPV4 else {"packed": packed, "scope_id": scope_id}
+        return {"family": family, "address": address, "port": port}
 
 
-#: family u8, address (4 bytes for IPv4), port u16.
+#: family u8; the address (4 bytes for IPv4; 16 bytes and a u32 scope id for IPv6); port u16.
 ENDPOINT = _EndpointAdapter(
     Struct(
         "family" / _EnumAdapter(Int8ul, AddressFamily),
-        "address" / Switch(this.family, {AddressFamily.IPV4: Bytes(4)}, default=ErrorField),
+        "address" / Switch(
+            this.family,
+            {
+                AddressFamily.IPV4: Bytes(4),
+                AddressFamily.IPV6: Struct("packed" / Bytes(16), "scope_id" / Int32ul),
+            },
+            default=ErrorField,
+        ),
         "port" / Int16ul,
     )
 )
@@ -149,6 +206,7 @@ U16 = Int16ul
 U32 = Int32ul
 VERSION = Const(PROTOCOL_VERSION, Int16ul)
 CAPABILITIES = _FlagAdapter(Int32ul)
+LISTEN_FLAGS = _EnumAdapter(Int8ul, ListenFlags)
 ERRNO = _ErrnoAdapter(Int16ul)
 END_STATUS = _StatusAdapter(Int16ul)
 #: UTF-8 text of at most 255 bytes, with a u8 length in front.

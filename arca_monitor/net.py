@@ -2,45 +2,55 @@
 
 Nothing here resolves a name: ``socket.bind`` and ``socket.connect`` would ask
 the system resolver, without saying so, for anything that is not an IP
-literal, so every address is checked with ``ipaddress`` first.
+literal, so every address is parsed strictly first (``wire.parse_ip``) and the
+kernel only ever sees the numeric form.
 """
 
 from __future__ import annotations
 
 import errno
-import ipaddress
+import select
 import socket
 
 import trio
 
-from arca_control.messages import Endpoint
+from arca_control import wire
+from arca_control.wire import Endpoint
 
 
-def _sockaddr(endpoint: Endpoint) -> tuple[str, int]:
+def sockaddr_of(endpoint: Endpoint) -> tuple[socket.AddressFamily, tuple]:
+    """The socket family and address for an endpoint; EAFNOSUPPORT for anything but an IP literal."""
     host, port = endpoint
     try:
-        address = ipaddress.IPv4Address(host)
-    except ValueError:
-        raise OSError(errno.EAFNOSUPPORT, f"not an IPv4 address literal: {host!r}") from None
-    return str(address), port
+        family, packed, scope_id = wire.parse_ip(host)
+    except (ValueError, TypeError):
+        raise OSError(errno.EAFNOSUPPORT, f"not an IP address literal: {host!r}") from None
+    if family == wire.AddressFamily.IPV4:
+        return socket.AF_INET, (socket.inet_ntop(socket.AF_INET, packed), port)
+    return socket.AF_INET6, (socket.inet_ntop(socket.AF_INET6, packed), port, 0, scope_id)
 
 
 def endpoint_of(sockaddr: tuple) -> Endpoint:
-    return Endpoint(sockaddr[0], sockaddr[1])
+    return Endpoint.from_sockaddr(sockaddr)
 
 
-def new_tcp_socket() -> socket.socket:
-    return socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+def new_tcp_socket(family: socket.AddressFamily) -> socket.socket:
+    return socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
 
 
-def open_listener(endpoint: Endpoint, backlog: int) -> socket.socket:
+def open_listener(endpoint: Endpoint, backlog: int, *, v6only: bool = False) -> socket.socket:
     """A bound, listening, non-blocking socket. Raises OSError (EADDRINUSE, EACCES, ...)."""
-    address = _sockaddr(endpoint)
-    sock = new_tcp_socket()
+    family, address = sockaddr_of(endpoint)
+    if v6only and family != socket.AF_INET6:
+        raise OSError(errno.EINVAL, "V6ONLY applies to IPv6 listeners only")
+    sock = new_tcp_socket(family)
     try:
         # Like every TCP server: rebinding while old connections sit in TIME_WAIT is fine.
         # (Not SO_REUSEPORT: two listeners must never share a port silently.)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            # Set either way: the system default (net.ipv6.bindv6only) must not decide.
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(v6only))
         sock.bind(address)
         sock.listen(backlog)
     except BaseException:
@@ -49,23 +59,45 @@ def open_listener(endpoint: Endpoint, backlog: int) -> socket.socket:
     return sock
 
 
-async def open_connection(endpoint: Endpoint, timeout: float) -> socket.socket:
-    """A connected non-blocking socket. Raises OSError: ECONNREFUSED, ETIMEDOUT, ENETUNREACH, ..."""
-    address = _sockaddr(endpoint)
-    sock = new_tcp_socket()
+def start_connection(endpoint: Endpoint) -> tuple[socket.socket, bool]:
+    """Begin a non-blocking connect: the socket, and whether it is connected already.
+
+    On loopback the handshake is done by the time connect() returns
+    EINPROGRESS, so a zero-timeout poll settles it without a task or a wait.
+    Raises OSError (ECONNREFUSED, ENETUNREACH, ...) if it has failed already.
+    """
+    family, address = sockaddr_of(endpoint)
+    sock = new_tcp_socket(family)
     try:
         try:
             sock.connect(address)
+            return sock, True
         except BlockingIOError:
-            with trio.move_on_after(timeout) as scope:
-                await trio.lowlevel.wait_writable(sock)
-            if scope.cancelled_caught:
-                raise OSError(errno.ETIMEDOUT, f"no answer within {timeout:g} s") from None
-            code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            if code:
-                raise OSError(code, f"connect to {address[0]}:{address[1]}")
+            pass
+        poller = select.poll()
+        poller.register(sock, select.POLLOUT)
+        if not poller.poll(0):
+            return sock, False
+        _raise_connect_error(sock, address)
+        return sock, True
     except BaseException:
-        trio.lowlevel.notify_closing(sock)
         sock.close()
         raise
-    return sock
+
+
+async def finish_connection(sock: socket.socket, timeout: float) -> None:
+    """Wait for a connect begun by :func:`start_connection`. Raises OSError: ETIMEDOUT, ...
+
+    Resource handling: the caller still owns ``sock`` and closes it on failure.
+    """
+    with trio.move_on_after(timeout) as scope:
+        await trio.lowlevel.wait_writable(sock)
+    if scope.cancelled_caught:
+        raise OSError(errno.ETIMEDOUT, f"no answer within {timeout:g} s")
+    _raise_connect_error(sock, None)
+
+
+def _raise_connect_error(sock: socket.socket, address: tuple | None) -> None:
+    code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if code:
+        raise OSError(code, "connect failed")

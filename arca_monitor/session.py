@@ -43,7 +43,7 @@ from arca_control.messages import (
     ListenOk,
     error_reply_for,
 )
-from arca_control.wire import Capability
+from arca_control.wire import Capability, ListenFlags
 
 from . import net
 from .config import Config
@@ -147,9 +147,14 @@ class MonitorSession:
     async def _start_connect(self, request: Connect) -> None:
         self.config.check("max_in_flight", self._in_flight())
         self._admit_connection()
+        sock, connected = net.start_connection(request.endpoint)
+        if connected:
+            # Settled at once (loopback): no task, no wait.
+            await self._start_connection(sock, request, ConnectOk)
+            return
         scope = trio.CancelScope()
         self._connects[request.request_id] = scope
-        self._spawn(self._guarded, request, self._connect(request, scope))
+        self._spawn(self._guarded, request, self._connect(request, sock, scope))
 
     def _is_pending(self, request_id: int) -> bool:
         return request_id in self._connects or any(l.holds(request_id) for l in self.listeners.values())
@@ -180,7 +185,7 @@ class MonitorSession:
     async def _listen(self, request: Listen) -> None:
         self.config.check("max_listeners", len(self.listeners))
         backlog = min(request.backlog, self.config.max_backlog)
-        sock = net.open_listener(request.endpoint, backlog)
+        sock = net.open_listener(request.endpoint, backlog, v6only=ListenFlags.V6ONLY in request.flags)
         local = net.endpoint_of(sock.getsockname())
         listener_id = next(self._listener_ids)
         listener = Listener(listener_id, sock, local, self._accepted, self.send, self._admit_connection)
@@ -202,16 +207,22 @@ class MonitorSession:
     async def _accepted(self, sock: socket.socket, request: Accept) -> None:
         await self._start_connection(sock, request, AcceptOk)
 
-    async def _connect(self, request: Connect, scope: trio.CancelScope) -> None:
+    async def _connect(self, request: Connect, sock: socket.socket, scope: trio.CancelScope) -> None:
         timeout = request.timeout_ms / 1000 if request.timeout_ms else self.config.connect_timeout
         try:
             with scope:
-                sock = await net.open_connection(request.endpoint, timeout)
-            if scope.cancelled_caught:
-                await self.send(cancelled_reply(request))
-                return
+                await net.finish_connection(sock, timeout)
+        except BaseException:
+            trio.lowlevel.notify_closing(sock)
+            sock.close()
+            raise
         finally:
             del self._connects[request.request_id]
+        if scope.cancelled_caught:
+            trio.lowlevel.notify_closing(sock)
+            sock.close()
+            await self.send(cancelled_reply(request))
+            return
         await self._start_connection(sock, request, ConnectOk)
 
     async def _start_connection(self, sock: socket.socket, request: Accept | Connect, reply_type) -> None:

@@ -90,3 +90,14 @@ async def socket_monitor(tmp_path):
     with trio.fail_after(10):
         assert await process.wait() == 0  # SIGTERM is a clean shutdown
     assert not os.path.exists(path)
+
+
+async def until_refused(address, seconds: float = 5.0) -> None:
+    """Wait until connecting to ``address`` is refused: the monitor has closed that listener."""
+    with trio.fail_after(seconds):
+        while True:
+            try:
+                socket.create_connection(address, timeout=1).close()
+            except ConnectionRefusedError:
+                return
+            await trio.sleep(0.02)

@@ -16,7 +16,7 @@ import trio.testing
 import arca_control
 from arca_control.messages import Accept, CloseListener
 
-from .conftest import blocking_client, read_all, tcp_server
+from .conftest import blocking_client, read_all, tcp_server, until_refused
 
 BIG = 64 * 1024 * 1024
 
@@ -499,13 +499,7 @@ async def test_a_listener_closed_in_a_cancelled_scope_is_closed_in_the_monitor(s
         await trio.testing.wait_all_tasks_blocked()
         nursery.cancel_scope.cancel()
     assert listener.closed
-    with trio.fail_after(5):
-        while True:
-            try:
-                socket.create_connection(listener.local, timeout=1).close()
-            except ConnectionRefusedError:
-                break
-            await trio.sleep(0.02)
+    await until_refused(listener.local)
 
 
 async def test_prefetching_listener_serves_and_closes_cleanly(session):
@@ -523,8 +517,7 @@ async def test_prefetching_listener_serves_and_closes_cleanly(session):
     with trio.fail_after(5):
         while session._streams:
             await trio.sleep(0.01)
-    with pytest.raises(ConnectionRefusedError):
-        socket.create_connection(listener.local, timeout=1)
+    await until_refused(listener.local)
 
 
 async def test_prefetch_hands_errors_to_accept():

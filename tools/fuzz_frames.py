@@ -44,7 +44,7 @@ from arca_control.messages import (
     ConnectionEnd, ConnectOk, ControlEvent, ControlRequest, Error, Hello, HelloOk, Listen, ListenErr, ListenOk,
     Message, payload_fields,
 )
-from arca_control.wire import DEFAULT_MAX_PAYLOAD, HEADER_SIZE, LENGTH_FIELD_MAX, Capability, Endpoint
+from arca_control.wire import DEFAULT_MAX_PAYLOAD, HEADER_SIZE, LENGTH_FIELD_MAX, Capability, Endpoint, ListenFlags
 
 HEADER = struct.Struct("<BHI")  # type, length, request_id: PROTOCOL.md section 2
 KNOWN_ERRNOS = sorted(errno.errorcode)
@@ -76,7 +76,11 @@ def random_text(rng: random.Random) -> str:
 
 
 def random_endpoint(rng: random.Random) -> Endpoint:
-    host = rng.choice(["127.0.0.1", "0.0.0.0", "255.255.255.255", str(ipaddress.IPv4Address(rng.getrandbits(32)))])
+    host = rng.choice([
+        "127.0.0.1", "0.0.0.0", "255.255.255.255", str(ipaddress.IPv4Address(rng.getrandbits(32))),
+        "::1", "::", "::ffff:127.0.0.1", "fe80::1%2",
+        wire.ipv6_host(rng.getrandbits(128).to_bytes(16, "big"), rng.choice([0, 1, 0xFFFFFFFF])),
+    ])
     return Endpoint(host, edge_int(rng, 0xFFFF))
 
 
@@ -90,6 +94,7 @@ FIELD_VALUES = {
     id(wire.TEXT): random_text,
     id(wire.VERSION): lambda rng: wire.PROTOCOL_VERSION,
     id(wire.CAPABILITIES): lambda rng: Capability(edge_int(rng, 0xFFFFFFFF)),
+    id(wire.LISTEN_FLAGS): lambda rng: rng.choice([ListenFlags(0), ListenFlags.V6ONLY]),
 }
 
 
@@ -176,7 +181,9 @@ def bad_field(rng, msg):
     data = bytearray(codec.encode(msg))
     kind, start, end = rng.choice(field_spans(msg))
     if kind is wire.ENDPOINT:
-        data[start] = rng.choice([0, 2, 3, 4, 0xFF, rng.randrange(256)])
+        data[start] = rng.choice([0, 1, 2, 3, 4, 0xFF, rng.randrange(256)])  # 1 and 2 mislabel the address
+    elif kind is wire.LISTEN_FLAGS:
+        data[start] = rng.choice([2, 3, 0x80, 0xFF])
     elif kind in (wire.ERRNO, wire.END_STATUS, wire.VERSION):
         bad = {id(wire.ERRNO): [0, *UNKNOWN_ERRNOS], id(wire.END_STATUS): UNKNOWN_ERRNOS,
                id(wire.VERSION): [0, 2, 0x100, 0xFFFF]}[id(kind)]
@@ -285,9 +292,11 @@ def check_codec(data: bytes, outcomes: collections.Counter | None = None) -> lis
     return problems
 
 
-#: Bytes each fixed-size wire type takes (PROTOCOL.md section 3); text is a u8 count and that many bytes.
+#: Bytes each fixed-size wire type takes (PROTOCOL.md section 3); text is a u8 count and that many
+#: bytes; an endpoint's size follows its family byte.
 FIELD_SIZES = {id(wire.U16): 2, id(wire.U32): 4, id(wire.VERSION): 2, id(wire.CAPABILITIES): 4,
-               id(wire.ENDPOINT): 7, id(wire.ERRNO): 2, id(wire.END_STATUS): 2}
+               id(wire.ERRNO): 2, id(wire.END_STATUS): 2, id(wire.LISTEN_FLAGS): 1}
+ENDPOINT_SIZES = {1: 7, 2: 23}
 
 
 def spec_verdict(data: bytes, limit: int) -> type[errors.ProtocolError] | None:
@@ -310,16 +319,25 @@ def spec_verdict(data: bytes, limit: int) -> type[errors.ProtocolError] | None:
     payload, pos = data[HEADER_SIZE:], 0
     for f in payload_fields(cls):
         kind = f.metadata["wire"]
-        size = 1 + (payload[pos] if pos < len(payload) else 0) if kind is wire.TEXT else FIELD_SIZES[id(kind)]
+        if kind is wire.TEXT:
+            size = 1 + (payload[pos] if pos < len(payload) else 0)
+        elif kind is wire.ENDPOINT:
+            if pos >= len(payload):
+                return errors.InvalidField
+            size = ENDPOINT_SIZES.get(payload[pos])
+            if size is None:
+                return errors.InvalidField  # an unknown family
+        else:
+            size = FIELD_SIZES[id(kind)]
         if pos + size > len(payload):
             return errors.InvalidField  # the field runs past the payload's end
         field, pos = payload[pos : pos + size], pos + size
         value = int.from_bytes(field[:2], "little")
         if kind is wire.VERSION and value != wire.PROTOCOL_VERSION:
             return errors.UnsupportedVersion
-        if (kind is wire.ENDPOINT and field[0] != 1) or (kind is wire.ERRNO and value not in errno.errorcode) or (
+        if (kind is wire.ERRNO and value not in errno.errorcode) or (
             kind is wire.END_STATUS and value != 0 and value not in errno.errorcode
-        ):
+        ) or (kind is wire.LISTEN_FLAGS and field[0] > 1):
             return errors.InvalidField
         if kind is wire.TEXT:
             try:
@@ -613,10 +631,14 @@ class Model:
             msg = Connect(request_id=msg.request_id, endpoint=self.refused, timeout_ms=msg.timeout_ms)
         elif isinstance(msg, Listen):
             host, port = msg.endpoint
-            if ipaddress.IPv4Address(host) not in ipaddress.IPv4Network("127.0.0.0/8"):
+            # ::1 and 127.0.0.0/8 only; and no scope id, which the kernel ignores on them.
+            host = host.split("%")[0]
+            if not ipaddress.ip_address(host).is_loopback:
                 host = "127.0.0.1"
             port = 0 if port in (self.refused.port, self.stalled.port) else port
-            msg = Listen(request_id=msg.request_id, endpoint=Endpoint(host, port), backlog=msg.backlog)
+            # V6ONLY stays only where it means something (an IPv4 listener would refuse it).
+            flags = msg.flags if ":" in host else ListenFlags(0)
+            msg = Listen(request_id=msg.request_id, endpoint=Endpoint(host, port), backlog=msg.backlog, flags=flags)
         elif isinstance(msg, Accept) and msg.listener_id in self.listeners:
             msg = Accept(request_id=msg.request_id, listener_id=0xFFFFFFFF)  # it would wait for a connection
         return (data if msg is None else codec.encode(msg)), msg
@@ -758,7 +780,7 @@ class LiveSession:
         with socket.create_connection(self.model.listeners[listener], timeout=self.TIMEOUT) as client:
             try:
                 # Connection ids count 1, 2, ... per session; only these round trips make connections here.
-                wanted = (len(self.connections) + 1, self.model.listeners[listener], client.getsockname())
+                wanted = (len(self.connections) + 1, self.model.listeners[listener], Endpoint.from_sockaddr(client.getsockname()))
                 expect = Expect(rid, (AcceptOk,), check=lambda r: (r.connection_id, r.local, r.peer) == wanted)
                 reply = self.check(expect, fds)
                 del self.model.pending[rid]
