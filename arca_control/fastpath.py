@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 from . import errors, wire
 from .messages import REGISTRY, Message, payload_fields
-from .wire import AddressFamily, Capability, Endpoint, ListenFlags
+from .wire import AddressFamily, Capability, Endpoint
 
 #: A reader takes (payload, offset) and returns (value, next offset), or raises.
 Reader = Callable[[bytes, int], tuple[object, int]]
@@ -101,13 +101,16 @@ def _endpoint(data: bytes, at: int) -> tuple[Endpoint, int]:
     raise _Bad(f"{family} is not a valid AddressFamily")
 
 
-def _listen_flags(data: bytes, at: int) -> tuple[ListenFlags, int]:
-    if at + 1 > len(data):
-        raise _Short
-    try:
-        return ListenFlags(data[at]), at + 1
-    except ValueError:
-        raise _Bad(f"{data[at]} is not a valid ListenFlags") from None
+def _u8_enum(enum_type) -> Reader:
+    def read(data: bytes, at: int):
+        if at + 1 > len(data):
+            raise _Short
+        try:
+            return enum_type(data[at]), at + 1
+        except ValueError:
+            raise _Bad(f"{data[at]} is not a valid {enum_type.__name__}") from None
+
+    return read
 
 
 def _text(data: bytes, at: int) -> tuple[str, int]:
@@ -132,7 +135,7 @@ READERS: dict[int, Reader] = {
     id(wire.END_STATUS): _status,
     id(wire.ENDPOINT): _endpoint,
     id(wire.TEXT): _text,
-    id(wire.LISTEN_FLAGS): _listen_flags,
+    **{key: _u8_enum(enum_type) for key, enum_type in wire.U8_ENUMS.items()},
 }
 
 class _Unfit(Exception):
@@ -179,11 +182,14 @@ def _w_endpoint(value: object) -> bytes:
     return bytes([family]) + packed + _U32.pack(scope_id) + _w16(port)
 
 
-def _w_listen_flags(value: object) -> bytes:
-    try:
-        return bytes([ListenFlags(value)])
-    except (TypeError, ValueError):
-        raise _Unfit(f"not ListenFlags: {value!r}") from None
+def _w_u8_enum(enum_type):
+    def write(value: object) -> bytes:
+        try:
+            return bytes([enum_type(value)])
+        except (TypeError, ValueError):
+            raise _Unfit(f"not a {enum_type.__name__}: {value!r}") from None
+
+    return write
 
 
 def _w_text(value: object) -> bytes:
@@ -205,7 +211,7 @@ WRITERS: dict[int, Callable[[object], bytes]] = {
     id(wire.END_STATUS): _w_status,
     id(wire.ENDPOINT): _w_endpoint,
     id(wire.TEXT): _w_text,
-    id(wire.LISTEN_FLAGS): _w_listen_flags,
+    **{key: _w_u8_enum(enum_type) for key, enum_type in wire.U8_ENUMS.items()},
 }
 
 #: For each message type: its class, and (field name, reader) in wire order.

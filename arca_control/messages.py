@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 
 from . import wire
 from .errors import error_from_errno
-from .wire import Capability, Endpoint, ListenFlags
+from .wire import Capability, Endpoint, ListenFlags, OptionTarget
 
 
 class MessageType(enum.IntEnum):
@@ -35,6 +35,9 @@ class MessageType(enum.IntEnum):
     CONNECT = 0x04
     CLOSE_LISTENER = 0x05
     CANCEL = 0x06
+    ABORT = 0x07
+    SET_OPTION = 0x08
+    GET_OPTION = 0x09
 
     HELLO_OK = 0x81
     LISTEN_OK = 0x82
@@ -44,6 +47,8 @@ class MessageType(enum.IntEnum):
     CONNECT_OK = 0x86
     CONNECT_ERR = 0x87
     CLOSE_LISTENER_OK = 0x88
+    ABORT_OK = 0x89
+    OPTION_VALUE = 0x8A
     ERROR = 0xBF
 
     CONNECTION_END = 0xC1
@@ -156,6 +161,40 @@ class Cancel(ControlRequest):
     target: int = field(wire.U32)
 
 
+@message
+@dataclass(frozen=True, kw_only=True)
+class Abort(ControlRequest):
+    """Close a connection with a reset (SO_LINGER 0), not a FIN."""
+
+    TYPE = MessageType.ABORT
+    connection_id: int = field(wire.U32)
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class SetOption(ControlRequest):
+    """setsockopt on a connection's or listener's socket; answered with the value read back."""
+
+    TYPE = MessageType.SET_OPTION
+    target: OptionTarget = field(wire.OPTION_TARGET)
+    target_id: int = field(wire.U32)
+    level: int = field(wire.U16)
+    name: int = field(wire.U16)
+    value: int = field(wire.U32)
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class GetOption(ControlRequest):
+    """getsockopt on a connection's or listener's socket."""
+
+    TYPE = MessageType.GET_OPTION
+    target: OptionTarget = field(wire.OPTION_TARGET)
+    target_id: int = field(wire.U32)
+    level: int = field(wire.U16)
+    name: int = field(wire.U16)
+
+
 # --- replies ------------------------------------------------------------------
 
 
@@ -247,6 +286,22 @@ class CloseListenerOk(ControlReply):
 
 @message
 @dataclass(frozen=True, kw_only=True)
+class AbortOk(ControlReply):
+    TYPE = MessageType.ABORT_OK
+    connection_id: int = field(wire.U32)
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class OptionValue(ControlReply):
+    """The option's value as the kernel reports it (after a set: read back)."""
+
+    TYPE = MessageType.OPTION_VALUE
+    value: int = field(wire.U32)
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
 class Error(ErrorReply):
     """A request that failed before it could be handled (a bad frame, a bad Hello)."""
 
@@ -278,6 +333,9 @@ REPLIES: dict[type[ControlRequest], frozenset[type[ControlReply]]] = {
     Connect: frozenset({ConnectOk, ConnectErr, Error}),
     CloseListener: frozenset({CloseListenerOk, Error}),
     Cancel: frozenset(),
+    Abort: frozenset({AbortOk, Error}),
+    SetOption: frozenset({OptionValue, Error}),
+    GetOption: frozenset({OptionValue, Error}),
 }
 
 #: The error reply type each request kind gets.
@@ -295,4 +353,4 @@ def error_reply_for(request: ControlRequest | None, request_id: int, code: int, 
 
 
 __all__ = [name for name, value in globals().items() if isinstance(value, type) and issubclass(value, Message)]
-__all__ += ["MessageType", "REGISTRY", "REPLIES", "ERROR_REPLY", "Endpoint", "Capability", "ListenFlags", "error_reply_for"]
+__all__ += ["MessageType", "REGISTRY", "REPLIES", "ERROR_REPLY", "Endpoint", "Capability", "ListenFlags", "OptionTarget", "error_reply_for"]

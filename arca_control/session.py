@@ -34,6 +34,7 @@ from . import codec, errors
 from .channel import ControlChannel, close_fds, socketpair
 from .core import ClientCore, LateReply, Reply
 from .messages import (
+    Abort,
     Accept,
     AcceptOk,
     CloseListener,
@@ -42,13 +43,15 @@ from .messages import (
     ConnectionReady,
     ControlRequest,
     ErrorReply,
+    GetOption,
     Hello,
     HelloOk,
     Listen,
     ListenOk,
+    SetOption,
 )
 from .stream import ArcaListener, ArcaStream, EndStatus
-from .wire import LENGTH_FIELD_MAX, AddressFamily, Capability, Endpoint, ListenFlags, ipv6_host, parse_ip
+from .wire import LENGTH_FIELD_MAX, AddressFamily, Capability, Endpoint, ListenFlags, OptionTarget, ipv6_host, parse_ip
 
 log = logging.getLogger("arca_control")
 
@@ -109,7 +112,14 @@ class ArcaSession:
     # --- public API -------------------------------------------------------------
 
     async def listen(
-        self, host: str, port: int, *, backlog: int = 128, prefetch: int = 0, v6only: bool = False
+        self,
+        host: str,
+        port: int,
+        *,
+        backlog: int = 128,
+        prefetch: int = 0,
+        v6only: bool = False,
+        reuse_port: bool = False,
     ) -> ArcaListener:
         """Listen on ``host:port`` in the monitor; ``port`` 0 lets the kernel choose.
 
@@ -117,11 +127,14 @@ class ArcaSession:
         kernel's errno (EADDRINUSE, EACCES, ...) here, at listen time.
         ``prefetch`` N keeps N connections accepted ahead (see ``ArcaListener``).
         An IPv6 listener on ``"::"`` takes IPv4 connections too (as
-        ``::ffff:a.b.c.d`` peers) unless ``v6only`` is set.
+        ``::ffff:a.b.c.d`` peers) unless ``v6only`` is set. ``reuse_port`` sets
+        SO_REUSEPORT before the bind, so that several listeners may share the port.
         """
         if prefetch < 0:
             raise ValueError("prefetch must be 0 or more")
-        flags = ListenFlags.V6ONLY if v6only else ListenFlags(0)
+        flags = (ListenFlags.V6ONLY if v6only else ListenFlags(0)) | (
+            ListenFlags.REUSEPORT if reuse_port else ListenFlags(0)
+        )
         reply, _ = await self._call(Listen, endpoint=_endpoint(host, port), backlog=backlog, flags=flags)
         assert isinstance(reply, ListenOk)
         listener = ArcaListener(self, reply.listener_id, reply.local, prefetch)
@@ -165,6 +178,20 @@ class ArcaSession:
             await self._call(CloseListener, listener_id=listener.listener_id)
         else:
             await trio.lowlevel.checkpoint()
+
+    async def _abort(self, stream: ArcaStream) -> None:
+        await self._call(Abort, connection_id=stream.connection_id)
+
+    async def _set_option(self, target: OptionTarget, target_id: int, level: int, name: int, value: int) -> int:
+        if not 0 <= int(value) <= 0x7FFFFFFF:
+            raise ValueError(f"option value {value!r} is out of range")
+        reply, _ = await self._call(SetOption, target=target, target_id=target_id, level=level, name=name,
+                                    value=int(value))
+        return reply.value
+
+    async def _get_option(self, target: OptionTarget, target_id: int, level: int, name: int) -> int:
+        reply, _ = await self._call(GetOption, target=target, target_id=target_id, level=level, name=name)
+        return reply.value
 
     def _forget_stream(self, stream: ArcaStream) -> None:
         self._streams.discard(stream)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from .errors import error_from_errno
-from .wire import Endpoint
+from .wire import Endpoint, OptionTarget
 
 if TYPE_CHECKING:
     from .session import ArcaSession
@@ -158,6 +158,24 @@ class ArcaStream(trio.abc.HalfCloseableStream):
         if status:
             raise trio.BrokenResourceError(f"connection {self.connection_id} failed") from error_from_errno(status)
 
+    async def abort(self) -> None:
+        """Close with a reset: the peer sees ECONNRESET, not EOF; unsent bytes are dropped."""
+        self._check_open()
+        try:
+            await self.session._abort(self)
+        finally:
+            await self.aclose()
+
+    async def setsockopt(self, level: int, name: int, value: int | bool) -> int:
+        """Set an option on the monitor's real socket; returns the value the kernel reports after."""
+        self._check_open()
+        return await self.session._set_option(OptionTarget.CONNECTION, self.connection_id, level, name, value)
+
+    async def getsockopt(self, level: int, name: int) -> int:
+        """An option's value on the monitor's real socket."""
+        self._check_open()
+        return await self.session._get_option(OptionTarget.CONNECTION, self.connection_id, level, name)
+
     async def aclose(self) -> None:
         if not self._closed:
             self._closed = True
@@ -261,6 +279,20 @@ class ArcaListener(trio.abc.Listener[ArcaStream]):
         finally:
             self._outstanding -= 1
             self._arrived.set()
+
+    async def setsockopt(self, level: int, name: int, value: int | bool) -> int:
+        """Set an option on the listening socket; returns the value the kernel reports after."""
+        self._check_open()
+        return await self.session._set_option(OptionTarget.LISTENER, self.listener_id, level, name, value)
+
+    async def getsockopt(self, level: int, name: int) -> int:
+        """An option's value on the listening socket."""
+        self._check_open()
+        return await self.session._get_option(OptionTarget.LISTENER, self.listener_id, level, name)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("this listener is closed")
 
     async def aclose(self) -> None:
         if self._closed:

@@ -90,6 +90,15 @@ class ListenFlags(enum.IntFlag, boundary=enum.STRICT):
 
     #: IPV6_V6ONLY: an IPv6 listener that does not also take IPv4 connections.
     V6ONLY = 1
+    #: SO_REUSEPORT: share the port with other listeners that ask for it too.
+    REUSEPORT = 2
+
+
+class OptionTarget(enum.IntEnum):
+    """What a SetOption or GetOption names by id."""
+
+    CONNECTION = 1
+    LISTENER = 2
 
 
 class Capability(enum.IntFlag, boundary=enum.KEEP):
@@ -207,6 +216,13 @@ U32 = Int32ul
 VERSION = Const(PROTOCOL_VERSION, Int16ul)
 CAPABILITIES = _FlagAdapter(Int32ul)
 LISTEN_FLAGS = _EnumAdapter(Int8ul, ListenFlags)
+OPTION_TARGET = _EnumAdapter(Int8ul, OptionTarget)
+
+#: The one-byte enum and flag fields, by field type: their values are exactly the enum's.
+U8_ENUMS: dict[int, type[enum.IntEnum] | type[enum.IntFlag]] = {
+    id(LISTEN_FLAGS): ListenFlags,
+    id(OPTION_TARGET): OptionTarget,
+}
 ERRNO = _ErrnoAdapter(Int16ul)
 END_STATUS = _StatusAdapter(Int16ul)
 #: UTF-8 text of at most 255 bytes, with a u8 length in front.

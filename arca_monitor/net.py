@@ -38,7 +38,7 @@ def new_tcp_socket(family: socket.AddressFamily) -> socket.socket:
     return socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
 
 
-def open_listener(endpoint: Endpoint, backlog: int, *, v6only: bool = False) -> socket.socket:
+def open_listener(endpoint: Endpoint, backlog: int, *, v6only: bool = False, reuse_port: bool = False) -> socket.socket:
     """A bound, listening, non-blocking socket. Raises OSError (EADDRINUSE, EACCES, ...)."""
     family, address = sockaddr_of(endpoint)
     if v6only and family != socket.AF_INET6:
@@ -46,8 +46,10 @@ def open_listener(endpoint: Endpoint, backlog: int, *, v6only: bool = False) -> 
     sock = new_tcp_socket(family)
     try:
         # Like every TCP server: rebinding while old connections sit in TIME_WAIT is fine.
-        # (Not SO_REUSEPORT: two listeners must never share a port silently.)
+        # (SO_REUSEPORT only on request: two listeners must never share a port silently.)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:  # only when asked: then every sharer has asked for it
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:
             # Set either way: the system default (net.ipv6.bindv6only) must not decide.
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(v6only))

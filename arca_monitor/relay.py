@@ -38,6 +38,7 @@ import math
 import os
 import select
 import socket
+import struct
 from collections.abc import Awaitable, Callable
 
 import trio
@@ -159,6 +160,25 @@ class RelayEngine:
                     conn = self._owners.get(fd)
                     if conn is not None:
                         self._on_event(conn, fd, events)
+
+    def abort(self, conn: Connection) -> None:
+        """Reset ``conn``: the peer sees an RST, and the guest's pipes close after it.
+
+        The socket goes first, with SO_LINGER 0: closing the pipes first would let
+        the upstream see EOF and send a FIN, and after a FIN Linux reports EOF to
+        the peer even when the RST follows.
+        """
+        for fd in (conn.sock_fd, conn.rx_write, conn.tx_read):
+            self._unregister(fd)
+            self._owners.pop(fd, None)
+        conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.sock.close()
+        for fd in (conn.rx_write, conn.tx_read):
+            if fd >= 0:
+                _close(fd)
+        conn.rx_write = conn.tx_read = -1
+        conn.down = conn.up = Wait.DONE
+        self.connections.pop(conn.connection_id, None)
 
     def close(self) -> None:
         """Close every connection and the epoll fd (the session is over)."""

@@ -28,6 +28,8 @@ import trio
 from arca_control.channel import ControlChannel, close_fds
 from arca_control.core import Incoming, ServerCore, cancelled_reply
 from arca_control.messages import (
+    Abort,
+    AbortOk,
     Accept,
     AcceptErr,
     AcceptOk,
@@ -38,14 +40,17 @@ from arca_control.messages import (
     ConnectOk,
     ControlRequest,
     Error,
+    GetOption,
     Hello,
     Listen,
     ListenOk,
+    OptionValue,
+    SetOption,
     error_reply_for,
 )
-from arca_control.wire import Capability, ListenFlags
+from arca_control.wire import Capability, ListenFlags, OptionTarget
 
-from . import net
+from . import net, options
 from .config import Config
 from .listeners import Listener
 from .relay import Connection, RelayEngine, make_pipe
@@ -143,6 +148,30 @@ class MonitorSession:
             await self._guarded(request, self._start_connect(request))
         elif isinstance(request, CloseListener):
             await self._guarded(request, self._close_listener(request))
+        elif isinstance(request, Abort):
+            await self._guarded(request, self._abort(request))
+        elif isinstance(request, (SetOption, GetOption)):
+            await self._guarded(request, self._option(request))
+
+    async def _abort(self, request: Abort) -> None:
+        conn = self.connections.get(request.connection_id)
+        if conn is None:
+            raise OSError(errno.EBADF, f"no connection {request.connection_id}")
+        self.relay.abort(conn)
+        await self.send(AbortOk(request_id=request.request_id, connection_id=request.connection_id))
+
+    async def _option(self, request: SetOption | GetOption) -> None:
+        if request.target is OptionTarget.CONNECTION:
+            owner = self.connections.get(request.target_id)
+        else:
+            owner = self.listeners.get(request.target_id)
+        if owner is None:
+            raise OSError(errno.EBADF, f"no {request.target.name.lower()} {request.target_id}")
+        if isinstance(request, SetOption):
+            value = options.set_option(owner.sock, request.level, request.name, request.value)
+        else:
+            value = options.get_option(owner.sock, request.level, request.name)
+        await self.send(OptionValue(request_id=request.request_id, value=value & 0xFFFFFFFF))
 
     async def _start_connect(self, request: Connect) -> None:
         self.config.check("max_in_flight", self._in_flight())
@@ -185,7 +214,12 @@ class MonitorSession:
     async def _listen(self, request: Listen) -> None:
         self.config.check("max_listeners", len(self.listeners))
         backlog = min(request.backlog, self.config.max_backlog)
-        sock = net.open_listener(request.endpoint, backlog, v6only=ListenFlags.V6ONLY in request.flags)
+        sock = net.open_listener(
+            request.endpoint,
+            backlog,
+            v6only=ListenFlags.V6ONLY in request.flags,
+            reuse_port=ListenFlags.REUSEPORT in request.flags,
+        )
         local = net.endpoint_of(sock.getsockname())
         listener_id = next(self._listener_ids)
         listener = Listener(listener_id, sock, local, self._accepted, self.send, self._admit_connection)

@@ -101,3 +101,41 @@ async def until_refused(address, seconds: float = 5.0) -> None:
             except ConnectionRefusedError:
                 return
             await trio.sleep(0.02)
+
+
+def monitor_socket(pid: int, local: tuple) -> socket.socket:
+    """A duplicate of the monitor's own TCP socket bound to ``local``, to check it directly.
+
+    Finds the socket's inode in /proc/net/tcp{,6}, its fd in /proc/PID/fd, and
+    copies it with pidfd_getfd(2) (same user, so allowed).
+    """
+    import ctypes
+    import ipaddress
+
+    host, port = local[0], local[1]
+    address = ipaddress.ip_address(host.split("%")[0])
+    table = "/proc/net/tcp" if address.version == 4 else "/proc/net/tcp6"
+    inodes = set()
+    with open(table) as f:
+        next(f)
+        for line in f:
+            fields = line.split()
+            _, local_port = fields[1].split(":")
+            if int(local_port, 16) == port:
+                inodes.add(fields[9])
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:[") and target[8:-1] in inodes:
+            pidfd = os.pidfd_open(pid)
+            try:
+                libc = ctypes.CDLL(None, use_errno=True)
+                copy = libc.syscall(438, pidfd, int(fd), 0)  # pidfd_getfd
+                if copy < 0:
+                    raise OSError(ctypes.get_errno(), "pidfd_getfd")
+            finally:
+                os.close(pidfd)
+            return socket.socket(fileno=copy)
+    raise LookupError(f"no socket on port {port} in process {pid}")

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from arca_control import wire
 from arca_control.messages import REGISTRY, ControlEvent, payload_fields
-from arca_control.wire import Capability, Endpoint, ListenFlags, ipv6_host
+from arca_control.wire import Capability, Endpoint, ipv6_host
 
 ipv4 = st.ip_addresses(v=4).map(str)
 ipv6 = st.builds(ipv6_host, st.binary(min_size=16, max_size=16), st.integers(0, 0xFFFFFFFF))
@@ -17,11 +17,23 @@ known_errnos = st.sampled_from(sorted(errno.errorcode))
 # A UTF-8 text of at most 255 bytes (the field's u8 length counts bytes, not characters).
 short_text = st.text(max_size=80).filter(lambda s: len(s.encode()) <= 255)
 
+def _valid(enum_type, value: int) -> bool:
+    try:
+        enum_type(value)
+    except ValueError:
+        return False
+    return True
+
+
 FIELD_STRATEGIES = {
     id(wire.U16): st.integers(0, 0xFFFF),
     id(wire.U32): st.integers(0, 0xFFFFFFFF),
     id(wire.ENDPOINT): st.builds(Endpoint, st.one_of(ipv4, ipv6), ports),
-    id(wire.LISTEN_FLAGS): st.sampled_from(list(ListenFlags) + [ListenFlags(0)]),
+    # One-byte enums and flags: any member (for flags, any mix of bits).
+    **{
+        key: st.sampled_from([enum_type(v) for v in range(256) if _valid(enum_type, v)])
+        for key, enum_type in wire.U8_ENUMS.items()
+    },
     id(wire.ERRNO): known_errnos,
     id(wire.END_STATUS): st.one_of(st.just(0), known_errnos),
     id(wire.TEXT): short_text,

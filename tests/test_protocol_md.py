@@ -24,7 +24,7 @@ from arca_control.codec import FrameDecoder, decode, encode
 
 SPEC = Path(__file__).resolve().parent.parent / "PROTOCOL.md"
 BLOCK = re.compile(r"^```(vector|malformed)\n(.*?)\n```$", re.MULTILINE | re.DOTALL)
-NAMESPACE = {**vars(messages), "Endpoint": messages.Endpoint, "Capability": messages.Capability}
+NAMESPACE = {**vars(messages)}
 
 #: Every error class the malformed vectors must show at least once.
 MALFORMED_CLASSES = {

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
+import enum
 import errno
 import hashlib
 import ipaddress
@@ -40,9 +42,9 @@ from pathlib import Path
 
 from arca_control import codec, errors, wire
 from arca_control.messages import (
-    REGISTRY, Accept, AcceptErr, AcceptOk, Cancel, CloseListener, CloseListenerOk, Connect, ConnectErr,
+    REGISTRY, Abort, Accept, AcceptErr, AcceptOk, Cancel, CloseListener, CloseListenerOk, Connect, ConnectErr,
     ConnectionEnd, ConnectOk, ControlEvent, ControlRequest, Error, Hello, HelloOk, Listen, ListenErr, ListenOk,
-    Message, payload_fields,
+    GetOption, Message, SetOption, payload_fields,
 )
 from arca_control.wire import DEFAULT_MAX_PAYLOAD, HEADER_SIZE, LENGTH_FIELD_MAX, Capability, Endpoint, ListenFlags
 
@@ -94,7 +96,9 @@ FIELD_VALUES = {
     id(wire.TEXT): random_text,
     id(wire.VERSION): lambda rng: wire.PROTOCOL_VERSION,
     id(wire.CAPABILITIES): lambda rng: Capability(edge_int(rng, 0xFFFFFFFF)),
-    id(wire.LISTEN_FLAGS): lambda rng: rng.choice([ListenFlags(0), ListenFlags.V6ONLY]),
+    # One-byte enums and flags: any of their values.
+    **{key: (lambda rng, e=enum_type: e(rng.choice([int(m) for m in e] + [0] * issubclass(e, enum.Flag))))
+       for key, enum_type in wire.U8_ENUMS.items()},
 }
 
 
@@ -182,8 +186,8 @@ def bad_field(rng, msg):
     kind, start, end = rng.choice(field_spans(msg))
     if kind is wire.ENDPOINT:
         data[start] = rng.choice([0, 1, 2, 3, 4, 0xFF, rng.randrange(256)])  # 1 and 2 mislabel the address
-    elif kind is wire.LISTEN_FLAGS:
-        data[start] = rng.choice([2, 3, 0x80, 0xFF])
+    elif id(kind) in wire.U8_ENUMS:
+        data[start] = rng.choice([0x40, 0x80, 0xFF, rng.randrange(256)])
     elif kind in (wire.ERRNO, wire.END_STATUS, wire.VERSION):
         bad = {id(wire.ERRNO): [0, *UNKNOWN_ERRNOS], id(wire.END_STATUS): UNKNOWN_ERRNOS,
                id(wire.VERSION): [0, 2, 0x100, 0xFFFF]}[id(kind)]
@@ -295,8 +299,15 @@ def check_codec(data: bytes, outcomes: collections.Counter | None = None) -> lis
 #: Bytes each fixed-size wire type takes (PROTOCOL.md section 3); text is a u8 count and that many
 #: bytes; an endpoint's size follows its family byte.
 FIELD_SIZES = {id(wire.U16): 2, id(wire.U32): 4, id(wire.VERSION): 2, id(wire.CAPABILITIES): 4,
-               id(wire.ERRNO): 2, id(wire.END_STATUS): 2, id(wire.LISTEN_FLAGS): 1}
+               id(wire.ERRNO): 2, id(wire.END_STATUS): 2, **{key: 1 for key in wire.U8_ENUMS}}
 ENDPOINT_SIZES = {1: 7, 2: 23}
+
+
+def valid_u8(enum_type, value: int) -> bool:
+    """Is ``value`` one of the enum's values (for flags: any mix of its bits)?"""
+    if issubclass(enum_type, enum.Flag):
+        return value & ~sum(int(m) for m in enum_type) == 0
+    return value in {int(m) for m in enum_type}
 
 
 def spec_verdict(data: bytes, limit: int) -> type[errors.ProtocolError] | None:
@@ -337,7 +348,7 @@ def spec_verdict(data: bytes, limit: int) -> type[errors.ProtocolError] | None:
             return errors.UnsupportedVersion
         if (kind is wire.ERRNO and value not in errno.errorcode) or (
             kind is wire.END_STATUS and value != 0 and value not in errno.errorcode
-        ) or (kind is wire.LISTEN_FLAGS and field[0] > 1):
+        ) or (id(kind) in wire.U8_ENUMS and not valid_u8(wire.U8_ENUMS[id(kind)], field[0])):
             return errors.InvalidField
         if kind is wire.TEXT:
             try:
@@ -601,6 +612,8 @@ class Model:
             if 0 < msg.timeout_ms < 1000:  # a deadline that short may pass before even a refusal is seen
                 codes.add(errno.ETIMEDOUT)
             return Expect(rid, (ConnectErr,), check=lambda r: r.errno in codes)
+        if isinstance(msg, (Abort, SetOption, GetOption)):
+            return Expect(rid, (Error,), errno.EBADF)  # make_safe aimed them at nothing that exists
         if msg.listener_id in self.listeners:  # CloseListener: its queued Accepts fail first, in order
             del self.listeners[msg.listener_id]
             queued = [r for r, listener in self.pending.items() if listener == msg.listener_id]
@@ -641,6 +654,10 @@ class Model:
             msg = Listen(request_id=msg.request_id, endpoint=Endpoint(host, port), backlog=msg.backlog, flags=flags)
         elif isinstance(msg, Accept) and msg.listener_id in self.listeners:
             msg = Accept(request_id=msg.request_id, listener_id=0xFFFFFFFF)  # it would wait for a connection
+        elif isinstance(msg, Abort):  # never at a connection of ours
+            msg = Abort(request_id=msg.request_id, connection_id=0xFFFFFFFF)
+        elif isinstance(msg, (SetOption, GetOption)):  # options on our own sockets are tested elsewhere
+            msg = dataclasses.replace(msg, target_id=0xFFFFFFFF)
         return (data if msg is None else codec.encode(msg)), msg
 
 
