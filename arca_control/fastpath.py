@@ -98,6 +98,12 @@ def _endpoint(data: bytes, at: int) -> tuple[Endpoint, int]:
             raise _Short
         scope_id, port = _SCOPE_PORT.unpack_from(data, at + 17)
         return Endpoint(wire.ipv6_host(data[at + 1 : at + 17], scope_id), port), at + 23
+    if family == AddressFamily.UNIX:
+        path, at = _text(data, at + 1)
+        port, at = _u16(data, at)
+        if not wire.valid_unix_path(path) or port:
+            raise _Bad(f"not an AF_UNIX endpoint: {path!r} port {port}")
+        return Endpoint(path, 0), at
     raise _Bad(f"{family} is not a valid AddressFamily")
 
 
@@ -174,6 +180,17 @@ def _w_status(value: object) -> bytes:
 def _w_endpoint(value: object) -> bytes:
     try:
         host, port = value
+    except (TypeError, ValueError):
+        raise _Unfit(f"not an endpoint: {value!r}") from None
+    if wire.is_unix_path(host):
+        try:
+            path = host.encode()
+        except UnicodeError:
+            raise _Unfit(f"not a UTF-8 path: {host!r}") from None
+        if not wire.valid_unix_path(host) or port != 0:
+            raise _Unfit(f"not an AF_UNIX endpoint: {value!r}")
+        return bytes([AddressFamily.UNIX, len(path)]) + path + _U16.pack(0)
+    try:
         family, packed, scope_id = wire.parse_ip(host)
     except (TypeError, ValueError):
         raise _Unfit(f"not an IP endpoint: {value!r}") from None

@@ -51,7 +51,7 @@ from .messages import (
     SetOption,
 )
 from .stream import ArcaListener, ArcaStream, EndStatus
-from .wire import LENGTH_FIELD_MAX, AddressFamily, Capability, Endpoint, ListenFlags, OptionTarget, ipv6_host, parse_ip
+from .wire import LENGTH_FIELD_MAX, UNIX_PATH_MAX, AddressFamily, Capability, Endpoint, ListenFlags, OptionTarget, ipv6_host, parse_ip
 
 log = logging.getLogger("arca_control")
 
@@ -80,6 +80,19 @@ def _endpoint(host: str, port: int) -> Endpoint:
         raise ValueError(f"port must be 0-65535, not {port!r}")
     canonical = str(ipaddress.IPv4Address(packed)) if family == AddressFamily.IPV4 else ipv6_host(packed, scope_id)
     return Endpoint(canonical, port)
+
+
+def _unix_endpoint(path: str | os.PathLike[str]) -> Endpoint:
+    path = os.fspath(path)
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    if path.startswith(("\0", "@")):
+        raise ValueError(f"abstract-namespace names are refused: {path!r}")
+    if not path.startswith("/"):
+        raise ValueError(f"an AF_UNIX path must be absolute: {path!r}")
+    if "\0" in path or len(path.encode()) > UNIX_PATH_MAX:
+        raise ValueError(f"not a usable AF_UNIX path (NUL, or over {UNIX_PATH_MAX} bytes): {path!r}")
+    return Endpoint(path, 0)
 
 
 class _Waiter:
@@ -140,6 +153,23 @@ class ArcaSession:
         listener = ArcaListener(self, reply.listener_id, reply.local, prefetch)
         self._listeners[reply.listener_id] = listener
         return listener
+
+    async def listen_unix(self, path: str | os.PathLike[str], *, backlog: int = 128, prefetch: int = 0) -> ArcaListener:
+        """Listen on an AF_UNIX stream socket at ``path`` (absolute) in the monitor.
+
+        The monitor removes the socket file when the listener closes.
+        Abstract-namespace names are refused.
+        """
+        reply, _ = await self._call(Listen, endpoint=_unix_endpoint(path), backlog=backlog)
+        listener = ArcaListener(self, reply.listener_id, reply.local, prefetch)
+        self._listeners[reply.listener_id] = listener
+        return listener
+
+    async def connect_unix(self, path: str | os.PathLike[str], *, timeout: float | None = None) -> ArcaStream:
+        """Connect to an AF_UNIX stream socket at ``path`` through the monitor."""
+        timeout_ms = 0 if timeout is None else max(1, math.ceil(timeout * 1000))
+        reply, fds = await self._call(Connect, endpoint=_unix_endpoint(path), timeout_ms=timeout_ms)
+        return self._stream_from(reply, fds)
 
     async def connect(self, host: str, port: int, *, timeout: float | None = None) -> ArcaStream:
         """Open a TCP connection through the monitor.

@@ -16,6 +16,7 @@ from __future__ import annotations
 import enum
 import errno
 import ipaddress
+import os
 import socket
 from typing import NamedTuple
 
@@ -50,18 +51,30 @@ HEADER = Struct(
 )
 
 
+#: The longest AF_UNIX path: sun_path is 108 bytes, with a NUL at the end.
+UNIX_PATH_MAX = 107
+
+
 class Endpoint(NamedTuple):
     """An address and port. For IPv4 it equals Python's ``(host, port)`` tuple.
 
     An IPv6 host is in its compressed form, with ``%N`` for a nonzero scope id
     (``fe80::1%2``); :meth:`sockaddr` gives the 4-tuple Python's sockets use.
+    An AF_UNIX endpoint is its absolute path with port 0 (``""`` for an unnamed
+    socket, as a connecting client's own address is).
     """
 
     host: str
     port: int
 
-    def sockaddr(self) -> tuple:
+    @property
+    def is_unix(self) -> bool:
+        return is_unix_path(self.host)
+
+    def sockaddr(self) -> tuple | str:
         """The address as Python's socket functions take and return it."""
+        if self.is_unix:
+            return self.host
         address = ipaddress.ip_address(self.host)
         if address.version == 4:
             return (self.host, self.port)
@@ -69,7 +82,9 @@ class Endpoint(NamedTuple):
 
     @classmethod
     def from_sockaddr(cls, sockaddr: tuple) -> "Endpoint":
-        """The Endpoint of an address Python's sockets returned (IPv4 or IPv6)."""
+        """The Endpoint of an address Python's sockets returned (IPv4, IPv6 or AF_UNIX)."""
+        if isinstance(sockaddr, (str, bytes)):
+            return cls(os.fsdecode(sockaddr), 0)
         host, port = sockaddr[0], sockaddr[1]
         if len(sockaddr) == 4 and sockaddr[3]:
             host = f"{host.split('%')[0]}%{sockaddr[3]}"
@@ -77,12 +92,12 @@ class Endpoint(NamedTuple):
 
 
 class AddressFamily(enum.IntEnum):
-    """The tag in front of every endpoint. Values 3 and up are reserved."""
+    """The tag in front of every endpoint. 3 is reserved; 5 and up are unknown."""
 
     IPV4 = 1
     IPV6 = 2
-    # Reserved for later versions, so the layout has room for it:
-    # NAME = 3 (length-prefixed host name).
+    # 3 is reserved for a later version, so the layout has room for it: a host name.
+    UNIX = 4
 
 
 class ListenFlags(enum.IntFlag, boundary=enum.STRICT):
@@ -166,6 +181,16 @@ def ipv6_host(packed: bytes, scope_id: int) -> str:
     return f"{host}%{scope_id}" if scope_id else host
 
 
+def is_unix_path(host: object) -> bool:
+    """An AF_UNIX endpoint's host: an absolute path, or "" for an unnamed socket."""
+    return isinstance(host, str) and (host == "" or host.startswith("/"))
+
+
+def valid_unix_path(host: str) -> bool:
+    """A path the kernel can take as sun_path: absolute (or ""), no NUL, at most 107 bytes."""
+    return is_unix_path(host) and "\0" not in host and len(host.encode()) <= UNIX_PATH_MAX
+
+
 def parse_ip(host: str) -> tuple[AddressFamily, bytes, int]:
     """``(family, packed address, scope id)`` of an IP literal; ValueError for anything else.
 
@@ -184,10 +209,18 @@ class _EndpointAdapter(Adapter):
     def _decode(self, obj, context, path):
         if obj.family == AddressFamily.IPV4:
             return Endpoint(str(ipaddress.IPv4Address(obj.address)), obj.port)
+        if obj.family == AddressFamily.UNIX:
+            if not valid_unix_path(obj.address) or obj.port:
+                raise ValidationError(f"not an AF_UNIX endpoint: {obj.address!r} port {obj.port}", path=path)
+            return Endpoint(obj.address, 0)
         return Endpoint(ipv6_host(obj.address.packed, obj.address.scope_id), obj.port)
 
     def _encode(self, obj, context, path):
         host, port = obj
+        if is_unix_path(host):
+            if not valid_unix_path(host) or port != 0:
+                raise ValidationError(f"not an AF_UNIX endpoint: {host!r} port {port}", path=path)
+            return {"family": AddressFamily.UNIX, "address": host, "port": 0}
         try:
             family, packed, scope_id = parse_ip(host)
         except (ValueError, TypeError):
@@ -196,7 +229,8 @@ class _EndpointAdapter(Adapter):
         return {"family": family, "address": address, "port": port}
 
 
-#: family u8; the address (4 bytes for IPv4; 16 bytes and a u32 scope id for IPv6); port u16.
+#: family u8; the address (4 bytes for IPv4; 16 bytes and a u32 scope id for IPv6;
+#: a u8-length UTF-8 path for AF_UNIX); port u16 (0 for AF_UNIX).
 ENDPOINT = _EndpointAdapter(
     Struct(
         "family" / _EnumAdapter(Int8ul, AddressFamily),
@@ -205,6 +239,7 @@ ENDPOINT = _EndpointAdapter(
             {
                 AddressFamily.IPV4: Bytes(4),
                 AddressFamily.IPV6: Struct("packed" / Bytes(16), "scope_id" / Int32ul),
+                AddressFamily.UNIX: PascalString(Int8ul, "utf8"),
             },
             default=ErrorField,
         ),

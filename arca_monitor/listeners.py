@@ -42,6 +42,7 @@ class Listener:
         on_accept: Callable[[socket.socket, Accept], Awaitable[None]],
         reply: Callable[[ControlReply], Awaitable[None]],
         admit: Callable[[], None],
+        cleanup: Callable[[], None] | None = None,
     ) -> None:
         self.listener_id = listener_id
         self.sock = sock
@@ -51,6 +52,8 @@ class Listener:
         # Raises the session's connection-limit error: then the connection stays
         # in the kernel's queue, and the Accept waiting for it gets the error.
         self._admit = admit
+        #: Run once the socket is closed (an AF_UNIX listener removes its file).
+        self._cleanup = cleanup
         self._waiting: deque[Accept] = deque()
         self._wakeup = trio.Event()
         #: Covers only the waiting, never a handover: closing must not cut an AcceptOk short.
@@ -114,6 +117,8 @@ class Listener:
             self._wait_scope.cancel()
             trio.lowlevel.notify_closing(self.sock)
             self.sock.close()
+            if self._cleanup is not None:
+                self._cleanup()
         withdrawn = list(self._waiting)
         self._waiting.clear()
         return withdrawn

@@ -9,6 +9,7 @@ kernel only ever sees the numeric form.
 from __future__ import annotations
 
 import errno
+import os
 import select
 import socket
 
@@ -18,9 +19,13 @@ from arca_control import wire
 from arca_control.wire import Endpoint
 
 
-def sockaddr_of(endpoint: Endpoint) -> tuple[socket.AddressFamily, tuple]:
-    """The socket family and address for an endpoint; EAFNOSUPPORT for anything but an IP literal."""
+def sockaddr_of(endpoint: Endpoint) -> tuple[socket.AddressFamily, tuple | str]:
+    """The socket family and address for an endpoint; EAFNOSUPPORT for anything but an IP literal or a path."""
     host, port = endpoint
+    if wire.is_unix_path(host):
+        if not host:
+            raise OSError(errno.EINVAL, "an unnamed AF_UNIX address cannot be bound or connected to")
+        return socket.AF_UNIX, host
     try:
         family, packed, scope_id = wire.parse_ip(host)
     except (ValueError, TypeError):
@@ -34,7 +39,7 @@ def endpoint_of(sockaddr: tuple) -> Endpoint:
     return Endpoint.from_sockaddr(sockaddr)
 
 
-def new_tcp_socket(family: socket.AddressFamily) -> socket.socket:
+def new_stream_socket(family: socket.AddressFamily) -> socket.socket:
     return socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
 
 
@@ -43,7 +48,7 @@ def open_listener(endpoint: Endpoint, backlog: int, *, v6only: bool = False, reu
     family, address = sockaddr_of(endpoint)
     if v6only and family != socket.AF_INET6:
         raise OSError(errno.EINVAL, "V6ONLY applies to IPv6 listeners only")
-    sock = new_tcp_socket(family)
+    sock = new_stream_socket(family)
     try:
         # Like every TCP server: rebinding while old connections sit in TIME_WAIT is fine.
         # (SO_REUSEPORT only on request: two listeners must never share a port silently.)
@@ -61,6 +66,24 @@ def open_listener(endpoint: Endpoint, backlog: int, *, v6only: bool = False, reu
     return sock
 
 
+def unlink_socket_file(sock: socket.socket, path: str, identity: tuple[int, int] | None) -> None:
+    """Remove the file of a closed AF_UNIX listener, if it is still the one it bound."""
+    try:
+        st = os.stat(path)
+        if identity == (st.st_dev, st.st_ino):
+            os.unlink(path)
+    except OSError:
+        pass
+
+
+def socket_file_identity(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 def start_connection(endpoint: Endpoint) -> tuple[socket.socket, bool]:
     """Begin a non-blocking connect: the socket, and whether it is connected already.
 
@@ -69,13 +92,15 @@ def start_connection(endpoint: Endpoint) -> tuple[socket.socket, bool]:
     Raises OSError (ECONNREFUSED, ENETUNREACH, ...) if it has failed already.
     """
     family, address = sockaddr_of(endpoint)
-    sock = new_tcp_socket(family)
+    sock = new_stream_socket(family)
     try:
         try:
             sock.connect(address)
             return sock, True
         except BlockingIOError:
-            pass
+            if family == socket.AF_UNIX:
+                # For AF_UNIX this is EAGAIN, not EINPROGRESS: the listener's backlog is full.
+                raise OSError(errno.EAGAIN, "the listener's backlog is full") from None
         poller = select.poll()
         poller.register(sock, select.POLLOUT)
         if not poller.poll(0):

@@ -19,6 +19,7 @@ request is logged and answered with EIO; it does not end the session.
 from __future__ import annotations
 
 import errno
+import functools
 import itertools
 import logging
 import socket
@@ -221,11 +222,15 @@ class MonitorSession:
             reuse_port=ListenFlags.REUSEPORT in request.flags,
         )
         local = net.endpoint_of(sock.getsockname())
+        cleanup = None
+        if local.is_unix:
+            identity = net.socket_file_identity(local.host)
+            cleanup = functools.partial(net.unlink_socket_file, sock, local.host, identity)
         listener_id = next(self._listener_ids)
-        listener = Listener(listener_id, sock, local, self._accepted, self.send, self._admit_connection)
+        listener = Listener(listener_id, sock, local, self._accepted, self.send, self._admit_connection, cleanup)
         self.listeners[listener_id] = listener
         self._spawn(listener.run)
-        log.info("session %d: listener %d on %s:%d", self.number, listener_id, *local)
+        log.info("session %d: listener %d on %s", self.number, listener_id, local)
         await self.send(ListenOk(request_id=request.request_id, listener_id=listener_id, local=local))
 
     async def _accept(self, request: Accept) -> None:

@@ -82,8 +82,9 @@ def random_endpoint(rng: random.Random) -> Endpoint:
         "127.0.0.1", "0.0.0.0", "255.255.255.255", str(ipaddress.IPv4Address(rng.getrandbits(32))),
         "::1", "::", "::ffff:127.0.0.1", "fe80::1%2",
         wire.ipv6_host(rng.getrandbits(128).to_bytes(16, "big"), rng.choice([0, 1, 0xFFFFFFFF])),
+        "/tmp/arca.sock", "", "/" + "p" * 106,
     ])
-    return Endpoint(host, edge_int(rng, 0xFFFF))
+    return Endpoint(host, 0 if wire.is_unix_path(host) else edge_int(rng, 0xFFFF))
 
 
 #: A generator of valid values for every wire type a payload field may have.
@@ -300,7 +301,17 @@ def check_codec(data: bytes, outcomes: collections.Counter | None = None) -> lis
 #: bytes; an endpoint's size follows its family byte.
 FIELD_SIZES = {id(wire.U16): 2, id(wire.U32): 4, id(wire.VERSION): 2, id(wire.CAPABILITIES): 4,
                id(wire.ERRNO): 2, id(wire.END_STATUS): 2, **{key: 1 for key in wire.U8_ENUMS}}
-ENDPOINT_SIZES = {1: 7, 2: 23}
+ENDPOINT_SIZES = {1: 7, 2: 23}  # and AF_UNIX (4): family, a u8-length path, port
+
+
+def valid_unix(field: bytes) -> bool:
+    """An AF_UNIX endpoint: UTF-8, absolute or empty, no NUL, at most 107 bytes, port 0 (PROTOCOL.md section 3)."""
+    path, port = field[2:-2], field[-2:]
+    try:
+        text = path.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return (text == "" or text.startswith("/")) and "\0" not in text and len(path) <= wire.UNIX_PATH_MAX and port == b"\0\0"
 
 
 def valid_u8(enum_type, value: int) -> bool:
@@ -335,7 +346,10 @@ def spec_verdict(data: bytes, limit: int) -> type[errors.ProtocolError] | None:
         elif kind is wire.ENDPOINT:
             if pos >= len(payload):
                 return errors.InvalidField
-            size = ENDPOINT_SIZES.get(payload[pos])
+            if payload[pos] == wire.AddressFamily.UNIX:
+                size = 2 + (payload[pos + 1] if pos + 1 < len(payload) else 0) + 2
+            else:
+                size = ENDPOINT_SIZES.get(payload[pos])
             if size is None:
                 return errors.InvalidField  # an unknown family
         else:
@@ -348,7 +362,9 @@ def spec_verdict(data: bytes, limit: int) -> type[errors.ProtocolError] | None:
             return errors.UnsupportedVersion
         if (kind is wire.ERRNO and value not in errno.errorcode) or (
             kind is wire.END_STATUS and value != 0 and value not in errno.errorcode
-        ) or (id(kind) in wire.U8_ENUMS and not valid_u8(wire.U8_ENUMS[id(kind)], field[0])):
+        ) or (id(kind) in wire.U8_ENUMS and not valid_u8(wire.U8_ENUMS[id(kind)], field[0])) or (
+            kind is wire.ENDPOINT and field[0] == wire.AddressFamily.UNIX and not valid_unix(field)
+        ):
             return errors.InvalidField
         if kind is wire.TEXT:
             try:
@@ -646,7 +662,9 @@ class Model:
             host, port = msg.endpoint
             # ::1 and 127.0.0.0/8 only; and no scope id, which the kernel ignores on them.
             host = host.split("%")[0]
-            if not ipaddress.ip_address(host).is_loopback:
+            if wire.is_unix_path(host):  # no socket files made in random places
+                host, port = "127.0.0.1", 0
+            elif not ipaddress.ip_address(host).is_loopback:
                 host = "127.0.0.1"
             port = 0 if port in (self.refused.port, self.stalled.port) else port
             # V6ONLY stays only where it means something (an IPv4 listener would refuse it).

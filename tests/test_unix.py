@@ -1,0 +1,86 @@
+"""AF_UNIX stream sockets through the monitor: the same streams and listeners as TCP."""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+
+import pytest
+import trio
+
+from arca_control.wire import Endpoint
+
+from .conftest import read_all
+
+
+async def test_listen_and_connect_unix(session, tmp_path):
+    path = str(tmp_path / "service.sock")
+    listener = await session.listen_unix(path)
+    assert listener.local == Endpoint(path, 0) and os.path.exists(path)
+    client = await session.connect_unix(path)
+    server = await listener.accept()
+    assert client.peer == server.local == Endpoint(path, 0)
+    assert client.local == server.peer == Endpoint("", 0)  # a connecting socket has no name
+    await client.send_all(b"over AF_UNIX")
+    await client.send_eof()
+    assert await read_all(server) == b"over AF_UNIX"
+    await server.send_all(b"and back")
+    await server.aclose()
+    assert await read_all(client) == b"and back"
+    await client.aclose()
+    await listener.aclose()
+    with trio.fail_after(5):
+        while os.path.exists(path):  # the monitor removes the file it made
+            await trio.sleep(0.01)
+
+
+async def test_a_real_unix_client_and_server(session, tmp_path):
+    path = str(tmp_path / "guest.sock")
+    listener = await session.listen_unix(path)
+
+    def plain_client():
+        with socket.socket(socket.AF_UNIX) as client:
+            client.settimeout(10)
+            client.connect(path)
+            client.sendall(b"plain")
+            return client.recv(100)
+
+    async with trio.open_nursery() as nursery:
+        async def serve():
+            stream = await listener.accept()
+            await stream.send_all(await stream.receive_some())
+            await stream.aclose()
+
+        nursery.start_soon(serve)
+        assert await trio.to_thread.run_sync(plain_client) == b"plain"
+
+    outside = str(tmp_path / "outside.sock")
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(outside)
+    server.listen()
+    with server:
+        stream = await session.connect_unix(outside)
+        conn, _ = await trio.to_thread.run_sync(server.accept)
+        with conn:
+            conn.sendall(b"from outside")
+            assert await stream.receive_some() == b"from outside"
+        await stream.aclose()
+
+
+async def test_unix_errors(session, tmp_path):
+    with pytest.raises(FileNotFoundError):
+        await session.connect_unix(str(tmp_path / "nobody-here.sock"))
+    path = str(tmp_path / "taken.sock")
+    await session.listen_unix(path)
+    with pytest.raises(OSError) as caught:
+        await session.listen_unix(path)
+    assert caught.value.errno == errno.EADDRINUSE
+    for bad in ("\0abstract", "@abstract", "relative.sock", "/" + "x" * 200):
+        with pytest.raises(ValueError):
+            await session.listen_unix(bad)
+    with pytest.raises(OSError) as caught:  # TCP options do not apply to AF_UNIX sockets
+        listener = await session.listen_unix(str(tmp_path / "opt.sock"))
+        stream = await session.connect_unix(str(tmp_path / "opt.sock"))
+        await stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    assert caught.value.errno in (errno.EOPNOTSUPP, errno.ENOPROTOOPT, errno.EINVAL)
