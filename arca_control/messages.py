@@ -38,6 +38,8 @@ class MessageType(enum.IntEnum):
     ABORT = 0x07
     SET_OPTION = 0x08
     GET_OPTION = 0x09
+    UDP_BIND = 0x0A
+    UDP_CLOSE = 0x0B
 
     HELLO_OK = 0x81
     LISTEN_OK = 0x82
@@ -49,6 +51,8 @@ class MessageType(enum.IntEnum):
     CLOSE_LISTENER_OK = 0x88
     ABORT_OK = 0x89
     OPTION_VALUE = 0x8A
+    UDP_BIND_OK = 0x8B
+    UDP_CLOSE_OK = 0x8C
     ERROR = 0xBF
 
     CONNECTION_END = 0xC1
@@ -110,7 +114,7 @@ class Hello(ControlRequest):
 
     TYPE = MessageType.HELLO
     version: int = field(wire.VERSION, default=wire.PROTOCOL_VERSION)
-    capabilities: Capability = field(wire.CAPABILITIES, default=Capability.TCP)
+    capabilities: Capability = field(wire.CAPABILITIES, default=wire.SUPPORTED_CAPABILITIES)
 
 
 @message
@@ -195,6 +199,25 @@ class GetOption(ControlRequest):
     name: int = field(wire.U16)
 
 
+@message
+@dataclass(frozen=True, kw_only=True)
+class UdpBind(ControlRequest):
+    """A UDP socket bound to ``endpoint`` (port 0: the kernel chooses)."""
+
+    TYPE = MessageType.UDP_BIND
+    endpoint: Endpoint = field(wire.ENDPOINT)
+    flags: ListenFlags = field(wire.LISTEN_FLAGS, default=ListenFlags(0))
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class UdpClose(ControlRequest):
+    """Close a UDP socket (closing the guest's channel end does it too)."""
+
+    TYPE = MessageType.UDP_CLOSE
+    socket_id: int = field(wire.U32)
+
+
 # --- replies ------------------------------------------------------------------
 
 
@@ -231,7 +254,7 @@ class ConnectionReady(ControlReply):
 class HelloOk(ControlReply):
     TYPE = MessageType.HELLO_OK
     version: int = field(wire.VERSION, default=wire.PROTOCOL_VERSION)
-    capabilities: Capability = field(wire.CAPABILITIES, default=Capability.TCP)
+    capabilities: Capability = field(wire.CAPABILITIES, default=wire.SUPPORTED_CAPABILITIES)
     max_payload: int = field(wire.U16, default=wire.DEFAULT_MAX_PAYLOAD)
 
 
@@ -302,6 +325,24 @@ class OptionValue(ControlReply):
 
 @message
 @dataclass(frozen=True, kw_only=True)
+class UdpBindOk(ControlReply):
+    """The UDP socket, the address it really has, and its datagram channel (one fd) beside the frame."""
+
+    TYPE = MessageType.UDP_BIND_OK
+    FDS = 1
+    socket_id: int = field(wire.U32)
+    local: Endpoint = field(wire.ENDPOINT)
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class UdpCloseOk(ControlReply):
+    TYPE = MessageType.UDP_CLOSE_OK
+    socket_id: int = field(wire.U32)
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
 class Error(ErrorReply):
     """A request that failed before it could be handled (a bad frame, a bad Hello)."""
 
@@ -336,6 +377,8 @@ REPLIES: dict[type[ControlRequest], frozenset[type[ControlReply]]] = {
     Abort: frozenset({AbortOk, Error}),
     SetOption: frozenset({OptionValue, Error}),
     GetOption: frozenset({OptionValue, Error}),
+    UdpBind: frozenset({UdpBindOk, Error}),
+    UdpClose: frozenset({UdpCloseOk, Error}),
 }
 
 #: The error reply type each request kind gets.

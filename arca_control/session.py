@@ -49,7 +49,9 @@ from .messages import (
     Listen,
     ListenOk,
     SetOption,
+    UdpBind,
 )
+from .datagram import ArcaDatagramSocket
 from .stream import ArcaListener, ArcaStream, EndStatus
 from .wire import LENGTH_FIELD_MAX, UNIX_PATH_MAX, AddressFamily, Capability, Endpoint, ListenFlags, OptionTarget, ipv6_host, parse_ip
 
@@ -95,6 +97,20 @@ def _unix_endpoint(path: str | os.PathLike[str]) -> Endpoint:
     return Endpoint(path, 0)
 
 
+class _DatagramOptions:
+    """Socket options of one UDP socket, through its session."""
+
+    def __init__(self, session: ArcaSession, socket_id: int) -> None:
+        self._session = session
+        self._socket_id = socket_id
+
+    async def set(self, level: int, name: int, value: int) -> int:
+        return await self._session._set_option(OptionTarget.DATAGRAM, self._socket_id, level, name, value)
+
+    async def get(self, level: int, name: int) -> int:
+        return await self._session._get_option(OptionTarget.DATAGRAM, self._socket_id, level, name)
+
+
 class _Waiter:
     def __init__(self) -> None:
         self.event = trio.Event()
@@ -115,6 +131,7 @@ class ArcaSession:
         self._ends: dict[int, EndStatus] = {}
         self._listeners: dict[int, ArcaListener] = {}
         self._streams: set[ArcaStream] = set()
+        self._datagrams: set[ArcaDatagramSocket] = set()
         self._broken: BaseException | None = None
         #: The monitor's HelloOk: its version, capabilities and payload limit.
         self.monitor: HelloOk | None = None
@@ -171,6 +188,26 @@ class ArcaSession:
         reply, fds = await self._call(Connect, endpoint=_unix_endpoint(path), timeout_ms=timeout_ms)
         return self._stream_from(reply, fds)
 
+    async def udp_bind(
+        self, host: str, port: int, *, v6only: bool = False, reuse_port: bool = False
+    ) -> ArcaDatagramSocket:
+        """A UDP socket in the monitor, bound to ``host:port`` (port 0: the kernel chooses).
+
+        ``sock.local`` is the address really bound. Datagrams travel over a
+        channel that keeps their boundaries (PROTOCOL.md); when the guest does
+        not read, the monitor drops them, as a full socket buffer would.
+        """
+        flags = (ListenFlags.V6ONLY if v6only else ListenFlags(0)) | (
+            ListenFlags.REUSEPORT if reuse_port else ListenFlags(0)
+        )
+        reply, fds = await self._call(UdpBind, endpoint=_endpoint(host, port), flags=flags)
+        channel = socket.socket(fileno=fds[0])
+        options = _DatagramOptions(self, reply.socket_id)
+        sock = ArcaDatagramSocket(channel, reply.local, on_close=self._datagrams.discard, options=options)
+        sock.socket_id = reply.socket_id
+        self._datagrams.add(sock)
+        return sock
+
     async def connect(self, host: str, port: int, *, timeout: float | None = None) -> ArcaStream:
         """Open a TCP connection through the monitor.
 
@@ -191,6 +228,8 @@ class ArcaSession:
             self._fail(trio.ClosedResourceError("this session is closed"))
         for stream in list(self._streams):
             await stream.aclose()
+        for datagram_socket in list(self._datagrams):
+            await datagram_socket.aclose()
         for listener in list(self._listeners.values()):
             listener._closed = True
         self._channel.close()

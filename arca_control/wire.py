@@ -114,16 +114,18 @@ class OptionTarget(enum.IntEnum):
 
     CONNECTION = 1
     LISTENER = 2
+    DATAGRAM = 3
 
 
 class Capability(enum.IntFlag, boundary=enum.KEEP):
     """Feature bits exchanged in Hello. Unknown bits are kept, and ignored."""
 
     TCP = 1
+    UDP = 2
 
 
 #: What this version implements; HelloOk answers with the intersection.
-SUPPORTED_CAPABILITIES = Capability.TCP
+SUPPORTED_CAPABILITIES = Capability.TCP | Capability.UDP
 
 
 class _EnumAdapter(Adapter):

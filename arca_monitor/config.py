@@ -36,6 +36,9 @@ class Config:
     )
     max_protocol_errors: int = setting(16, "bad frames after which a session is closed", low=1)
     max_backlog: int = setting(4096, "largest listen backlog a Listen may ask for (larger ones are cut)", low=1)
+    max_datagram_sockets: int = setting(
+        256, "UDP sockets open at once per session", low=0, what="UDP sockets per session", code=errno.EMFILE
+    )
     max_listeners: int = setting(
         256, "listeners open at once per session", low=0, what="listeners per session", code=errno.EMFILE
     )

@@ -84,6 +84,26 @@ def socket_file_identity(path: str) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
+def open_udp(endpoint: Endpoint, *, v6only: bool = False, reuse_port: bool = False) -> socket.socket:
+    """A bound, non-blocking UDP socket. Raises OSError (EADDRINUSE, EADDRNOTAVAIL, ...)."""
+    family, address = sockaddr_of(endpoint)
+    if family == socket.AF_UNIX:
+        raise OSError(errno.EAFNOSUPPORT, "UDP needs an IP address")
+    if v6only and family != socket.AF_INET6:
+        raise OSError(errno.EINVAL, "V6ONLY applies to IPv6 sockets only")
+    sock = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+    try:
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(v6only))
+        sock.bind(address)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 def start_connection(endpoint: Endpoint) -> tuple[socket.socket, bool]:
     """Begin a non-blocking connect: the socket, and whether it is connected already.
 

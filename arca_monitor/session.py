@@ -47,6 +47,10 @@ from arca_control.messages import (
     ListenOk,
     OptionValue,
     SetOption,
+    UdpBind,
+    UdpBindOk,
+    UdpClose,
+    UdpCloseOk,
     error_reply_for,
 )
 from arca_control.wire import Capability, ListenFlags, OptionTarget
@@ -55,10 +59,20 @@ from . import net, options
 from .config import Config
 from .listeners import Listener
 from .relay import Connection, RelayEngine, make_pipe
+from .udp import DatagramRelay, make_channel_pair
 
 log = logging.getLogger("arca_monitor.session")
 
 _session_numbers = itertools.count(1)
+
+
+def _capability_for(request: ControlRequest) -> Capability:
+    """The capability a request needs granted."""
+    if isinstance(request, (UdpBind, UdpClose)):
+        return Capability.UDP
+    if isinstance(request, (SetOption, GetOption)) and request.target is OptionTarget.DATAGRAM:
+        return Capability.UDP
+    return Capability.TCP
 
 
 class SessionClosed(Exception):
@@ -78,6 +92,9 @@ class MonitorSession:
         #: Connect requests in progress, by request id, so Cancel can reach them.
         self._connects: dict[int, trio.CancelScope] = {}
         self._listener_ids = itertools.count(1)
+        self._datagram_ids = itertools.count(1)
+        #: UDP sockets, by id: the relay and the scope that ends it.
+        self.datagrams: dict[int, tuple[DatagramRelay, trio.CancelScope]] = {}
         self._connection_ids = itertools.count(1)
         self._nursery: trio.Nursery | None = None
 
@@ -136,8 +153,8 @@ class MonitorSession:
             await self.send(self.core.hello_reply(request))
         elif isinstance(request, Cancel):
             self._cancel(request)  # never answered, so there is nothing to send
-        elif Capability.TCP not in self.core.capabilities:
-            await self.send(Error.make(request.request_id, errno.EOPNOTSUPP, "TCP was not granted in HelloOk"))
+        elif (needed := _capability_for(request)) not in self.core.capabilities:
+            await self.send(Error.make(request.request_id, errno.EOPNOTSUPP, f"{needed.name} was not granted in HelloOk"))
         elif self._is_pending(request.request_id):
             # Cancel names requests by id: two pending with one id would be ambiguous.
             await self.send(Error.make(request.request_id, errno.EBUSY, "request id already in use"))
@@ -153,6 +170,47 @@ class MonitorSession:
             await self._guarded(request, self._abort(request))
         elif isinstance(request, (SetOption, GetOption)):
             await self._guarded(request, self._option(request))
+        elif isinstance(request, UdpBind):
+            await self._guarded(request, self._udp_bind(request))
+        elif isinstance(request, UdpClose):
+            await self._guarded(request, self._udp_close(request))
+
+    async def _udp_bind(self, request: UdpBind) -> None:
+        self.config.check("max_datagram_sockets", len(self.datagrams))
+        sock = net.open_udp(
+            request.endpoint,
+            v6only=ListenFlags.V6ONLY in request.flags,
+            reuse_port=ListenFlags.REUSEPORT in request.flags,
+        )
+        try:
+            local = net.endpoint_of(sock.getsockname())
+            ours, theirs = make_channel_pair()
+        except BaseException:
+            sock.close()
+            raise
+        socket_id = next(self._datagram_ids)
+        relay = DatagramRelay(sock, ours)
+        scope = trio.CancelScope()
+        self.datagrams[socket_id] = (relay, scope)
+        self._spawn(self._run_datagrams, socket_id, relay, scope)
+        try:
+            await self.send(UdpBindOk(request_id=request.request_id, socket_id=socket_id, local=local), [theirs.fileno()])
+        finally:
+            theirs.close()  # ours must go, or the guest's close would not end the relay
+
+    async def _run_datagrams(self, socket_id: int, relay: DatagramRelay, scope: trio.CancelScope) -> None:
+        try:
+            with scope:
+                await relay.run()
+        finally:
+            self.datagrams.pop(socket_id, None)
+
+    async def _udp_close(self, request: UdpClose) -> None:
+        entry = self.datagrams.pop(request.socket_id, None)
+        if entry is None:
+            raise OSError(errno.EBADF, f"no UDP socket {request.socket_id}")
+        entry[1].cancel()
+        await self.send(UdpCloseOk(request_id=request.request_id, socket_id=request.socket_id))
 
     async def _abort(self, request: Abort) -> None:
         conn = self.connections.get(request.connection_id)
@@ -164,8 +222,10 @@ class MonitorSession:
     async def _option(self, request: SetOption | GetOption) -> None:
         if request.target is OptionTarget.CONNECTION:
             owner = self.connections.get(request.target_id)
-        else:
+        elif request.target is OptionTarget.LISTENER:
             owner = self.listeners.get(request.target_id)
+        else:
+            owner = self.datagrams.get(request.target_id, (None,))[0]
         if owner is None:
             raise OSError(errno.EBADF, f"no {request.target.name.lower()} {request.target_id}")
         if isinstance(request, SetOption):

@@ -103,7 +103,7 @@ LISTEN = encode(Listen(request_id=7, endpoint=Endpoint("127.0.0.1", 80)))
         (LISTEN[:1] + struct.pack("<H", len(LISTEN) - HEADER_SIZE + 1) + LISTEN[3:] + b"\x00", errors.TrailingBytes),
         (LISTEN[:HEADER_SIZE] + b"\x02" + LISTEN[HEADER_SIZE + 1 :], errors.InvalidField),  # family 2
         (LISTEN[:3] + b"\x00\x00\x00\x00" + LISTEN[HEADER_SIZE:], errors.InvalidField),  # request id 0
-        (bytearray(encode(Hello(request_id=1))).replace(b"\x01\x00\x01\x00\x00\x00", b"\x02\x00\x01\x00\x00\x00"),
+        (encode(Hello(request_id=1))[:HEADER_SIZE] + b"\x02" + encode(Hello(request_id=1))[HEADER_SIZE + 1 :],
          errors.UnsupportedVersion),
     ],
 )

@@ -44,9 +44,9 @@ from arca_control import codec, errors, wire
 from arca_control.messages import (
     REGISTRY, Abort, Accept, AcceptErr, AcceptOk, Cancel, CloseListener, CloseListenerOk, Connect, ConnectErr,
     ConnectionEnd, ConnectOk, ControlEvent, ControlRequest, Error, Hello, HelloOk, Listen, ListenErr, ListenOk,
-    GetOption, Message, SetOption, payload_fields,
+    GetOption, Message, SetOption, UdpBind, UdpClose, payload_fields,
 )
-from arca_control.wire import DEFAULT_MAX_PAYLOAD, HEADER_SIZE, LENGTH_FIELD_MAX, Capability, Endpoint, ListenFlags
+from arca_control.wire import DEFAULT_MAX_PAYLOAD, HEADER_SIZE, LENGTH_FIELD_MAX, Capability, Endpoint, ListenFlags, OptionTarget
 
 HEADER = struct.Struct("<BHI")  # type, length, request_id: PROTOCOL.md section 2
 KNOWN_ERRNOS = sorted(errno.errorcode)
@@ -572,7 +572,7 @@ class Model:
 
     def __init__(self, max_errors: int, refused: Endpoint, stalled: Endpoint) -> None:
         self.max_errors, self.refused, self.stalled = max_errors, refused, stalled
-        self.ready = self.tcp = self.closed = False
+        self.ready = self.tcp = self.udp = self.closed = False
         self.errors = 0
         self.listeners: dict[int, Endpoint] = {}
         self.next_listener = 1
@@ -600,7 +600,8 @@ class Model:
         rid = msg.request_id
         if isinstance(msg, Hello):
             self.ready, self.tcp = True, Capability.TCP in msg.capabilities
-            granted = msg.capabilities & Capability.TCP
+            self.udp = Capability.UDP in msg.capabilities
+            granted = msg.capabilities & wire.SUPPORTED_CAPABILITIES
             return Expect(rid, (HelloOk,),
                           check=lambda r: r.capabilities == granted and r.max_payload == DEFAULT_MAX_PAYLOAD)
         if isinstance(msg, Cancel):
@@ -608,7 +609,10 @@ class Model:
                 return Expect()  # never answered, and nothing to withdraw
             listener = self.pending.pop(msg.target)
             return Expect(msg.target, (ConnectErr if listener is None else AcceptErr,), errno.ECANCELED)
-        if not self.tcp:
+        needs_udp = isinstance(msg, (UdpBind, UdpClose)) or (
+            isinstance(msg, (SetOption, GetOption)) and msg.target is OptionTarget.DATAGRAM
+        )
+        if not (self.udp if needs_udp else self.tcp):
             return Expect(rid, (Error,), errno.EOPNOTSUPP)
         if rid in self.pending:
             return Expect(rid, (Error,), errno.EBUSY)
@@ -628,7 +632,7 @@ class Model:
             if 0 < msg.timeout_ms < 1000:  # a deadline that short may pass before even a refusal is seen
                 codes.add(errno.ETIMEDOUT)
             return Expect(rid, (ConnectErr,), check=lambda r: r.errno in codes)
-        if isinstance(msg, (Abort, SetOption, GetOption)):
+        if isinstance(msg, (Abort, SetOption, GetOption, UdpClose)):
             return Expect(rid, (Error,), errno.EBADF)  # make_safe aimed them at nothing that exists
         if msg.listener_id in self.listeners:  # CloseListener: its queued Accepts fail first, in order
             del self.listeners[msg.listener_id]
@@ -676,6 +680,8 @@ class Model:
             msg = Abort(request_id=msg.request_id, connection_id=0xFFFFFFFF)
         elif isinstance(msg, (SetOption, GetOption)):  # options on our own sockets are tested elsewhere
             msg = dataclasses.replace(msg, target_id=0xFFFFFFFF)
+        elif isinstance(msg, (UdpBind, UdpClose)):  # UDP sockets are tested elsewhere
+            msg = UdpClose(request_id=msg.request_id, socket_id=0xFFFFFFFF)
         return (data if msg is None else codec.encode(msg)), msg
 
 
