@@ -131,6 +131,19 @@ def _text(data: bytes, at: int) -> tuple[str, int]:
         raise _Bad(str(exc)) from None
 
 
+def _address_list(data: bytes, at: int):
+    if at + 1 > len(data):
+        raise _Short
+    count, at = data[at], at + 1
+    read_type = READERS[id(wire.SOCK_TYPE)]
+    entries = []
+    for _ in range(count):
+        socktype, at = read_type(data, at)
+        endpoint, at = _endpoint(data, at)
+        entries.append((socktype, endpoint))
+    return tuple(entries), at
+
+
 #: The reader for each field type declared in ``wire.py``.
 READERS: dict[int, Reader] = {
     id(wire.U16): _u16,
@@ -142,6 +155,7 @@ READERS: dict[int, Reader] = {
     id(wire.ENDPOINT): _endpoint,
     id(wire.TEXT): _text,
     **{key: _u8_enum(enum_type) for key, enum_type in wire.U8_ENUMS.items()},
+    id(wire.ADDRESS_LIST): _address_list,
 }
 
 class _Unfit(Exception):
@@ -218,6 +232,24 @@ def _w_text(value: object) -> bytes:
     return bytes([len(data)]) + data
 
 
+def _w_address_list(value: object) -> bytes:
+    try:
+        entries = list(value)
+    except TypeError:
+        raise _Unfit(f"not a list of addresses: {value!r}") from None
+    if len(entries) > 255:
+        raise _Unfit(f"{len(entries)} addresses do not fit in 255")
+    write_type = WRITERS[id(wire.SOCK_TYPE)]
+    parts = [bytes([len(entries)])]
+    for entry in entries:
+        try:
+            socktype, endpoint = entry
+        except (TypeError, ValueError):
+            raise _Unfit(f"not a (socket type, endpoint) pair: {entry!r}") from None
+        parts += [write_type(socktype), _w_endpoint(endpoint)]
+    return b"".join(parts)
+
+
 #: The writer for each field type declared in ``wire.py``.
 WRITERS: dict[int, Callable[[object], bytes]] = {
     id(wire.U16): _w16,
@@ -229,6 +261,7 @@ WRITERS: dict[int, Callable[[object], bytes]] = {
     id(wire.ENDPOINT): _w_endpoint,
     id(wire.TEXT): _w_text,
     **{key: _w_u8_enum(enum_type) for key, enum_type in wire.U8_ENUMS.items()},
+    id(wire.ADDRESS_LIST): _w_address_list,
 }
 
 #: For each message type: its class, and (field name, reader) in wire order.

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import socket
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from . import wire
 from .errors import error_from_errno
-from .wire import Capability, Endpoint, ListenFlags, OptionTarget
+from .wire import Capability, Endpoint, FamilyFilter, GaiError, ListenFlags, OptionTarget, SockType
 
 
 class MessageType(enum.IntEnum):
@@ -40,6 +41,7 @@ class MessageType(enum.IntEnum):
     GET_OPTION = 0x09
     UDP_BIND = 0x0A
     UDP_CLOSE = 0x0B
+    RESOLVE = 0x0C
 
     HELLO_OK = 0x81
     LISTEN_OK = 0x82
@@ -53,9 +55,16 @@ class MessageType(enum.IntEnum):
     OPTION_VALUE = 0x8A
     UDP_BIND_OK = 0x8B
     UDP_CLOSE_OK = 0x8C
+    RESOLVE_OK = 0x8D
+    RESOLVE_ERR = 0x8E
     ERROR = 0xBF
 
     CONNECTION_END = 0xC1
+
+
+def fit_text(text: str) -> str:
+    """``text`` cut, at a character boundary, to fit a 255-byte text field."""
+    return text.encode("utf-8")[:255].decode("utf-8", "ignore")
 
 
 def field(wire_type: Any, **kwargs: Any) -> Any:
@@ -218,6 +227,18 @@ class UdpClose(ControlRequest):
     socket_id: int = field(wire.U32)
 
 
+@message
+@dataclass(frozen=True, kw_only=True)
+class Resolve(ControlRequest):
+    """getaddrinfo in the monitor: ``name``'s addresses, with ``port`` (0: none) in each."""
+
+    TYPE = MessageType.RESOLVE
+    name: str = field(wire.TEXT)
+    port: int = field(wire.U16, default=0)
+    family: FamilyFilter = field(wire.FAMILY_FILTER, default=FamilyFilter.ANY)
+    socktype: SockType = field(wire.SOCK_TYPE, default=SockType.ANY)
+
+
 # --- replies ------------------------------------------------------------------
 
 
@@ -235,8 +256,7 @@ class ErrorReply(ControlReply):
     @classmethod
     def make(cls, request_id: int, code: int, message: str) -> ErrorReply:
         """An error reply whose message is cut to fit its 255-byte field."""
-        text = message.encode("utf-8")[:255].decode("utf-8", "ignore")
-        return cls(request_id=request_id, errno=code, message=text)
+        return cls(request_id=request_id, errno=code, message=fit_text(message))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -343,6 +363,28 @@ class UdpCloseOk(ControlReply):
 
 @message
 @dataclass(frozen=True, kw_only=True)
+class ResolveOk(ControlReply):
+    """The addresses, as (socket type, endpoint) pairs, in the order to try them."""
+
+    TYPE = MessageType.RESOLVE_OK
+    addresses: tuple = field(wire.ADDRESS_LIST, default=())
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class ResolveErr(ControlReply):
+    """A failed lookup, as getaddrinfo's EAI code: the guest raises ``socket.gaierror``."""
+
+    TYPE = MessageType.RESOLVE_ERR
+    eai: GaiError = field(wire.GAI_ERROR)
+    message: str = field(wire.TEXT, default="")
+
+    def exception(self) -> OSError:
+        return socket.gaierror(-int(self.eai), self.message or f"EAI {self.eai.name}")
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
 class Error(ErrorReply):
     """A request that failed before it could be handled (a bad frame, a bad Hello)."""
 
@@ -379,7 +421,11 @@ REPLIES: dict[type[ControlRequest], frozenset[type[ControlReply]]] = {
     GetOption: frozenset({OptionValue, Error}),
     UdpBind: frozenset({UdpBindOk, Error}),
     UdpClose: frozenset({UdpCloseOk, Error}),
+    Resolve: frozenset({ResolveOk, ResolveErr, Error}),
 }
+
+#: Replies that report a failure: the guest raises their ``exception()``.
+FAILURES = (ErrorReply, ResolveErr)
 
 #: The error reply type each request kind gets.
 ERROR_REPLY: dict[type[ControlRequest], type[ErrorReply]] = {
@@ -396,4 +442,4 @@ def error_reply_for(request: ControlRequest | None, request_id: int, code: int, 
 
 
 __all__ = [name for name, value in globals().items() if isinstance(value, type) and issubclass(value, Message)]
-__all__ += ["MessageType", "REGISTRY", "REPLIES", "ERROR_REPLY", "Endpoint", "Capability", "ListenFlags", "OptionTarget", "error_reply_for"]
+__all__ += ["MessageType", "REGISTRY", "REPLIES", "ERROR_REPLY", "Endpoint", "Capability", "ListenFlags", "OptionTarget", "FamilyFilter", "SockType", "GaiError", "FAILURES", "error_reply_for", "fit_text"]

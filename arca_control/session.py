@@ -42,18 +42,20 @@ from .messages import (
     ConnectionEnd,
     ConnectionReady,
     ControlRequest,
-    ErrorReply,
+    FAILURES,
     GetOption,
     Hello,
     HelloOk,
     Listen,
     ListenOk,
+    Resolve,
     SetOption,
     UdpBind,
 )
 from .datagram import ArcaDatagramSocket
 from .stream import ArcaListener, ArcaStream, EndStatus
-from .wire import LENGTH_FIELD_MAX, UNIX_PATH_MAX, AddressFamily, Capability, Endpoint, ListenFlags, OptionTarget, ipv6_host, parse_ip
+from .messages import fit_text
+from .wire import LENGTH_FIELD_MAX, UNIX_PATH_MAX, AddressFamily, FamilyFilter, SockType, Capability, Endpoint, ListenFlags, OptionTarget, ipv6_host, parse_ip
 
 log = logging.getLogger("arca_control")
 
@@ -82,6 +84,10 @@ def _endpoint(host: str, port: int) -> Endpoint:
         raise ValueError(f"port must be 0-65535, not {port!r}")
     canonical = str(ipaddress.IPv4Address(packed)) if family == AddressFamily.IPV4 else ipv6_host(packed, scope_id)
     return Endpoint(canonical, port)
+
+
+_FAMILY_FILTERS = {0: FamilyFilter.ANY, socket.AF_INET: FamilyFilter.IPV4, socket.AF_INET6: FamilyFilter.IPV6}
+_SOCK_TYPES = {0: SockType.ANY, socket.SOCK_STREAM: SockType.STREAM, socket.SOCK_DGRAM: SockType.DGRAM}
 
 
 def _unix_endpoint(path: str | os.PathLike[str]) -> Endpoint:
@@ -208,15 +214,55 @@ class ArcaSession:
         self._datagrams.add(sock)
         return sock
 
+    async def resolve(
+        self, host: str, port: int | None = None, family: int = 0, type: int = 0
+    ) -> list[tuple[int, int, Endpoint]]:
+        """getaddrinfo, done by the monitor: ``[(family, type, Endpoint), ...]``.
+
+        ``family`` is 0, AF_INET or AF_INET6; ``type`` 0, SOCK_STREAM or
+        SOCK_DGRAM. The monitor looks in its hosts file, its cache, then DNS.
+        Failures raise ``socket.gaierror`` with getaddrinfo's EAI code.
+        """
+        if family not in _FAMILY_FILTERS or type not in _SOCK_TYPES:
+            raise socket.gaierror(socket.EAI_FAMILY if family not in _FAMILY_FILTERS else socket.EAI_SOCKTYPE,
+                                  f"family {family} or type {type} not supported")
+        reply, _ = await self._call(
+            Resolve, name=fit_text(host), port=port or 0, family=_FAMILY_FILTERS[family], socktype=_SOCK_TYPES[type]
+        )
+        return [
+            (socket.AF_INET6 if ":" in endpoint.host else socket.AF_INET,
+             socket.SOCK_STREAM if kind is SockType.STREAM else socket.SOCK_DGRAM, endpoint)
+            for kind, endpoint in reply.addresses
+        ]
+
     async def connect(self, host: str, port: int, *, timeout: float | None = None) -> ArcaStream:
         """Open a TCP connection through the monitor.
 
-        ``timeout`` (seconds) bounds the kernel connect and gives ETIMEDOUT;
+        ``host`` is an IP literal, or a name that the monitor resolves; then
+        each address is tried in turn (IPv6 first), and the stream's ``peer``
+        is the one that worked; if none does, the last error is raised.
+        ``timeout`` (seconds) bounds each kernel connect and gives ETIMEDOUT;
         None uses the monitor's default. Cancelling the call withdraws it.
         """
         timeout_ms = 0 if timeout is None else max(1, math.ceil(timeout * 1000))
-        reply, fds = await self._call(Connect, endpoint=_endpoint(host, port), timeout_ms=timeout_ms)
-        return self._stream_from(reply, fds)
+        try:
+            endpoints = [_endpoint(host, port)]
+        except ValueError:
+            if not isinstance(port, int) or not 0 <= port <= 0xFFFF:
+                raise
+            endpoints = [endpoint for _, _, endpoint in await self.resolve(host, port, type=socket.SOCK_STREAM)]
+        last_error: OSError | None = None
+        for endpoint in endpoints:
+            try:
+                reply, fds = await self._call(Connect, endpoint=endpoint, timeout_ms=timeout_ms)
+            except (errors.ProtocolError, errors.MonitorGone):
+                raise
+            except OSError as exc:
+                last_error = exc
+                continue
+            return self._stream_from(reply, fds)
+        assert last_error is not None  # resolve() returns at least one address or raises
+        raise last_error
 
     @property
     def closed(self) -> bool:
@@ -292,7 +338,7 @@ class ArcaSession:
         if isinstance(outcome, BaseException):
             raise outcome
         reply, fds = outcome.reply, outcome.fds
-        if isinstance(reply, ErrorReply):
+        if isinstance(reply, FAILURES):
             raise reply.exception()
         return reply, fds
 

@@ -28,6 +28,7 @@ from construct import (
     Int16ul,
     Int32ul,
     PascalString,
+    PrefixedArray,
     Struct,
     Switch,
     ValidationError,
@@ -107,6 +108,39 @@ class ListenFlags(enum.IntFlag, boundary=enum.STRICT):
     V6ONLY = 1
     #: SO_REUSEPORT: share the port with other listeners that ask for it too.
     REUSEPORT = 2
+
+
+class FamilyFilter(enum.IntEnum):
+    """Which addresses a Resolve asks for (getaddrinfo's family)."""
+
+    ANY = 0
+    IPV4 = 1
+    IPV6 = 2
+
+
+class SockType(enum.IntEnum):
+    """Which socket type a Resolve entry is for (getaddrinfo's type; ANY only in a request)."""
+
+    ANY = 0
+    STREAM = 1
+    DGRAM = 2
+
+
+class GaiError(enum.IntEnum):
+    """getaddrinfo's EAI codes, negated (Linux's EAI_* values are negative)."""
+
+    BADFLAGS = 1
+    NONAME = 2
+    AGAIN = 3
+    FAIL = 4
+    NODATA = 5
+    FAMILY = 6
+    SOCKTYPE = 7
+    SERVICE = 8
+    ADDRFAMILY = 9
+    MEMORY = 10
+    SYSTEM = 11
+    OVERFLOW = 12
 
 
 class OptionTarget(enum.IntEnum):
@@ -255,11 +289,32 @@ CAPABILITIES = _FlagAdapter(Int32ul)
 LISTEN_FLAGS = _EnumAdapter(Int8ul, ListenFlags)
 OPTION_TARGET = _EnumAdapter(Int8ul, OptionTarget)
 
+FAMILY_FILTER = _EnumAdapter(Int8ul, FamilyFilter)
+SOCK_TYPE = _EnumAdapter(Int8ul, SockType)
+GAI_ERROR = _EnumAdapter(Int8ul, GaiError)
+
 #: The one-byte enum and flag fields, by field type: their values are exactly the enum's.
 U8_ENUMS: dict[int, type[enum.IntEnum] | type[enum.IntFlag]] = {
     id(LISTEN_FLAGS): ListenFlags,
     id(OPTION_TARGET): OptionTarget,
+    id(FAMILY_FILTER): FamilyFilter,
+    id(SOCK_TYPE): SockType,
+    id(GAI_ERROR): GaiError,
 }
+
+
+class _AddressListAdapter(Adapter):
+    def _decode(self, obj, context, path):
+        return tuple((entry.socktype, entry.endpoint) for entry in obj)
+
+    def _encode(self, obj, context, path):
+        return [{"socktype": socktype, "endpoint": endpoint} for socktype, endpoint in obj]
+
+
+#: A Resolve answer: a u8 count, then (socket type u8, endpoint) per address, at most 255.
+ADDRESS_LIST = _AddressListAdapter(
+    PrefixedArray(Int8ul, Struct("socktype" / SOCK_TYPE, "endpoint" / ENDPOINT))
+)
 ERRNO = _ErrnoAdapter(Int16ul)
 END_STATUS = _StatusAdapter(Int16ul)
 #: UTF-8 text of at most 255 bytes, with a u8 length in front.

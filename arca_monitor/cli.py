@@ -12,6 +12,7 @@ import sys
 import trio
 
 from .config import Config, option_name
+from .resolver import Resolver
 from .server import serve_fd, serve_path
 
 log = logging.getLogger("arca_monitor")
@@ -41,10 +42,29 @@ def parser() -> argparse.ArgumentParser:
             help=f"{f.metadata['help']} (default: %(default)s)",
         )
     p.add_argument(
+        "--hosts-file", default="/etc/hosts", metavar="PATH",
+        help="the hosts file Resolve reads first (default: %(default)s)",
+    )
+    p.add_argument(
+        "--resolver", metavar="HOST:PORT", type=_nameserver,
+        help="the DNS server Resolve asks (an IP literal; [v6]:port for IPv6); default: /etc/resolv.conf's",
+    )
+    p.add_argument(
+        "--no-dns", action="store_true",
+        help="resolve from the hosts file (and IP literals) only: no DNS query leaves the monitor",
+    )
+    p.add_argument(
         "--log-level", default="warning", choices=["debug", "info", "warning", "error"],
         help="log verbosity on stderr (default: %(default)s)",
     )
     return p
+
+
+def _nameserver(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"not HOST:PORT: {text!r}")
+    return host.strip("[]"), int(port)
 
 
 def raise_fd_limit() -> None:
@@ -78,10 +98,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     raise_fd_limit()
     try:
+        resolver = Resolver(hosts_file=args.hosts_file, nameserver=args.resolver, dns=not args.no_dns)
+    except ValueError as exc:
+        parser().error(str(exc))
+    try:
         if args.fd is not None:
-            trio.run(serve_fd, args.fd, config)
+            trio.run(serve_fd, args.fd, config, resolver)
         else:
-            trio.run(_until_signalled, serve_path, args.socket, config)
+            trio.run(_until_signalled, serve_path, args.socket, config, resolver)
     except KeyboardInterrupt:
         log.info("interrupted")
     except OSError as exc:

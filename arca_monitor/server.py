@@ -16,15 +16,16 @@ import stat
 import trio
 
 from .config import Config
+from .resolver import Resolver
 from .session import MonitorSession
 
 log = logging.getLogger("arca_monitor.server")
 
 
-async def serve_fd(fd: int, config: Config) -> None:
+async def serve_fd(fd: int, config: Config, resolver: Resolver) -> None:
     """Serve the one session on an inherited SEQPACKET fd; return when it ends."""
     sock = socket.socket(fileno=fd)
-    await MonitorSession(sock, config).run()
+    await MonitorSession(sock, config, resolver).run()
 
 
 def bind_path(path: str) -> socket.socket:
@@ -55,7 +56,7 @@ def bind_path(path: str) -> socket.socket:
     return sock
 
 
-async def serve_path(path: str, config: Config, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+async def serve_path(path: str, config: Config, resolver: Resolver, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Serve one session per guest that connects to ``path``, until cancelled."""
     listener = trio.socket.from_stdlib_socket(bind_path(path))
     log.info("serving on %s", path)
@@ -70,7 +71,7 @@ async def serve_path(path: str, config: Config, *, task_status=trio.TASK_STATUS_
                     log.error("accept on %s failed: %s", path, exc)
                     await trio.sleep(0.1)
                     continue
-                nursery.start_soon(_run_session, conn.detach(), config)
+                nursery.start_soon(_run_session, conn.detach(), config, resolver)
     finally:
         listener.close()
         try:
@@ -79,9 +80,9 @@ async def serve_path(path: str, config: Config, *, task_status=trio.TASK_STATUS_
             pass
 
 
-async def _run_session(fd: int, config: Config) -> None:
+async def _run_session(fd: int, config: Config, resolver: Resolver) -> None:
     sock = socket.socket(fileno=fd)
     try:
-        await MonitorSession(sock, config).run()
+        await MonitorSession(sock, config, resolver).run()
     except Exception as exc:  # a bug in one session must not end the others
         log.error("session failed: %r", exc)

@@ -46,24 +46,34 @@ from arca_control.messages import (
     Listen,
     ListenOk,
     OptionValue,
+    Resolve,
+    ResolveErr,
+    ResolveOk,
     SetOption,
     UdpBind,
     UdpBindOk,
     UdpClose,
     UdpCloseOk,
     error_reply_for,
+    fit_text,
 )
-from arca_control.wire import Capability, ListenFlags, OptionTarget
+from arca_control.wire import Capability, FamilyFilter, GaiError, ListenFlags, OptionTarget, SockType
 
 from . import net, options
 from .config import Config
 from .listeners import Listener
 from .relay import Connection, RelayEngine, make_pipe
+from .resolver import Resolver, ResolveError, parse_literal
 from .udp import DatagramRelay, make_channel_pair
 
 log = logging.getLogger("arca_monitor.session")
 
 _session_numbers = itertools.count(1)
+
+
+_FAMILIES = {FamilyFilter.ANY: 0, FamilyFilter.IPV4: socket.AF_INET, FamilyFilter.IPV6: socket.AF_INET6}
+_SOCK_TYPES = {SockType.ANY: 0, SockType.STREAM: socket.SOCK_STREAM, SockType.DGRAM: socket.SOCK_DGRAM}
+_SOCK_TYPE_OF = {socket.SOCK_STREAM: SockType.STREAM, socket.SOCK_DGRAM: SockType.DGRAM}
 
 
 def _capability_for(request: ControlRequest) -> Capability:
@@ -80,8 +90,10 @@ class SessionClosed(Exception):
 
 
 class MonitorSession:
-    def __init__(self, sock: socket.socket, config: Config) -> None:
+    def __init__(self, sock: socket.socket, config: Config, resolver: Resolver | None = None) -> None:
         self.config = config
+        #: Shared by every session of the monitor (one cache); a session alone gets its own.
+        self.resolver = resolver or Resolver()
         self.number = next(_session_numbers)
         self.channel = ControlChannel(sock, max_payload=config.max_payload)
         self.core = ServerCore(max_payload=config.max_payload, max_errors=config.max_protocol_errors)
@@ -174,6 +186,23 @@ class MonitorSession:
             await self._guarded(request, self._udp_bind(request))
         elif isinstance(request, UdpClose):
             await self._guarded(request, self._udp_close(request))
+        elif isinstance(request, Resolve):
+            if parse_literal(request.name) is not None:  # no lookup: answered in order, at once
+                await self._guarded(request, self._resolve(request))
+            else:  # lookups can take seconds: never make the next request wait for one
+                self._spawn(self._guarded, request, self._resolve(request))
+
+    async def _resolve(self, request: Resolve) -> None:
+        family = _FAMILIES[request.family]
+        socktype = _SOCK_TYPES[request.socktype]
+        try:
+            found = await self.resolver.resolve(request.name, request.port, family, socktype)
+        except ResolveError as exc:
+            await self.send(ResolveErr(request_id=request.request_id, eai=GaiError(-exc.eai),
+                                       message=fit_text(exc.message)))
+            return
+        entries = tuple((_SOCK_TYPE_OF[kind], endpoint) for _, kind, endpoint in found)[:255]
+        await self.send(ResolveOk(request_id=request.request_id, addresses=entries))
 
     async def _udp_bind(self, request: UdpBind) -> None:
         self.config.check("max_datagram_sockets", len(self.datagrams))

@@ -15,7 +15,8 @@ import arca_control
 
 @pytest.fixture
 async def session():
-    async with arca_control.open_session() as session:
+    # No DNS: a name a test resolves by mistake must not reach the system's nameserver.
+    async with arca_control.open_session("--no-dns") as session:
         yield session
 
 

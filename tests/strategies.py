@@ -25,15 +25,30 @@ def _valid(enum_type, value: int) -> bool:
     return True
 
 
+unix_paths = st.one_of(
+    st.just(""),
+    st.text(st.characters(blacklist_characters="\0", blacklist_categories=("Cs",)), max_size=40)
+    .map(lambda s: "/" + s)
+    .filter(lambda s: len(s.encode()) <= 107),
+)
+
+
 FIELD_STRATEGIES = {
     id(wire.U16): st.integers(0, 0xFFFF),
     id(wire.U32): st.integers(0, 0xFFFFFFFF),
-    id(wire.ENDPOINT): st.builds(Endpoint, st.one_of(ipv4, ipv6), ports),
+    id(wire.ENDPOINT): st.one_of(
+        st.builds(Endpoint, st.one_of(ipv4, ipv6), ports),
+        st.builds(Endpoint, unix_paths, st.just(0)),
+    ),
     # One-byte enums and flags: any member (for flags, any mix of bits).
     **{
         key: st.sampled_from([enum_type(v) for v in range(256) if _valid(enum_type, v)])
         for key, enum_type in wire.U8_ENUMS.items()
     },
+    id(wire.ADDRESS_LIST): st.lists(
+        st.tuples(st.sampled_from(list(wire.SockType)), st.builds(Endpoint, st.one_of(ipv4, ipv6), ports)),
+        max_size=6,
+    ).map(tuple),
     id(wire.ERRNO): known_errnos,
     id(wire.END_STATUS): st.one_of(st.just(0), known_errnos),
     id(wire.TEXT): short_text,

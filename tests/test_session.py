@@ -272,9 +272,11 @@ async def test_listen_on_an_address_this_host_does_not_have(session):
     assert caught.value.errno == errno.EADDRNOTAVAIL
 
 
-async def test_names_are_not_resolved(session):
+async def test_bad_hosts_and_ports_are_refused_before_sending(session):
     with pytest.raises(ValueError):
-        await session.connect("localhost", 80)
+        await session.connect("127.0.0.1", 70000)
+    with pytest.raises(ValueError):
+        await session.listen("localhost", 0)  # listening takes addresses, not names
 
 
 async def test_accept_on_an_unknown_listener(session):

@@ -44,9 +44,9 @@ from arca_control import codec, errors, wire
 from arca_control.messages import (
     REGISTRY, Abort, Accept, AcceptErr, AcceptOk, Cancel, CloseListener, CloseListenerOk, Connect, ConnectErr,
     ConnectionEnd, ConnectOk, ControlEvent, ControlRequest, Error, Hello, HelloOk, Listen, ListenErr, ListenOk,
-    GetOption, Message, SetOption, UdpBind, UdpClose, payload_fields,
+    GetOption, Message, Resolve, ResolveOk, SetOption, UdpBind, UdpClose, payload_fields,
 )
-from arca_control.wire import DEFAULT_MAX_PAYLOAD, HEADER_SIZE, LENGTH_FIELD_MAX, Capability, Endpoint, ListenFlags, OptionTarget
+from arca_control.wire import DEFAULT_MAX_PAYLOAD, HEADER_SIZE, LENGTH_FIELD_MAX, Capability, Endpoint, FamilyFilter, ListenFlags, OptionTarget, SockType
 
 HEADER = struct.Struct("<BHI")  # type, length, request_id: PROTOCOL.md section 2
 KNOWN_ERRNOS = sorted(errno.errorcode)
@@ -100,6 +100,9 @@ FIELD_VALUES = {
     # One-byte enums and flags: any of their values.
     **{key: (lambda rng, e=enum_type: e(rng.choice([int(m) for m in e] + [0] * issubclass(e, enum.Flag))))
        for key, enum_type in wire.U8_ENUMS.items()},
+    id(wire.ADDRESS_LIST): lambda rng: tuple(
+        (rng.choice(list(SockType)), random_endpoint(rng)) for _ in range(rng.choice([0, 1, 2, 5]))
+    ),
 }
 
 
@@ -340,38 +343,55 @@ def spec_verdict(data: bytes, limit: int) -> type[errors.ProtocolError] | None:
         return errors.TruncatedFrame if len(data) < HEADER_SIZE + length else errors.TrailingBytes
     payload, pos = data[HEADER_SIZE:], 0
     for f in payload_fields(cls):
-        kind = f.metadata["wire"]
-        if kind is wire.TEXT:
-            size = 1 + (payload[pos] if pos < len(payload) else 0)
-        elif kind is wire.ENDPOINT:
-            if pos >= len(payload):
-                return errors.InvalidField
-            if payload[pos] == wire.AddressFamily.UNIX:
-                size = 2 + (payload[pos + 1] if pos + 1 < len(payload) else 0) + 2
-            else:
-                size = ENDPOINT_SIZES.get(payload[pos])
-            if size is None:
-                return errors.InvalidField  # an unknown family
-        else:
-            size = FIELD_SIZES[id(kind)]
-        if pos + size > len(payload):
-            return errors.InvalidField  # the field runs past the payload's end
-        field, pos = payload[pos : pos + size], pos + size
-        value = int.from_bytes(field[:2], "little")
-        if kind is wire.VERSION and value != wire.PROTOCOL_VERSION:
-            return errors.UnsupportedVersion
-        if (kind is wire.ERRNO and value not in errno.errorcode) or (
-            kind is wire.END_STATUS and value != 0 and value not in errno.errorcode
-        ) or (id(kind) in wire.U8_ENUMS and not valid_u8(wire.U8_ENUMS[id(kind)], field[0])) or (
-            kind is wire.ENDPOINT and field[0] == wire.AddressFamily.UNIX and not valid_unix(field)
-        ):
-            return errors.InvalidField
-        if kind is wire.TEXT:
-            try:
-                field[1:].decode("utf-8")
-            except UnicodeDecodeError:
-                return errors.InvalidField
+        verdict, pos = field_verdict(f.metadata["wire"], payload, pos)
+        if verdict is not None:
+            return verdict
     return errors.TrailingBytes if pos < len(payload) else None
+
+
+def field_verdict(kind, payload: bytes, pos: int) -> tuple[type[errors.ProtocolError] | None, int]:
+    """The error one field at ``pos`` gives (None if it is valid), and where the next field starts."""
+    if kind is wire.ADDRESS_LIST:  # a u8 count, then (socket type, endpoint) pairs
+        if pos >= len(payload):
+            return errors.InvalidField, pos
+        count, pos = payload[pos], pos + 1
+        for _ in range(count):
+            for part in (wire.SOCK_TYPE, wire.ENDPOINT):
+                verdict, pos = field_verdict(part, payload, pos)
+                if verdict is not None:
+                    return verdict, pos
+        return None, pos
+    if kind is wire.TEXT:
+        size = 1 + (payload[pos] if pos < len(payload) else 0)
+    elif kind is wire.ENDPOINT:
+        if pos >= len(payload):
+            return errors.InvalidField, pos
+        if payload[pos] == wire.AddressFamily.UNIX:
+            size = 2 + (payload[pos + 1] if pos + 1 < len(payload) else 0) + 2
+        else:
+            size = ENDPOINT_SIZES.get(payload[pos])
+        if size is None:
+            return errors.InvalidField, pos  # an unknown family
+    else:
+        size = FIELD_SIZES[id(kind)]
+    if pos + size > len(payload):
+        return errors.InvalidField, pos  # the field runs past the payload's end
+    field, pos = payload[pos : pos + size], pos + size
+    value = int.from_bytes(field[:2], "little")
+    if kind is wire.VERSION and value != wire.PROTOCOL_VERSION:
+        return errors.UnsupportedVersion, pos
+    if (kind is wire.ERRNO and value not in errno.errorcode) or (
+        kind is wire.END_STATUS and value != 0 and value not in errno.errorcode
+    ) or (id(kind) in wire.U8_ENUMS and not valid_u8(wire.U8_ENUMS[id(kind)], field[0])) or (
+        kind is wire.ENDPOINT and field[0] == wire.AddressFamily.UNIX and not valid_unix(field)
+    ):
+        return errors.InvalidField, pos
+    if kind is wire.TEXT:
+        try:
+            field[1:].decode("utf-8")
+        except UnicodeDecodeError:
+            return errors.InvalidField, pos
+    return None, pos
 
 
 def decode_whole(data, limit, problems, outcomes):
@@ -632,6 +652,9 @@ class Model:
             if 0 < msg.timeout_ms < 1000:  # a deadline that short may pass before even a refusal is seen
                 codes.add(errno.ETIMEDOUT)
             return Expect(rid, (ConnectErr,), check=lambda r: r.errno in codes)
+        if isinstance(msg, Resolve):  # make_safe made it a literal
+            want = ((SockType.STREAM, Endpoint("127.0.0.1", msg.port)),)
+            return Expect(rid, (ResolveOk,), check=lambda r: r.addresses == want)
         if isinstance(msg, (Abort, SetOption, GetOption, UdpClose)):
             return Expect(rid, (Error,), errno.EBADF)  # make_safe aimed them at nothing that exists
         if msg.listener_id in self.listeners:  # CloseListener: its queued Accepts fail first, in order
@@ -682,6 +705,9 @@ class Model:
             msg = dataclasses.replace(msg, target_id=0xFFFFFFFF)
         elif isinstance(msg, (UdpBind, UdpClose)):  # UDP sockets are tested elsewhere
             msg = UdpClose(request_id=msg.request_id, socket_id=0xFFFFFFFF)
+        elif isinstance(msg, Resolve):  # a literal: answered without any lookup, and predictable
+            msg = Resolve(request_id=msg.request_id, name="127.0.0.1", port=msg.port, family=FamilyFilter.IPV4,
+                          socktype=SockType.STREAM)
         return (data if msg is None else codec.encode(msg)), msg
 
 
@@ -900,7 +926,8 @@ class SocketMonitor:
         self.stderr_path = os.path.join(workdir, "monitor.stderr")
         with open(self.stderr_path, "wb") as stderr:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "arca_monitor", "--socket", self.path, "--max-protocol-errors", str(max_errors)],
+                [sys.executable, "-m", "arca_monitor", "--socket", self.path, "--max-protocol-errors", str(max_errors),
+                 "--no-dns"],  # a fuzzed Resolve must never reach the system's nameserver
                 stdin=subprocess.DEVNULL, stderr=stderr,
             )
         deadline = time.monotonic() + 15
@@ -959,7 +986,7 @@ def fd_session(workdir: str, run: Run, rng: random.Random, args, stalled: Endpoi
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     with open(os.path.join(workdir, "fd-monitor.stderr"), "w+") as stderr:
         process = subprocess.Popen(
-            [sys.executable, "-m", "arca_monitor", "--fd", str(theirs.fileno()),
+            [sys.executable, "-m", "arca_monitor", "--fd", str(theirs.fileno()), "--no-dns",
              "--max-protocol-errors", str(args.max_protocol_errors)],
             pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, stderr=stderr,
         )

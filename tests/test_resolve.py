@@ -1,0 +1,101 @@
+"""Resolve and connect by name, through the monitor: hosts file, cache, a DNS server of the test's own."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import trio
+
+import arca_control
+from arca_control.wire import Endpoint
+
+from .dns_server import dns_server
+
+ZONE = {
+    "db.internal": [("AAAA", "::1", 300), ("A", "127.0.0.1", 300)],
+    "v4.internal": [("A", "127.0.0.2", 300)],
+}
+
+
+def monitor_args(port: int, tmp_path, hosts: str = "") -> tuple[str, ...]:
+    hosts_file = tmp_path / "hosts"
+    hosts_file.write_text(hosts)
+    return ("--resolver", f"127.0.0.1:{port}", "--hosts-file", str(hosts_file))
+
+
+async def test_resolve_through_the_monitor(tmp_path):
+    async with dns_server(ZONE, servfail={"broken.internal"}) as (_, port, server):
+        hosts = "127.0.0.9 pinned.internal\n"
+        async with arca_control.open_session(*monitor_args(port, tmp_path, hosts)) as session:
+            found = await session.resolve("db.internal", 5432, type=socket.SOCK_STREAM)
+            assert found == [
+                (socket.AF_INET6, socket.SOCK_STREAM, Endpoint("::1", 5432)),
+                (socket.AF_INET, socket.SOCK_STREAM, Endpoint("127.0.0.1", 5432)),
+            ]
+            both = await session.resolve("v4.internal", 53)
+            assert {(kind, endpoint) for _, kind, endpoint in both} == {
+                (socket.SOCK_STREAM, Endpoint("127.0.0.2", 53)),
+                (socket.SOCK_DGRAM, Endpoint("127.0.0.2", 53)),
+            }
+            only_v4 = await session.resolve("db.internal", family=socket.AF_INET, type=socket.SOCK_STREAM)
+            assert only_v4 == [(socket.AF_INET, socket.SOCK_STREAM, Endpoint("127.0.0.1", 0))]
+            # The hosts file comes first, and no query is sent for it.
+            queries = len(server.queries)
+            assert (await session.resolve("pinned.internal", type=socket.SOCK_STREAM))[0][2] == Endpoint("127.0.0.9", 0)
+            # The cache, shared by the monitor: a second lookup sends nothing.
+            await session.resolve("db.internal", type=socket.SOCK_STREAM)
+            assert len(server.queries) == queries
+            with pytest.raises(socket.gaierror) as caught:
+                await session.resolve("missing.internal")
+            assert caught.value.errno == socket.EAI_NONAME
+            with pytest.raises(socket.gaierror) as caught:
+                await session.resolve("broken.internal")
+            assert caught.value.errno == socket.EAI_FAIL
+            for bad in ("x" * 254, "-bad-.internal", "a..b"):
+                with pytest.raises(socket.gaierror) as caught:
+                    await session.resolve(bad)
+                assert caught.value.errno == socket.EAI_NONAME
+
+
+async def test_timeouts_and_closed_servers_are_eai_again(tmp_path):
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.bind(("127.0.0.1", 0))
+    closed_port = probe.getsockname()[1]
+    probe.close()  # nothing answers here: the kernel says "port unreachable"
+    async with arca_control.open_session(*monitor_args(closed_port, tmp_path)) as session:
+        with trio.fail_after(10), pytest.raises(socket.gaierror) as caught:
+            await session.resolve("anything.internal")
+        assert caught.value.errno == socket.EAI_AGAIN
+
+
+async def test_a_slow_lookup_does_not_block_other_requests(tmp_path):
+    async with dns_server(ZONE, silent={"slow.internal"}) as (_, port, _server):
+        async with arca_control.open_session(*monitor_args(port, tmp_path)) as session:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_expect_again, session)
+                with trio.fail_after(1):
+                    listener = await session.listen("127.0.0.1", 0)
+                    assert await session.resolve("v4.internal", type=socket.SOCK_STREAM)
+
+
+async def _expect_again(session):
+    with pytest.raises(socket.gaierror):
+        await session.resolve("slow.internal")
+
+
+async def test_connect_by_name_tries_each_address(tmp_path):
+    async with dns_server(ZONE) as (_, port, _server):
+        async with arca_control.open_session(*monitor_args(port, tmp_path)) as session:
+            # db.internal is ::1 then 127.0.0.1; listen on IPv4 only: the IPv6 try is refused.
+            listener = await session.listen("127.0.0.1", 0)
+            stream = await session.connect("db.internal", listener.local.port)
+            assert stream.peer == Endpoint("127.0.0.1", listener.local.port)
+            await (await listener.accept()).aclose()
+            await stream.aclose()
+            await listener.aclose()
+            # Nothing listens any more: the last error comes back.
+            with pytest.raises(ConnectionRefusedError):
+                await session.connect("db.internal", listener.local.port)
+            with pytest.raises(socket.gaierror):
+                await session.connect("missing.internal", 80)
