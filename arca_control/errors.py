@@ -100,6 +100,26 @@ class MonitorGone(ArcaError):
     errno_code = _errno.ECONNABORTED
 
 
+_STREAM_ERRORS: dict[type[OSError], type] = {}
+
+
+def stream_failure(code: int, message: str) -> Exception:
+    """The error a stream raises when its connection failed with ``code``.
+
+    It is both a ``trio.BrokenResourceError`` (what trio's stream contract
+    says a broken stream raises) and the stdlib ``OSError`` subclass for the
+    errno, so ``except ConnectionResetError`` works as it does on a socket.
+    """
+    import trio  # the codec layers never import trio; only streams need this
+
+    base = type(OSError(code, ""))
+    cls = _STREAM_ERRORS.get(base)
+    if cls is None:
+        cls = type(f"Broken{base.__name__}", (trio.BrokenResourceError, base), {"__module__": __name__})
+        _STREAM_ERRORS[base] = cls
+    return cls(code, f"{os.strerror(code)}: {message}")
+
+
 def error_from_errno(code: int, message: str = "") -> OSError:
     """The stdlib exception for an errno the monitor reported, with its message.
 

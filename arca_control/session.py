@@ -195,7 +195,7 @@ class ArcaSession:
         return self._stream_from(reply, fds)
 
     async def udp_bind(
-        self, host: str, port: int, *, v6only: bool = False, reuse_port: bool = False
+        self, host: str, port: int, *, v6only: bool = False, reuse_port: bool = False, reuse_addr: bool = False
     ) -> ArcaDatagramSocket:
         """A UDP socket in the monitor, bound to ``host:port`` (port 0: the kernel chooses).
 
@@ -203,9 +203,11 @@ class ArcaSession:
         channel that keeps their boundaries (PROTOCOL.md); when the guest does
         not read, the monitor drops them, as a full socket buffer would.
         """
-        flags = (ListenFlags.V6ONLY if v6only else ListenFlags(0)) | (
-            ListenFlags.REUSEPORT if reuse_port else ListenFlags(0)
-        )
+        flags = ListenFlags(0)
+        for wanted, flag in ((v6only, ListenFlags.V6ONLY), (reuse_port, ListenFlags.REUSEPORT),
+                             (reuse_addr, ListenFlags.REUSEADDR)):
+            if wanted:
+                flags |= flag
         reply, fds = await self._call(UdpBind, endpoint=_endpoint(host, port), flags=flags)
         channel = socket.socket(fileno=fds[0])
         options = _DatagramOptions(self, reply.socket_id)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from .errors import error_from_errno
+from .errors import error_from_errno, stream_failure
 from .wire import Endpoint, OptionTarget
 
 if TYPE_CHECKING:
@@ -156,7 +156,7 @@ class ArcaStream(trio.abc.HalfCloseableStream):
         if status is None:
             raise trio.BrokenResourceError("the monitor is gone; the connection may be incomplete")
         if status:
-            raise trio.BrokenResourceError(f"connection {self.connection_id} failed") from error_from_errno(status)
+            raise stream_failure(status, f"connection {self.connection_id} failed") from error_from_errno(status)
 
     async def abort(self) -> None:
         """Close with a reset: the peer sees ECONNRESET, not EOF; unsent bytes are dropped."""

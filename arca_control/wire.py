@@ -108,6 +108,8 @@ class ListenFlags(enum.IntFlag, boundary=enum.STRICT):
     V6ONLY = 1
     #: SO_REUSEPORT: share the port with other listeners that ask for it too.
     REUSEPORT = 2
+    #: SO_REUSEADDR for a UDP socket (TCP listeners always have it).
+    REUSEADDR = 4
 
 
 class FamilyFilter(enum.IntEnum):

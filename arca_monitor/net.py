@@ -84,7 +84,9 @@ def socket_file_identity(path: str) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
-def open_udp(endpoint: Endpoint, *, v6only: bool = False, reuse_port: bool = False) -> socket.socket:
+def open_udp(
+    endpoint: Endpoint, *, v6only: bool = False, reuse_port: bool = False, reuse_addr: bool = False
+) -> socket.socket:
     """A bound, non-blocking UDP socket. Raises OSError (EADDRINUSE, EADDRNOTAVAIL, ...)."""
     family, address = sockaddr_of(endpoint)
     if family == socket.AF_UNIX:
@@ -93,6 +95,8 @@ def open_udp(endpoint: Endpoint, *, v6only: bool = False, reuse_port: bool = Fal
         raise OSError(errno.EINVAL, "V6ONLY applies to IPv6 sockets only")
     sock = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
     try:
+        if reuse_addr:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if reuse_port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:

@@ -210,6 +210,7 @@ class MonitorSession:
             request.endpoint,
             v6only=ListenFlags.V6ONLY in request.flags,
             reuse_port=ListenFlags.REUSEPORT in request.flags,
+            reuse_addr=ListenFlags.REUSEADDR in request.flags,
         )
         try:
             local = net.endpoint_of(sock.getsockname())

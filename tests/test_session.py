@@ -157,6 +157,8 @@ async def test_peer_reset_is_an_error_not_eof(session):
     assert await stream.receive_some() == b"partial"
     with pytest.raises(trio.BrokenResourceError) as caught:
         await read_all(stream)
+    # Both trio's broken-stream error and the socket world's ConnectionResetError.
+    assert isinstance(caught.value, ConnectionResetError) and caught.value.errno == errno.ECONNRESET
     assert isinstance(caught.value.__cause__, ConnectionResetError)
     await stream.aclose()
 

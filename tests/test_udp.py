@@ -496,3 +496,13 @@ async def test_udp_errors_and_close(session):
                 await trio.sleep(0.02)
             finally:
                 probe.close()
+
+
+async def test_udp_bind_time_options(session):
+    first = await session.udp_bind("127.0.0.1", 0, reuse_port=True)
+    second = await session.udp_bind("127.0.0.1", first.local.port, reuse_port=True)
+    assert await second.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) == 1
+    plain = await session.udp_bind("127.0.0.1", 0, reuse_addr=True)
+    assert await plain.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR) == 1
+    for sock in (first, second, plain):
+        await sock.aclose()
