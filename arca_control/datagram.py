@@ -38,6 +38,7 @@ from collections.abc import Callable
 import trio
 
 from . import fastpath, wire
+from .addresses import ip_endpoint
 from .stream import _ConflictDetector
 from .wire import AddressFamily, Endpoint, ipv6_host, parse_ip
 
@@ -118,30 +119,12 @@ def _twin(endpoint: Endpoint) -> Endpoint | None:
 
 
 def checked_endpoint(address: tuple[str, int]) -> Endpoint:
-    """``address`` as a canonical Endpoint, checked the way socket.sendto would; ValueError if not.
-
-    Hosts are IP literals only (names are resolved before this, by the caller).
-    An IPv6 scope may name an interface (``fe80::1%eth0``): it becomes its index here.
-    """
+    """``address`` as a canonical Endpoint, checked the way socket.sendto would; ValueError if not."""
     try:
         host, port = address
     except (TypeError, ValueError):
         raise ValueError(f"an address is (host, port), not {address!r}") from None
-    if isinstance(host, str) and "%" in host:
-        literal, _, scope = host.partition("%")
-        if not scope.isdigit():
-            try:
-                host = f"{literal}%{socket.if_nametoindex(scope)}"
-            except OSError:
-                raise ValueError(f"no interface {scope!r} for the scope of {host!r}") from None
-    try:
-        family, packed, scope_id = parse_ip(host)
-    except (TypeError, ValueError):
-        raise ValueError(f"{host!r} is not an IP address literal") from None
-    if not isinstance(port, int) or not 0 <= port <= 0xFFFF:
-        raise ValueError(f"port must be 0-65535, not {port!r}")
-    canonical = socket.inet_ntoa(packed) if family == AddressFamily.IPV4 else ipv6_host(packed, scope_id)
-    return Endpoint(canonical, port)
+    return ip_endpoint(host, port)
 
 
 # --- the guest's socket ------------------------------------------------------------------------

@@ -19,7 +19,6 @@ control channel close at once, and every pending and later call raises
 from __future__ import annotations
 
 import copy
-import ipaddress
 import logging
 import math
 import os
@@ -52,10 +51,11 @@ from .messages import (
     SetOption,
     UdpBind,
 )
+from .addresses import ip_endpoint, unix_endpoint
 from .datagram import ArcaDatagramSocket
-from .stream import ArcaListener, ArcaStream, EndStatus
 from .messages import fit_text
-from .wire import LENGTH_FIELD_MAX, UNIX_PATH_MAX, AddressFamily, FamilyFilter, SockType, Capability, Endpoint, ListenFlags, OptionTarget, ipv6_host, parse_ip
+from .stream import ArcaListener, ArcaStream, EndStatus
+from .wire import LENGTH_FIELD_MAX, Capability, Endpoint, FamilyFilter, ListenFlags, OptionTarget, SockType
 
 log = logging.getLogger("arca_control")
 
@@ -63,44 +63,8 @@ log = logging.getLogger("arca_control")
 MONITOR_EXIT_GRACE = 5.0
 
 
-def _endpoint(host: str, port: int) -> Endpoint:
-    """Check an address the way socket.connect would, before it goes on the wire.
-
-    IPv4 or IPv6 literals; an IPv6 scope may name an interface (``fe80::1%eth0``),
-    which becomes its index here, on the guest's side.
-    """
-    if isinstance(host, str) and "%" in host:
-        address, _, scope = host.partition("%")
-        if not scope.isdigit():
-            try:
-                host = f"{address}%{socket.if_nametoindex(scope)}"
-            except OSError:
-                raise ValueError(f"no interface {scope!r} for the scope of {host!r}") from None
-    try:
-        family, packed, scope_id = parse_ip(host)
-    except (ValueError, TypeError):
-        raise ValueError(f"{host!r} is not an IP address literal (this protocol version resolves no names)") from None
-    if not isinstance(port, int) or not 0 <= port <= 0xFFFF:
-        raise ValueError(f"port must be 0-65535, not {port!r}")
-    canonical = str(ipaddress.IPv4Address(packed)) if family == AddressFamily.IPV4 else ipv6_host(packed, scope_id)
-    return Endpoint(canonical, port)
-
-
 _FAMILY_FILTERS = {0: FamilyFilter.ANY, socket.AF_INET: FamilyFilter.IPV4, socket.AF_INET6: FamilyFilter.IPV6}
 _SOCK_TYPES = {0: SockType.ANY, socket.SOCK_STREAM: SockType.STREAM, socket.SOCK_DGRAM: SockType.DGRAM}
-
-
-def _unix_endpoint(path: str | os.PathLike[str]) -> Endpoint:
-    path = os.fspath(path)
-    if isinstance(path, bytes):
-        path = os.fsdecode(path)
-    if path.startswith(("\0", "@")):
-        raise ValueError(f"abstract-namespace names are refused: {path!r}")
-    if not path.startswith("/"):
-        raise ValueError(f"an AF_UNIX path must be absolute: {path!r}")
-    if "\0" in path or len(path.encode()) > UNIX_PATH_MAX:
-        raise ValueError(f"not a usable AF_UNIX path (NUL, or over {UNIX_PATH_MAX} bytes): {path!r}")
-    return Endpoint(path, 0)
 
 
 class _DatagramOptions:
@@ -171,7 +135,7 @@ class ArcaSession:
         flags = (ListenFlags.V6ONLY if v6only else ListenFlags(0)) | (
             ListenFlags.REUSEPORT if reuse_port else ListenFlags(0)
         )
-        reply, _ = await self._call(Listen, endpoint=_endpoint(host, port), backlog=backlog, flags=flags)
+        reply, _ = await self._call(Listen, endpoint=ip_endpoint(host, port), backlog=backlog, flags=flags)
         assert isinstance(reply, ListenOk)
         listener = ArcaListener(self, reply.listener_id, reply.local, prefetch)
         self._listeners[reply.listener_id] = listener
@@ -183,7 +147,7 @@ class ArcaSession:
         The monitor removes the socket file when the listener closes.
         Abstract-namespace names are refused.
         """
-        reply, _ = await self._call(Listen, endpoint=_unix_endpoint(path), backlog=backlog)
+        reply, _ = await self._call(Listen, endpoint=unix_endpoint(path), backlog=backlog)
         listener = ArcaListener(self, reply.listener_id, reply.local, prefetch)
         self._listeners[reply.listener_id] = listener
         return listener
@@ -191,7 +155,7 @@ class ArcaSession:
     async def connect_unix(self, path: str | os.PathLike[str], *, timeout: float | None = None) -> ArcaStream:
         """Connect to an AF_UNIX stream socket at ``path`` through the monitor."""
         timeout_ms = 0 if timeout is None else max(1, math.ceil(timeout * 1000))
-        reply, fds = await self._call(Connect, endpoint=_unix_endpoint(path), timeout_ms=timeout_ms)
+        reply, fds = await self._call(Connect, endpoint=unix_endpoint(path), timeout_ms=timeout_ms)
         return self._stream_from(reply, fds)
 
     async def udp_bind(
@@ -208,7 +172,7 @@ class ArcaSession:
                              (reuse_addr, ListenFlags.REUSEADDR)):
             if wanted:
                 flags |= flag
-        reply, fds = await self._call(UdpBind, endpoint=_endpoint(host, port), flags=flags)
+        reply, fds = await self._call(UdpBind, endpoint=ip_endpoint(host, port), flags=flags)
         channel = socket.socket(fileno=fds[0])
         options = _DatagramOptions(self, reply.socket_id)
         sock = ArcaDatagramSocket(channel, reply.local, on_close=self._datagrams.discard, options=options)
@@ -248,7 +212,7 @@ class ArcaSession:
         """
         timeout_ms = 0 if timeout is None else max(1, math.ceil(timeout * 1000))
         try:
-            endpoints = [_endpoint(host, port)]
+            endpoints = [ip_endpoint(host, port)]
         except ValueError:
             if not isinstance(port, int) or not 0 <= port <= 0xFFFF:
                 raise

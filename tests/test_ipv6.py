@@ -9,7 +9,7 @@ import socket
 import pytest
 import trio
 
-from arca_control.session import _endpoint
+from arca_control.addresses import ip_endpoint as _endpoint
 from arca_control.wire import Endpoint
 
 from .conftest import read_all

@@ -75,7 +75,7 @@ async def test_a_slow_lookup_does_not_block_other_requests(tmp_path):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_expect_again, session)
                 with trio.fail_after(1):
-                    listener = await session.listen("127.0.0.1", 0)
+                    assert (await session.listen("127.0.0.1", 0)).local.port
                     assert await session.resolve("v4.internal", type=socket.SOCK_STREAM)
 
 

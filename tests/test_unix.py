@@ -80,7 +80,7 @@ async def test_unix_errors(session, tmp_path):
         with pytest.raises(ValueError):
             await session.listen_unix(bad)
     with pytest.raises(OSError) as caught:  # TCP options do not apply to AF_UNIX sockets
-        listener = await session.listen_unix(str(tmp_path / "opt.sock"))
+        await session.listen_unix(str(tmp_path / "opt.sock"))
         stream = await session.connect_unix(str(tmp_path / "opt.sock"))
         await stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     assert caught.value.errno in (errno.EOPNOTSUPP, errno.ENOPROTOOPT, errno.EINVAL)

@@ -43,7 +43,7 @@ from pathlib import Path
 from arca_control import codec, errors, wire
 from arca_control.messages import (
     REGISTRY, Abort, Accept, AcceptErr, AcceptOk, Cancel, CloseListener, CloseListenerOk, Connect, ConnectErr,
-    ConnectionEnd, ConnectOk, ControlEvent, ControlRequest, Error, Hello, HelloOk, Listen, ListenErr, ListenOk,
+    ConnectionEnd, ControlEvent, ControlRequest, Error, Hello, HelloOk, Listen, ListenErr, ListenOk,
     GetOption, Message, Resolve, ResolveOk, SetOption, UdpBind, UdpClose, payload_fields,
 )
 from arca_control.wire import DEFAULT_MAX_PAYLOAD, HEADER_SIZE, LENGTH_FIELD_MAX, Capability, Endpoint, FamilyFilter, ListenFlags, OptionTarget, SockType
