@@ -30,7 +30,7 @@ def ip_endpoint(host: str, port: int) -> Endpoint:
     try:
         family, packed, scope_id = parse_ip(host)
     except (ValueError, TypeError):
-        raise ValueError(f"{host!r} is not an IP address literal (this protocol version resolves no names)") from None
+        raise ValueError(f"{host!r} is not an IP address literal") from None
     if not isinstance(port, int) or not 0 <= port <= 0xFFFF:
         raise ValueError(f"port must be 0-65535, not {port!r}")
     canonical = str(ipaddress.IPv4Address(packed)) if family == AddressFamily.IPV4 else ipv6_host(packed, scope_id)

@@ -331,6 +331,8 @@ class ArcaSession:
             if listener is not None and not listener.closed:
                 listener.backlog.append(self._stream_from(reply, fds))
                 return
+        if isinstance(reply, ConnectionReady):
+            self._ends.pop(reply.connection_id, None)  # nobody will read this connection
         elif isinstance(reply, ListenOk):
             # Nobody will use this listener: close it, or its port stays bound.
             self._nursery.start_soon(self._close_orphan_listener, reply.listener_id)

@@ -163,6 +163,10 @@ class ArcaStream(trio.abc.HalfCloseableStream):
         self._check_open()
         try:
             await self.session._abort(self)
+        except OSError as exc:
+            # Already ended both ways and forgotten by the monitor: nothing left to reset.
+            if exc.errno != errno.EBADF:
+                raise
         finally:
             await self.aclose()
 

@@ -39,7 +39,7 @@ def set_option(sock: socket.socket, level: int, name: int, value: int) -> int:
     """Apply one allowed option and return the kernel's value. Raises OSError."""
     if (level, name) not in SETTABLE:
         if (level, name) in READABLE:
-            raise OSError(errno.ENOPROTOOPT, f"{READABLE[level, name]} is set when listening, not afterwards")
+            raise OSError(errno.EINVAL, f"{READABLE[level, name]} is set when binding (a Listen or UdpBind flag), not afterwards")
         raise OSError(errno.ENOPROTOOPT, f"option ({level}, {name}) is not one the monitor applies")
     if value > 0x7FFFFFFF:
         raise OSError(errno.EINVAL, f"value {value} is out of range")

@@ -26,6 +26,7 @@ import socket
 
 import trio
 
+from arca_control import codec, errors
 from arca_control.channel import ControlChannel, close_fds
 from arca_control.core import Incoming, ServerCore, cancelled_reply
 from arca_control.messages import (
@@ -76,6 +77,14 @@ _SOCK_TYPES = {SockType.ANY: 0, SockType.STREAM: socket.SOCK_STREAM, SockType.DG
 _SOCK_TYPE_OF = {socket.SOCK_STREAM: SockType.STREAM, socket.SOCK_DGRAM: SockType.DGRAM}
 
 
+def _is_literal(name: str) -> bool:
+    """An IP literal (or a malformed one): answered without any lookup."""
+    try:
+        return parse_literal(name) is not None
+    except ResolveError:
+        return True
+
+
 def _capability_for(request: ControlRequest) -> Capability:
     """The capability a request needs granted."""
     if isinstance(request, (UdpBind, UdpClose)):
@@ -105,6 +114,8 @@ class MonitorSession:
         self._connects: dict[int, trio.CancelScope] = {}
         self._listener_ids = itertools.count(1)
         self._datagram_ids = itertools.count(1)
+        #: Resolves waiting for a lookup, by request id.
+        self._resolves: set[int] = set()
         #: UDP sockets, by id: the relay and the scope that ends it.
         self.datagrams: dict[int, tuple[DatagramRelay, trio.CancelScope]] = {}
         self._connection_ids = itertools.count(1)
@@ -145,7 +156,13 @@ class MonitorSession:
                 truncated=datagram.truncated,
             )
             if isinstance(event, Incoming):
-                await self._dispatch(event.request)
+                try:
+                    await self._dispatch(event.request)
+                except SessionClosed:
+                    raise
+                except Exception as exc:  # a bug must cost one request, not the session
+                    log.error("session %d: internal error on %r: %r", self.number, event.request, exc)
+                    await self.send(Error.make(event.request.request_id, errno.EIO, f"internal error: {exc!r}"))
                 continue
             verdict = "closing the session after a bad frame" if event.close else "bad frame"
             log.warning("session %d: %s: %s", self.number, verdict, event.reason)
@@ -156,7 +173,14 @@ class MonitorSession:
 
     async def send(self, reply, fds=()) -> None:
         try:
-            await self.channel.send(reply, fds)
+            frame = codec.encode(reply)
+        except errors.LocalProtocolError as exc:
+            # A reply we cannot encode is our bug: the guest still gets an answer.
+            log.error("session %d: internal error: cannot encode %r: %s", self.number, reply, exc)
+            frame = codec.encode(Error.make(reply.request_id, errno.EIO, "internal error: unencodable reply"))
+            fds = ()
+        try:
+            await self.channel.send_bytes(frame, fds)
         except (OSError, trio.ClosedResourceError) as exc:
             raise SessionClosed(str(exc)) from None
 
@@ -187,12 +211,23 @@ class MonitorSession:
         elif isinstance(request, UdpClose):
             await self._guarded(request, self._udp_close(request))
         elif isinstance(request, Resolve):
-            if parse_literal(request.name) is not None:  # no lookup: answered in order, at once
+            if _is_literal(request.name):  # no lookup: answered in order, at once
                 await self._guarded(request, self._resolve(request))
             else:  # lookups can take seconds: never make the next request wait for one
-                self._spawn(self._guarded, request, self._resolve(request))
+                await self._guarded(request, self._start_resolve(request))
+
+    async def _start_resolve(self, request: Resolve) -> None:
+        self.config.check("max_in_flight", self._in_flight())
+        self._resolves.add(request.request_id)
+        self._spawn(self._guarded, request, self._resolve(request))
 
     async def _resolve(self, request: Resolve) -> None:
+        try:
+            await self._look_up(request)
+        finally:
+            self._resolves.discard(request.request_id)
+
+    async def _look_up(self, request: Resolve) -> None:
         family = _FAMILIES[request.family]
         socktype = _SOCK_TYPES[request.socktype]
         try:
@@ -277,7 +312,11 @@ class MonitorSession:
         self._spawn(self._guarded, request, self._connect(request, sock, scope))
 
     def _is_pending(self, request_id: int) -> bool:
-        return request_id in self._connects or any(l.holds(request_id) for l in self.listeners.values())
+        return (
+            request_id in self._connects
+            or request_id in self._resolves
+            or any(l.holds(request_id) for l in self.listeners.values())
+        )
 
     async def _guarded(self, request: ControlRequest, work) -> None:
         """Run the handler for ``request``; turn any failure into its error reply."""
@@ -293,7 +332,7 @@ class MonitorSession:
             await self.send(error_reply_for(request, request.request_id, errno.EIO, f"internal error: {exc!r}"))
 
     def _in_flight(self) -> int:
-        return len(self._connects) + self._queued_accepts()
+        return len(self._connects) + len(self._resolves) + self._queued_accepts()
 
     def _queued_accepts(self) -> int:
         return sum(listener.queued for listener in self.listeners.values())

@@ -101,21 +101,23 @@ async def until_refused(address, seconds: float = 5.0) -> None:
                 socket.create_connection(address, timeout=1).close()
             except ConnectionRefusedError:
                 return
+            except ConnectionResetError:
+                pass  # it was still closing
             await trio.sleep(0.02)
 
 
-def monitor_socket(pid: int, local: tuple) -> socket.socket:
-    """A duplicate of the monitor's own TCP socket bound to ``local``, to check it directly.
+def monitor_socket(pid: int, local: tuple, kind: str = "tcp") -> socket.socket:
+    """A duplicate of the monitor's own socket (``kind`` tcp or udp) bound to ``local``, to check it directly.
 
-    Finds the socket's inode in /proc/net/tcp{,6}, its fd in /proc/PID/fd, and
-    copies it with pidfd_getfd(2) (same user, so allowed).
+    Finds the socket's inode in /proc/net/{tcp,udp}{,6}, its fd in /proc/PID/fd,
+    and copies it with pidfd_getfd(2) (same user, so allowed).
     """
     import ctypes
     import ipaddress
 
     host, port = local[0], local[1]
     address = ipaddress.ip_address(host.split("%")[0])
-    table = "/proc/net/tcp" if address.version == 4 else "/proc/net/tcp6"
+    table = f"/proc/net/{kind}" if address.version == 4 else f"/proc/net/{kind}6"
     inodes = set()
     with open(table) as f:
         next(f)

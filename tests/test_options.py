@@ -40,6 +40,14 @@ async def test_options_are_applied_and_read_back(session, level, name, value):
     await server.aclose()
 
 
+async def test_listener_options_are_set_on_the_real_socket(session):
+    listener = await session.listen("127.0.0.1", 0)
+    assert await listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32768) == 65536
+    with monitor_socket(session.process.pid, listener.local) as real:
+        assert real.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) == 65536
+    await listener.aclose()
+
+
 async def test_buffer_sizes_come_back_as_the_kernel_sets_them(session):
     _, client, server = await pair(session)
     got = await client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
@@ -58,7 +66,7 @@ async def test_unknown_and_bind_time_options(session):
     assert caught.value.errno == errno.ENOPROTOOPT
     with pytest.raises(OSError) as caught:
         await listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    assert caught.value.errno == errno.ENOPROTOOPT
+    assert caught.value.errno == errno.EINVAL  # a bind-time option: known, but too late
     assert await listener.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR) == 1
     assert await listener.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) == 0
     await client.aclose()

@@ -99,3 +99,29 @@ async def test_connect_by_name_tries_each_address(tmp_path):
                 await session.connect("db.internal", listener.local.port)
             with pytest.raises(socket.gaierror):
                 await session.connect("missing.internal", 80)
+
+
+async def test_bad_literals_and_pending_lookups_keep_the_rules(tmp_path):
+    from arca_control.messages import Resolve
+
+    async with dns_server(ZONE, silent={"slow.internal"}) as (_, port, _server):
+        args = (*monitor_args(port, tmp_path), "--max-in-flight", "2")
+        async with arca_control.open_session(*args) as session:
+            # A malformed scope is an answer (EAI_NONAME), not a dead monitor.
+            with pytest.raises(socket.gaierror):
+                await session.resolve("fe80::1%nosuchif0")
+            async with trio.open_nursery() as nursery:
+                request, frame = session._core.send(Resolve, name="slow.internal")
+                await session._channel.send_bytes(frame)
+                session._core.cancel(request.request_id)
+                nursery.start_soon(_expect_again, session)
+                await trio.sleep(0.2)
+                # Two lookups pending: the in-flight limit applies to them too.
+                with pytest.raises(BlockingIOError):
+                    await session.resolve("v4.internal")
+                # A request reusing a pending lookup's id is refused (EBUSY).
+                from arca_control.codec import encode
+                await session._channel.send_bytes(encode(Resolve(request_id=request.request_id, name="x.internal")))
+                nursery.cancel_scope.cancel()
+            assert await session.resolve("127.0.0.1")
+            assert session.process.returncode is None

@@ -23,6 +23,8 @@ from arca_control.datagram import ArcaDatagramSocket, encode_endpoint
 from arca_control.wire import Endpoint
 from arca_monitor.udp import DatagramRelay, make_channel_pair
 
+from .conftest import monitor_socket
+
 # socat is the UDP peer that is not our code; `make test` installs it (system-deps).
 assert shutil.which("socat"), "socat is missing: run `make system-deps`"
 
@@ -463,6 +465,10 @@ async def test_udp_over_ipv6_and_options(session):
     assert data == b"six" and source == sock.local
     assert await sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1) == 1
     assert await sock.getsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST) == 1
+    assert await sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536) == 2 * 65536
+    with monitor_socket(session.process.pid, sock.local, "udp") as real:  # the kernel's own view
+        assert real.getsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST) == 1
+        assert real.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) == 2 * 65536
     # Bound to one IPv6 address, the kernel makes the socket IPv6-only; the monitor reads its truth.
     assert await sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 1
     dual = await session.udp_bind("::", 0)
