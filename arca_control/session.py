@@ -59,6 +59,9 @@ from .wire import LENGTH_FIELD_MAX, Capability, Endpoint, FamilyFilter, ListenFl
 
 log = logging.getLogger("arca_control")
 
+#: Set by arca-run: the socket path of the monitor a sandboxed guest must use.
+MONITOR_ENV = "ARCA_MONITOR"
+
 #: How long a spawned monitor gets to exit after its session closes.
 MONITOR_EXIT_GRACE = 5.0
 
@@ -463,7 +466,15 @@ async def open_session(
     Resource handling: the monitor is a child process that lives exactly as
     long as the session; on exit the control channel is closed, the monitor
     exits 0 and is reaped (killed if it does not exit within a few seconds).
+
+    Under ``arca-run`` (``ARCA_MONITOR`` names a monitor's socket) and with no
+    ``command``, this attaches to that monitor instead: a sandboxed guest has
+    no network to spawn one with, and ``monitor_args`` are arca-run's to give.
     """
+    if command is None and os.environ.get(MONITOR_ENV):
+        async with attach_session(os.environ[MONITOR_ENV]) as session:
+            yield session
+        return
     ours, theirs = socketpair()
     argv = [*(command or monitor_command()), "--fd", str(theirs.fileno()), *monitor_args]
     try:

@@ -1,0 +1,83 @@
+"""arca-run: a guest in an empty network namespace, whose only network is the monitor."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+
+import trio
+
+RUN = [sys.executable, "-m", "arca_monitor.run", "--no-dns", "--"]
+
+GUEST = textwrap.dedent(
+    """
+    import socket, sys, trio, arca_control
+    port = int(sys.argv[1])
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2)
+        print("direct: connected")
+    except OSError as exc:
+        print(f"direct: errno {exc.errno}")
+    async def main():
+        async with arca_control.open_session() as session:
+            stream = await session.connect("127.0.0.1", port)
+            print("monitor:", (await stream.receive_some()).decode())
+            listener = await session.listen("127.0.0.1", 0)
+            print("listened:", listener.local.port, flush=True)
+    trio.run(main)
+    sys.exit(7)
+    """
+)
+
+
+async def test_a_guest_has_no_network_but_the_monitor():
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    async def serve():
+        conn, _ = await trio.to_thread.run_sync(server.accept)
+        with conn:
+            conn.sendall(b"hello from the host")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(serve)
+        result = await trio.run_process([*RUN, sys.executable, "-c", GUEST, str(port)],
+                                        capture_stdout=True, check=False)
+    server.close()
+    lines = result.stdout.decode().splitlines()
+    assert lines[0] == "direct: errno 101"  # ENETUNREACH: the namespace has no network at all
+    assert lines[1] == "monitor: hello from the host"
+    assert result.returncode == 7  # the guest's own exit status
+    # The guest's listener went with the monitor, which arca-run shut down.
+    listened = int(lines[2].split()[1])
+    socket.create_server(("127.0.0.1", listened)).close()
+
+
+async def test_signals_reach_the_guest():
+    guest = textwrap.dedent(
+        """
+        import signal, sys, time
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(42))
+        print("ready", flush=True)
+        time.sleep(30)
+        """
+    )
+    process = await trio.lowlevel.open_process([*RUN, sys.executable, "-c", guest], stdout=subprocess.PIPE)
+    with trio.fail_after(20):
+        assert (await process.stdout.receive_some(100)).startswith(b"ready")
+        process.send_signal(signal.SIGTERM)
+        assert await process.wait() == 42
+    killed = await trio.run_process(
+        [*RUN, sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"], check=False
+    )
+    assert killed.returncode == 128 + signal.SIGKILL
+
+
+async def test_usage():
+    for args in ([], ["--no-dns"], ["--socket", "/tmp/x", "--", "true"]):
+        result = await trio.run_process([sys.executable, "-m", "arca_monitor.run", *args], check=False,
+                                        capture_stderr=True)
+        assert result.returncode == 2
