@@ -24,8 +24,6 @@ from collections.abc import Sequence
 
 import trio
 
-from . import codec
-from .messages import Message
 from .wire import DEFAULT_MAX_PAYLOAD, HEADER_SIZE
 
 #: More descriptors than any frame carries, so an excess is seen, not cut silently.
@@ -67,10 +65,6 @@ class ControlChannel:
         self.max_payload = max_payload
         # trio allows one task at a time to wait for writability on a socket.
         self._send_lock = trio.Lock()
-
-    async def send(self, msg: Message, fds: Sequence[int] = ()) -> None:
-        """Send one frame, with ``fds`` as SCM_RIGHTS. Raises OSError if the peer is gone."""
-        await self.send_bytes(codec.encode(msg), fds)
 
     async def send_bytes(self, data: bytes, fds: Sequence[int] = ()) -> None:
         """Send one frame. When nobody else is waiting to send and the socket has room, it
