@@ -29,6 +29,10 @@ if TYPE_CHECKING:
     from .session import ArcaSession
 
 
+#: How long a failed send waits for the monitor to say why the connection failed.
+SEND_FAILURE_WAIT = 1.0
+
+
 class _ConflictDetector:
     """Raise BusyResourceError when two tasks use one side of a stream at once."""
 
@@ -98,7 +102,10 @@ class ArcaStream(trio.abc.HalfCloseableStream):
             self._check_open()
             if self._eof_sent:
                 raise trio.ClosedResourceError("send_eof() was called on this stream")
-            await self._tx.send_all(data)
+            try:
+                await self._tx.send_all(data)
+            except trio.BrokenResourceError as exc:
+                raise await self._send_failure(exc) from exc
 
     async def wait_send_all_might_not_block(self) -> None:
         with self._send_conflict.hold():
@@ -147,6 +154,15 @@ class ArcaStream(trio.abc.HalfCloseableStream):
             if not count:
                 await self._confirm_eof()
             return count
+
+    async def _send_failure(self, exc: trio.BrokenResourceError) -> BaseException:
+        """Why tx broke: the monitor closes it when the connection failed, and says how
+        in the ConnectionEnd that follows; a reset then raises as ConnectionResetError."""
+        with trio.move_on_after(SEND_FAILURE_WAIT):
+            await self._end.event.wait()
+        if self._end.status:
+            return stream_failure(self._end.status, f"connection {self.connection_id} failed")
+        return exc
 
     async def _confirm_eof(self) -> None:
         """EOF on the pipe: the monitor's ConnectionEnd says whether it was clean."""

@@ -533,3 +533,16 @@ async def test_prefetch_hands_errors_to_accept():
         assert caught.value.errno == errno.EMFILE
         client.close()
         await listener.aclose()
+
+
+async def test_a_peer_reset_reaches_a_sender_as_connection_reset(session):
+    listener = await session.listen("127.0.0.1", 0)
+    client = await trio.to_thread.run_sync(blocking_client, listener.local)
+    stream = await listener.accept()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    client.close()  # RST
+    with trio.fail_after(10), pytest.raises(ConnectionResetError) as caught:
+        while True:  # a guest that only sends learns of the reset too
+            await stream.send_all(b"x" * 65536)
+    assert isinstance(caught.value, trio.BrokenResourceError)
+    await stream.aclose()
