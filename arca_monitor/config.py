@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 from arca_control.wire import DEFAULT_MAX_PAYLOAD, LENGTH_FIELD_MAX
 
-#: Room for every request of this version, with space to spare for later ones.
-MIN_PAYLOAD = 64
+#: Room for every request of this version (the largest, a Resolve, has 260 bytes), with some to spare.
+MIN_PAYLOAD = 512
 
 
 def setting(default, help: str, *, low, high=None, what: str | None = None, code: int | None = None):
@@ -52,7 +52,7 @@ class Config:
         4096, "Accepts queued at once per session", low=0, what="pending accepts per session", code=errno.ENOBUFS
     )
     max_in_flight: int = setting(
-        8192, "Accepts and Connects pending at once per session", low=0, what="requests in flight per session",
+        8192, "Accepts, Connects and name lookups pending at once per session", low=0, what="requests in flight per session",
         code=errno.EAGAIN,
     )
 

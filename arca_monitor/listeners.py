@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import select
 import socket
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -23,6 +24,13 @@ log = logging.getLogger("arca_monitor.listeners")
 
 #: accept(2) errors about one connection, not the listener: try the next one.
 TRANSIENT_ACCEPT_ERRORS = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR}
+
+
+def _pending(sock: socket.socket) -> bool:
+    """Whether a connection waits in the kernel's accept queue, without taking it."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 class Listener:
@@ -90,15 +98,18 @@ class Listener:
                     await self._wakeup.wait()
             if self.closed:
                 return
-            try:
-                self._admit()
-                # Try first, wait only if nothing is pending: a busy listener
-                # then takes connection after connection without an epoll round.
-                conn, _ = self.sock.accept()
-            except BlockingIOError:
+            if not _pending(self.sock):
+                # Nothing waiting in the kernel's queue: wait for a connection.
+                # (A busy listener skips this: connection after connection, no epoll round.)
                 self._wait_scope = trio.CancelScope()
                 with self._wait_scope:
                     await trio.lowlevel.wait_readable(self.sock)
+                continue
+            try:
+                # Only now, with a connection waiting, does the session's limit decide.
+                self._admit()
+                conn, _ = self.sock.accept()
+            except BlockingIOError:
                 continue
             except OSError as exc:
                 if exc.errno in TRANSIENT_ACCEPT_ERRORS:

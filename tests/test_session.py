@@ -454,8 +454,8 @@ async def test_a_cancelled_listen_leaves_no_port_bound(session):
 
 
 async def test_a_small_monitor_payload_limit_still_works():
-    async with arca_control.open_session("--max-payload", "64") as session:
-        assert session.monitor.max_payload == 64
+    async with arca_control.open_session("--max-payload", "512") as session:
+        assert session.monitor.max_payload == 512
         listener = await session.listen("127.0.0.1", 0)
         stream = await session.connect(*listener.local)
         await (await listener.accept()).aclose()
