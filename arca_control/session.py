@@ -192,6 +192,8 @@ class ArcaSession:
         SOCK_DGRAM. The monitor looks in its hosts file, its cache, then DNS.
         Failures raise ``socket.gaierror`` with getaddrinfo's EAI code.
         """
+        if port is not None and not (isinstance(port, int) and 0 <= port <= 0xFFFF):
+            raise socket.gaierror(socket.EAI_SERVICE, f"port {port!r} is out of range")
         if family not in _FAMILY_FILTERS or type not in _SOCK_TYPES:
             raise socket.gaierror(socket.EAI_FAMILY if family not in _FAMILY_FILTERS else socket.EAI_SOCKTYPE,
                                   f"family {family} or type {type} not supported")

@@ -125,3 +125,45 @@ async def test_bad_literals_and_pending_lookups_keep_the_rules(tmp_path):
                 nursery.cancel_scope.cancel()
             assert await session.resolve("127.0.0.1")
             assert session.process.returncode is None
+
+
+async def test_each_address_gets_its_own_timeout(tmp_path, stalled_address):
+    """The first address never answers; the second, on the same port, does."""
+    host, port = stalled_address
+    zone = {"two.internal": [("A", host, 300), ("A", "127.0.0.2", 300)]}
+    async with dns_server(zone) as (_, dns_port, _server):
+        async with arca_control.open_session(*monitor_args(dns_port, tmp_path)) as session:
+            listener = await session.listen("127.0.0.2", port)
+            with trio.fail_after(5):
+                stream = await session.connect("two.internal", port, timeout=0.3)
+            assert stream.peer == Endpoint("127.0.0.2", port)
+            await (await listener.accept()).aclose()
+            await stream.aclose()
+            with pytest.raises(socket.gaierror) as caught:
+                await session.resolve("two.internal", 70000)
+            assert caught.value.errno == socket.EAI_SERVICE
+
+
+async def test_sessions_of_one_monitor_share_the_cache(tmp_path):
+    import os
+    import sys
+
+    async with dns_server(ZONE) as (_, port, server):
+        path = str(tmp_path / "arca.sock")
+        monitor = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "arca_monitor", "--socket", path, *monitor_args(port, tmp_path)]
+        )
+        try:
+            with trio.fail_after(10):
+                while not os.path.exists(path):
+                    await trio.sleep(0.02)
+            async with arca_control.attach_session(path) as first:
+                await first.resolve("v4.internal", type=socket.SOCK_STREAM)
+            asked = server.count("v4.internal")
+            async with arca_control.attach_session(path) as second:
+                found = await second.resolve("v4.internal", type=socket.SOCK_STREAM)
+            assert found[0][2] == Endpoint("127.0.0.2", 0)
+            assert server.count("v4.internal") == asked  # answered from the shared cache
+        finally:
+            monitor.terminate()
+            await monitor.wait()
