@@ -53,7 +53,6 @@ from .messages import (
 )
 from .addresses import ip_endpoint, unix_endpoint
 from .datagram import ArcaDatagramSocket
-from .messages import fit_text
 from .stream import ArcaListener, ArcaStream, EndStatus
 from .wire import LENGTH_FIELD_MAX, Capability, Endpoint, FamilyFilter, ListenFlags, OptionTarget, SockType
 
@@ -192,13 +191,15 @@ class ArcaSession:
         SOCK_DGRAM. The monitor looks in its hosts file, its cache, then DNS.
         Failures raise ``socket.gaierror`` with getaddrinfo's EAI code.
         """
+        if len(host.encode("utf-8", "replace").rstrip(b".")) > 253:
+            raise socket.gaierror(socket.EAI_NONAME, "a host name is at most 253 bytes")
         if port is not None and not (isinstance(port, int) and 0 <= port <= 0xFFFF):
             raise socket.gaierror(socket.EAI_SERVICE, f"port {port!r} is out of range")
         if family not in _FAMILY_FILTERS or type not in _SOCK_TYPES:
             raise socket.gaierror(socket.EAI_FAMILY if family not in _FAMILY_FILTERS else socket.EAI_SOCKTYPE,
                                   f"family {family} or type {type} not supported")
         reply, _ = await self._call(
-            Resolve, name=fit_text(host), port=port or 0, family=_FAMILY_FILTERS[family], socktype=_SOCK_TYPES[type]
+            Resolve, name=host, port=port or 0, family=_FAMILY_FILTERS[family], socktype=_SOCK_TYPES[type]
         )
         return [
             (socket.AF_INET6 if ":" in endpoint.host else socket.AF_INET,

@@ -12,6 +12,7 @@ import sys
 import trio
 
 from .config import Config, option_name
+from .policy import Kind, Policy
 from .resolver import Resolver
 from .server import serve_fd, serve_path
 
@@ -53,6 +54,25 @@ def parser() -> argparse.ArgumentParser:
         "--no-dns", action="store_true",
         help="resolve from the hosts file (and IP literals) only: no DNS query leaves the monitor",
     )
+    rules = p.add_argument_group(
+        "policy",
+        "Everything no rule allows is denied. A rule is ADDR[/PREFIX][:PORTS]: ADDR an IPv4 address, an "
+        "IPv6 address in brackets ([::1]), a host name or *.domain; PORTS a port, A-B or * (* and no PORTS "
+        "mean 1024-65535: privileged ports must be named). Each flag may be repeated. With no rule at all: "
+        "connect to loopback; listen and UDP on loopback and the wildcards, ports 1024 and up; resolve "
+        "from the hosts file only.",
+    )
+    for kind, what in (
+        ("listen", "addresses and ports to listen on (the address bound: [::] is the IPv6 wildcard)"),
+        ("connect", "where connects may go (a host name allows what the monitor resolved for it)"),
+        ("udp", "addresses and ports to bind UDP sockets on"),
+        ("resolve", "NAME-PATTERN: names that may be looked up (names connect rules allow may be too)"),
+        ("peer", "CIDR: where accepted connections may come from (default: anywhere)"),
+        ("unix", "DIR: where AF_UNIX sockets may be listened on or connected to"),
+    ):
+        rules.add_argument(f"--allow-{kind}", action="append", default=[], metavar="RULE", help=what)
+    rules.add_argument("--policy", metavar="FILE",
+                       help='rules from a TOML file: connect = ["api.example.test:443"], listen = [...], ...')
     p.add_argument(
         "--log-level", default="warning", choices=["debug", "info", "warning", "error"],
         help="log verbosity on stderr (default: %(default)s)",
@@ -98,14 +118,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     raise_fd_limit()
     try:
-        resolver = Resolver(hosts_file=args.hosts_file, nameserver=args.resolver, dns=not args.no_dns)
-    except ValueError as exc:
+        given = {kind: getattr(args, f"allow_{kind.value}") for kind in Kind}
+        if args.policy:
+            given = Policy.from_toml(args.policy, given)
+        policy = Policy.build(given)
+        resolver = Resolver(hosts_file=args.hosts_file, nameserver=args.resolver,
+                            dns=not args.no_dns and policy.dns_allowed)
+    except (ValueError, OSError) as exc:
         parser().error(str(exc))
     try:
         if args.fd is not None:
-            trio.run(serve_fd, args.fd, config, resolver)
+            trio.run(serve_fd, args.fd, config, resolver, policy)
         else:
-            trio.run(_until_signalled, serve_path, args.socket, config, resolver)
+            trio.run(_until_signalled, serve_path, args.socket, config, resolver, policy)
     except KeyboardInterrupt:
         log.info("interrupted")
     except OSError as exc:

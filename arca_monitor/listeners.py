@@ -51,6 +51,7 @@ class Listener:
         reply: Callable[[ControlReply], Awaitable[None]],
         admit: Callable[[], None],
         cleanup: Callable[[], None] | None = None,
+        peer_allowed: Callable[[Endpoint], bool] = lambda peer: True,
     ) -> None:
         self.listener_id = listener_id
         self.sock = sock
@@ -62,6 +63,8 @@ class Listener:
         self._admit = admit
         #: Run once the socket is closed (an AF_UNIX listener removes its file).
         self._cleanup = cleanup
+        #: The policy's peer rules: a connection from elsewhere is closed at once, unseen by the guest.
+        self._peer_allowed = peer_allowed
         self._waiting: deque[Accept] = deque()
         self._wakeup = trio.Event()
         #: Covers only the waiting, never a handover: closing must not cut an AcceptOk short.
@@ -117,6 +120,16 @@ class Listener:
                 # EMFILE, ENFILE, ENOBUFS, ...: the waiting guest hears about it.
                 request = self._waiting.popleft()
                 await self._reply(AcceptErr.make(request.request_id, exc.errno, f"accept: {exc.strerror}"))
+                continue
+            try:
+                peer = Endpoint.from_sockaddr(conn.getpeername())
+            except OSError:  # gone already
+                conn.close()
+                continue
+            if not self._peer_allowed(peer):
+                log.info("listener %d: connection from %s refused by policy", self.listener_id, peer)
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                conn.close()
                 continue
             conn.setblocking(False)
             await self._on_accept(conn, self._waiting.popleft())

@@ -356,11 +356,12 @@ class Resolver:
             addresses = await self._addresses(check_name(name), families)
         return [(found, kind, Endpoint(host, port)) for found, host in addresses for kind in types]
 
-    def names_for(self, address: str) -> set[str]:
+    def names_for(self, address: str, *, fresh: bool = False) -> set[str]:
         """The names that resolved to ``address``: hosts-file names and cached answers.
 
-        Cached answers count after their TTL too, while they stay in the cache:
-        a guest may well connect to an address long after looking it up.
+        Cached answers count after their TTL too, while they stay in the cache
+        (a guest may well connect long after looking an address up), unless
+        ``fresh``: then only answers within their TTL, as a policy's name rules need.
         """
         try:
             literal = parse_literal(address)
@@ -370,7 +371,12 @@ class Resolver:
             return set()
         host = literal[1]
         names = set(self._hosts.get().by_host.get(host, ())) if self._hosts else set()
-        names.update(name for (name, _), entry in self._cache.items() if host in entry.outcome.addresses)
+        now = trio.current_time()
+        names.update(
+            name
+            for (name, _), entry in self._cache.items()
+            if host in entry.outcome.addresses and not (fresh and entry.expires <= now)
+        )
         return names
 
     async def _addresses(self, name: str, families: tuple[int, ...]) -> list[tuple[int, str]]:

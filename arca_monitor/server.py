@@ -16,16 +16,17 @@ import stat
 import trio
 
 from .config import Config
+from .policy import Policy
 from .resolver import Resolver
 from .session import MonitorSession
 
 log = logging.getLogger("arca_monitor.server")
 
 
-async def serve_fd(fd: int, config: Config, resolver: Resolver) -> None:
+async def serve_fd(fd: int, config: Config, resolver: Resolver, policy: Policy) -> None:
     """Serve the one session on an inherited SEQPACKET fd; return when it ends."""
     sock = socket.socket(fileno=fd)
-    await MonitorSession(sock, config, resolver).run()
+    await MonitorSession(sock, config, resolver, policy).run()
 
 
 def bind_path(path: str) -> socket.socket:
@@ -56,7 +57,9 @@ def bind_path(path: str) -> socket.socket:
     return sock
 
 
-async def serve_path(path: str, config: Config, resolver: Resolver, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+async def serve_path(
+    path: str, config: Config, resolver: Resolver, policy: Policy, *, task_status=trio.TASK_STATUS_IGNORED
+) -> None:
     """Serve one session per guest that connects to ``path``, until cancelled."""
     listener = trio.socket.from_stdlib_socket(bind_path(path))
     log.info("serving on %s", path)
@@ -71,7 +74,7 @@ async def serve_path(path: str, config: Config, resolver: Resolver, *, task_stat
                     log.error("accept on %s failed: %s", path, exc)
                     await trio.sleep(0.1)
                     continue
-                nursery.start_soon(_run_session, conn.detach(), config, resolver)
+                nursery.start_soon(_run_session, conn.detach(), config, resolver, policy)
     finally:
         listener.close()
         try:
@@ -80,9 +83,9 @@ async def serve_path(path: str, config: Config, resolver: Resolver, *, task_stat
             pass
 
 
-async def _run_session(fd: int, config: Config, resolver: Resolver) -> None:
+async def _run_session(fd: int, config: Config, resolver: Resolver, policy: Policy) -> None:
     sock = socket.socket(fileno=fd)
     try:
-        await MonitorSession(sock, config, resolver).run()
+        await MonitorSession(sock, config, resolver, policy).run()
     except Exception as exc:  # a bug in one session must not end the others
         log.error("session failed: %r", exc)

@@ -64,6 +64,7 @@ from . import net, options
 from .config import Config
 from .listeners import Listener
 from .relay import Connection, RelayEngine, make_pipe
+from .policy import Denied, Kind, Policy
 from .resolver import Resolver, ResolveError, parse_literal
 from .udp import DatagramRelay, make_channel_pair
 
@@ -99,8 +100,12 @@ class SessionClosed(Exception):
 
 
 class MonitorSession:
-    def __init__(self, sock: socket.socket, config: Config, resolver: Resolver | None = None) -> None:
+    def __init__(
+        self, sock: socket.socket, config: Config, resolver: Resolver | None = None, policy: Policy | None = None
+    ) -> None:
         self.config = config
+        #: What the guest may reach; the default policy when none is given.
+        self.policy = policy or Policy.build({})
         #: Shared by every session of the monitor (one cache); a session alone gets its own.
         self.resolver = resolver or Resolver()
         self.number = next(_session_numbers)
@@ -217,6 +222,7 @@ class MonitorSession:
                 await self._guarded(request, self._start_resolve(request))
 
     async def _start_resolve(self, request: Resolve) -> None:
+        self.policy.check_resolve(request.name)
         self.config.check("max_in_flight", self._in_flight())
         self._resolves.add(request.request_id)
         self._spawn(self._guarded, request, self._resolve(request))
@@ -241,6 +247,7 @@ class MonitorSession:
 
     async def _udp_bind(self, request: UdpBind) -> None:
         self.config.check("max_datagram_sockets", len(self.datagrams))
+        self._check_bind(Kind.UDP, request.endpoint)
         sock = net.open_udp(
             request.endpoint,
             v6only=ListenFlags.V6ONLY in request.flags,
@@ -249,6 +256,7 @@ class MonitorSession:
         )
         try:
             local = net.endpoint_of(sock.getsockname())
+            self._check_bound(Kind.UDP, sock, local)
             ours, theirs = make_channel_pair()
         except BaseException:
             sock.close()
@@ -299,7 +307,33 @@ class MonitorSession:
             value = options.get_option(owner.sock, request.level, request.name)
         await self.send(OptionValue(request_id=request.request_id, value=value & 0xFFFFFFFF))
 
+    def _check_bind(self, kind: Kind, endpoint) -> None:
+        """Before binding: the address (and the port, unless the kernel is to choose it)."""
+        if endpoint.is_unix:
+            self.policy.check_unix(endpoint.host)
+        elif endpoint.port:
+            self.policy.check_bind(kind, endpoint.host, endpoint.port)
+
+    def _check_bound(self, kind: Kind, sock: socket.socket, local) -> None:
+        """After binding: the port the kernel really gave (port 0); closes the socket if denied."""
+        if local.is_unix:
+            return
+        try:
+            self.policy.check_bind(kind, local.host, local.port)
+        except Denied:
+            sock.close()
+            raise
+
+    def _peer_allowed(self, peer) -> bool:
+        return peer.is_unix or self.policy.check_peer(peer.host)
+
     async def _start_connect(self, request: Connect) -> None:
+        if request.endpoint.is_unix:
+            self.policy.check_unix(request.endpoint.host)
+        else:
+            self.policy.check_connect(
+                request.endpoint.host, request.endpoint.port, lambda a: self.resolver.names_for(a, fresh=True)
+            )
         self.config.check("max_in_flight", self._in_flight())
         self._admit_connection()
         sock, connected = net.start_connection(request.endpoint)
@@ -343,6 +377,7 @@ class MonitorSession:
 
     async def _listen(self, request: Listen) -> None:
         self.config.check("max_listeners", len(self.listeners))
+        self._check_bind(Kind.LISTEN, request.endpoint)
         backlog = min(request.backlog, self.config.max_backlog)
         sock = net.open_listener(
             request.endpoint,
@@ -351,12 +386,15 @@ class MonitorSession:
             reuse_port=ListenFlags.REUSEPORT in request.flags,
         )
         local = net.endpoint_of(sock.getsockname())
+        self._check_bound(Kind.LISTEN, sock, local)
         cleanup = None
         if local.is_unix:
             identity = net.socket_file_identity(local.host)
             cleanup = functools.partial(net.unlink_socket_file, sock, local.host, identity)
         listener_id = next(self._listener_ids)
-        listener = Listener(listener_id, sock, local, self._accepted, self.send, self._admit_connection, cleanup)
+        listener = Listener(
+            listener_id, sock, local, self._accepted, self.send, self._admit_connection, cleanup, self._peer_allowed
+        )
         self.listeners[listener_id] = listener
         self._spawn(listener.run)
         log.info("session %d: listener %d on %s", self.number, listener_id, local)

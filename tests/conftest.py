@@ -13,6 +13,16 @@ import trio
 import arca_control
 
 
+#: Rules that give back what the default allows on loopback, for tests that add rules of their own
+#: (any rule replaces the whole default).
+LOOPBACK_RULES = (
+    "--allow-connect", "127.0.0.0/8:1-65535", "--allow-connect", "[::1]:1-65535",
+    "--allow-listen", "127.0.0.0/8:*", "--allow-listen", "[::1]:*",
+    "--allow-listen", "0.0.0.0:*", "--allow-listen", "[::]:*",
+    "--allow-udp", "127.0.0.0/8:*", "--allow-udp", "[::1]:*",
+)
+
+
 @pytest.fixture
 async def session():
     # No DNS: a name a test resolves by mistake must not reach the system's nameserver.

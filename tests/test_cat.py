@@ -81,7 +81,8 @@ async def test_unix_and_udp(tmp_path):
     source = tmp_path / "small.txt"
     source.write_bytes(b"over a unix socket\n")
     with open(source, "rb") as stdin:
-        result = await trio.run_process([*CAT, "--unix", "connect", path], stdin=stdin, capture_stdout=True)
+        result = await trio.run_process([*CAT, f"--monitor-arg=--allow-unix={tmp_path}", "--unix", "connect", path],
+                                        stdin=stdin, capture_stdout=True)
     assert result.stdout == b"over a unix socket\n"
     await peer.wait()
 

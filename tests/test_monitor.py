@@ -33,7 +33,7 @@ from arca_control.messages import (
 )
 from arca_control.wire import Endpoint
 
-from .conftest import read_all
+from .conftest import LOOPBACK_RULES, read_all
 
 LOOPBACK = Endpoint("127.0.0.1", 0)
 
@@ -379,7 +379,9 @@ NETNS = [
 
 
 async def test_unreachable_and_timeout_inside_an_empty_namespace():
-    async with arca_control.open_session(command=NETNS) as session:
+    # Both destinations are inside the empty namespace; the policy must allow them by name.
+    rules = ("--allow-connect", "192.0.2.1:80", "--allow-connect", "10.77.0.2:80", *LOOPBACK_RULES)
+    async with arca_control.open_session(*rules, command=NETNS) as session:
         with pytest.raises(OSError) as caught:
             await session.connect("192.0.2.1", 80)  # no route at all
         assert caught.value.errno == errno.ENETUNREACH

@@ -10,6 +10,7 @@ import trio
 import arca_control
 from arca_control.wire import Endpoint
 
+from .conftest import LOOPBACK_RULES
 from .dns_server import dns_server
 
 ZONE = {
@@ -21,7 +22,8 @@ ZONE = {
 def monitor_args(port: int, tmp_path, hosts: str = "") -> tuple[str, ...]:
     hosts_file = tmp_path / "hosts"
     hosts_file.write_text(hosts)
-    return ("--resolver", f"127.0.0.1:{port}", "--hosts-file", str(hosts_file))
+    return ("--resolver", f"127.0.0.1:{port}", "--hosts-file", str(hosts_file),
+            "--allow-resolve", "*.internal", *LOOPBACK_RULES)
 
 
 async def test_resolve_through_the_monitor(tmp_path):
@@ -52,10 +54,15 @@ async def test_resolve_through_the_monitor(tmp_path):
             with pytest.raises(socket.gaierror) as caught:
                 await session.resolve("broken.internal")
             assert caught.value.errno == socket.EAI_FAIL
-            for bad in ("x" * 254, "-bad-.internal", "a..b"):
+            for bad in ("x" * 250 + ".internal", "-bad-.internal", "a..b.internal"):
                 with pytest.raises(socket.gaierror) as caught:
                     await session.resolve(bad)
                 assert caught.value.errno == socket.EAI_NONAME
+            # A name no rule allows is denied before any lookup, as a PermissionError.
+            queries = len(server.queries)
+            with pytest.raises(PermissionError) as caught:
+                await session.resolve("www.example.test")
+            assert "--allow-resolve" in str(caught.value) and len(server.queries) == queries
 
 
 async def test_timeouts_and_closed_servers_are_eai_again(tmp_path):

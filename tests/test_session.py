@@ -268,9 +268,10 @@ async def test_listen_address_in_use(session):
     assert caught.value.errno == errno.EADDRINUSE
 
 
-async def test_listen_on_an_address_this_host_does_not_have(session):
-    with pytest.raises(OSError) as caught:
-        await session.listen("192.0.2.1", 0)  # TEST-NET-1: bind fails, no packet is sent
+async def test_listen_on_an_address_this_host_does_not_have():
+    async with arca_control.open_session("--allow-listen", "192.0.2.1:*") as session:
+        with pytest.raises(OSError) as caught:
+            await session.listen("192.0.2.1", 0)  # TEST-NET-1: bind fails, no packet is sent
     assert caught.value.errno == errno.EADDRNOTAVAIL
 
 

@@ -11,7 +11,16 @@ import trio
 
 from arca_control.wire import Endpoint
 
-from .conftest import read_all
+from .conftest import LOOPBACK_RULES, read_all
+
+
+@pytest.fixture
+async def session(tmp_path):
+    """A session whose policy allows AF_UNIX sockets under this test's directory only."""
+    import arca_control
+
+    async with arca_control.open_session("--no-dns", "--allow-unix", str(tmp_path), *LOOPBACK_RULES) as session:
+        yield session
 
 
 async def test_listen_and_connect_unix(session, tmp_path):
@@ -84,3 +93,11 @@ async def test_unix_errors(session, tmp_path):
         stream = await session.connect_unix(str(tmp_path / "opt.sock"))
         await stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     assert caught.value.errno in (errno.EOPNOTSUPP, errno.ENOPROTOOPT, errno.EINVAL)
+
+
+async def test_unix_paths_outside_the_allowed_directory_are_denied(session, tmp_path):
+    with pytest.raises(PermissionError) as caught:
+        await session.listen_unix("/tmp/not-allowed-here.sock")
+    assert "--allow-unix" in str(caught.value)
+    with pytest.raises(PermissionError):
+        await session.connect_unix(str(tmp_path) + "-sibling/x.sock")

@@ -1,0 +1,224 @@
+"""What a guest may reach: rules, the default when none is given, and the decisions.
+
+A rule is ``ADDR[/PREFIX][:PORTS]``. ADDR is an IPv4 address, an IPv6 address
+in brackets (``[::1]``), a host name, or a wildcard domain (``*.example.test``,
+which matches names below example.test, not example.test itself). PORTS is a
+port, a range ``A-B``, or ``*``. Privileged ports (below 1024) are allowed only
+by a rule whose range names them: ``*``, or no PORTS at all, means 1024-65535.
+
+Kinds: ``listen``, ``connect`` and ``udp`` rules (for listen and udp, ADDR is
+the address bound: ``[::]`` allows the IPv6 wildcard itself), ``resolve`` name
+patterns, ``peer`` CIDRs that accepted connections must come from, and
+``unix`` directories. Everything no rule allows is denied. With no rule at all
+the default applies: connect to loopback; listen and bind UDP on loopback and
+the wildcards, ports 1024 and up; resolve from the hosts file only.
+
+A connect rule that names a host allows the addresses the monitor itself
+resolved for that name, while its answer is fresh (``Resolver.fresh_names``):
+an IP literal does not get past a name rule, and a name a connect rule allows
+may also be resolved.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import ipaddress
+import os
+import tomllib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+
+class Kind(enum.Enum):
+    LISTEN = "listen"
+    CONNECT = "connect"
+    UDP = "udp"
+    RESOLVE = "resolve"
+    PEER = "peer"
+    UNIX = "unix"
+
+
+PRIVILEGED = 1024
+
+
+class Denied(PermissionError):
+    """A request no rule allows: EACCES, with the kind of rule that was missing."""
+
+    def __init__(self, kind: Kind, what: str) -> None:
+        super().__init__(errno.EACCES, f"denied by policy: no --allow-{kind.value} rule for {what}")
+
+
+@dataclass(frozen=True)
+class Ports:
+    low: int
+    high: int
+
+    @classmethod
+    def parse(cls, text: str | None) -> Ports:
+        if text is None or text == "*":  # "*", or no port at all: every port but the privileged ones
+            return cls(PRIVILEGED, 65535)
+        low, sep, high = text.partition("-")
+        try:
+            ports = cls(int(low), int(high) if sep else int(low))
+        except ValueError:
+            raise ValueError(f"bad port range {text!r}") from None
+        if not 0 < ports.low <= ports.high <= 65535:
+            raise ValueError(f"bad port range {text!r}")
+        return ports
+
+    def allows(self, port: int) -> bool:
+        return self.low <= port <= self.high
+
+
+@dataclass(frozen=True)
+class Rule:
+    kind: Kind
+    text: str
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network | None = None
+    name: str | None = None  # exact name, or "*.domain"
+    ports: Ports = Ports(PRIVILEGED, 65535)
+
+    def matches_name(self, name: str) -> bool:
+        name = name.lower().rstrip(".")
+        if self.name is None:
+            return False
+        if self.name.startswith("*."):
+            return name.endswith(self.name[1:]) and name != self.name[2:]
+        return name == self.name
+
+
+def parse_rule(kind: Kind, text: str) -> Rule:
+    """One rule of ``kind`` from its text; ValueError with the reason if it is malformed."""
+    text = text.strip()
+    if kind is Kind.RESOLVE:
+        return Rule(kind, text, name=_name(text))
+    if kind is Kind.UNIX:
+        if not text.startswith("/"):
+            raise ValueError(f"an --allow-unix rule is an absolute directory, not {text!r}")
+        return Rule(kind, os.path.normpath(text))
+    if kind is Kind.PEER:
+        return Rule(kind, text, network=ipaddress.ip_network(text.strip("[]"), strict=False))
+    ports_text = None
+    if text.startswith("["):
+        end = text.index("]")
+        address, rest = text[1:end], text[end + 1 :]
+        prefix, _, ports_text = rest.partition(":") if ":" in rest else (rest, "", None)
+        network = ipaddress.ip_network(address + prefix, strict=False)
+        return Rule(kind, text, network=network, ports=Ports.parse(ports_text))
+    address, sep, ports_text = text.rpartition(":")
+    if not sep:
+        address, ports_text = text, None
+    try:
+        network = ipaddress.ip_network(address, strict=False)
+    except ValueError:
+        if "/" in address:
+            raise ValueError(f"bad address in rule {text!r}") from None
+        return Rule(kind, text, name=_name(address), ports=Ports.parse(ports_text))
+    return Rule(kind, text, network=network, ports=Ports.parse(ports_text))
+
+
+def _name(text: str) -> str:
+    name = text.lower().rstrip(".")
+    body = name[2:] if name.startswith("*.") else name
+    if not body or any(not label or not all(c.isalnum() or c in "-_" for c in label) for label in body.split(".")):
+        raise ValueError(f"bad name pattern {text!r}")
+    return name
+
+
+DEFAULT_RULES = {
+    Kind.CONNECT: ["127.0.0.0/8:1-65535", "[::1]:1-65535"],
+    Kind.LISTEN: ["127.0.0.0/8:*", "[::1]:*", "0.0.0.0:*", "[::]:*"],
+    Kind.UDP: ["127.0.0.0/8:*", "[::1]:*", "0.0.0.0:*", "[::]:*"],
+}
+
+
+@dataclass
+class Policy:
+    rules: dict[Kind, list[Rule]] = field(default_factory=dict)
+    #: True when no rule was given at all, and the default applies.
+    default: bool = False
+
+    @classmethod
+    def build(cls, given: dict[Kind, Iterable[str]]) -> Policy:
+        """The policy for these rule texts; the default when there are none at all."""
+        default = not any(list(texts) for texts in given.values())
+        source = {kind: list(texts) for kind, texts in (DEFAULT_RULES if default else given).items()}
+        rules = {kind: [parse_rule(kind, text) for text in texts] for kind, texts in source.items()}
+        return cls(rules, default)
+
+    @classmethod
+    def from_toml(cls, path: str, extra: dict[Kind, list[str]]) -> dict[Kind, list[str]]:
+        """The rule texts of a TOML file (``connect = ["..."]`` and so on), with ``extra`` added."""
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+        merged = {kind: list(extra.get(kind, [])) for kind in Kind}
+        for key, values in data.items():
+            try:
+                kind = Kind(key.removeprefix("allow-").removeprefix("allow_"))
+            except ValueError:
+                raise ValueError(f"{path}: unknown rule kind {key!r}") from None
+            if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+                raise ValueError(f"{path}: {key} must be a list of strings")
+            merged[kind] += values
+        return merged
+
+    @property
+    def dns_allowed(self) -> bool:
+        """Whether any name may be looked up in DNS (a resolve rule, or a connect rule naming a host)."""
+        return bool(self.rules.get(Kind.RESOLVE)) or any(r.name for r in self.rules.get(Kind.CONNECT, []))
+
+    def check_bind(self, kind: Kind, host: str, port: int) -> None:
+        """A listen or UDP bind on ``host:port`` (the port really bound)."""
+        address = ipaddress.ip_address(host.split("%")[0])
+        for rule in self.rules.get(kind, []):
+            if rule.network is not None and address in rule.network and rule.ports.allows(port):
+                return
+        raise Denied(kind, f"{_show(host)}:{port}")
+
+    def check_connect(self, host: str, port: int, names_for: Callable[[str], set[str]]) -> None:
+        address = ipaddress.ip_address(host.split("%")[0])
+        names = None
+        for rule in self.rules.get(Kind.CONNECT, []):
+            if not rule.ports.allows(port):
+                continue
+            if rule.network is not None and address in rule.network:
+                return
+            if rule.name is not None:
+                if names is None:
+                    names = names_for(str(address))
+                if any(rule.matches_name(name) for name in names):
+                    return
+        raise Denied(Kind.CONNECT, f"{_show(host)}:{port}")
+
+    def check_resolve(self, name: str) -> None:
+        if self.default:
+            return  # the default resolves from the hosts file only: the resolver has DNS off
+        for kind in (Kind.RESOLVE, Kind.CONNECT):
+            if any(rule.matches_name(name) for rule in self.rules.get(kind, [])):
+                return
+        raise Denied(Kind.RESOLVE, name)
+
+    def check_peer(self, host: str) -> bool:
+        """Whether an accepted connection from ``host`` may reach the guest."""
+        rules = self.rules.get(Kind.PEER)
+        if not rules:
+            return True
+        address = ipaddress.ip_address(host.split("%")[0])
+        if address.version == 6 and address.ipv4_mapped:
+            address = address.ipv4_mapped
+        return any(address in rule.network for rule in rules)
+
+    def check_unix(self, path: str) -> None:
+        path = os.path.normpath(path)
+        for rule in self.rules.get(Kind.UNIX, []):
+            if os.path.commonpath([rule.text, path]) == rule.text:
+                return
+        raise Denied(Kind.UNIX, path)
+
+
+def _show(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+__all__ = ["Denied", "Kind", "Policy", "Rule", "parse_rule", "DEFAULT_RULES"]
