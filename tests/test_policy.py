@@ -1,0 +1,151 @@
+"""The policy: every rule kind allowed and denied with real sockets, and the default."""
+
+from __future__ import annotations
+
+import socket
+import sys
+
+import pytest
+import trio
+
+import arca_control
+from arca_control.wire import Endpoint
+from arca_monitor.policy import Kind, Policy, parse_rule
+
+from .conftest import LOOPBACK_RULES, blocking_client
+from .dns_server import dns_server
+from .test_monitor import NETNS
+
+
+def test_rule_syntax():
+    rule = parse_rule(Kind.CONNECT, "[2001:db8::]/32:443")
+    assert str(rule.network) == "2001:db8::/32" and (rule.ports.low, rule.ports.high) == (443, 443)
+    rule = parse_rule(Kind.LISTEN, "10.0.0.0/8:8000-8100")
+    assert str(rule.network) == "10.0.0.0/8" and (rule.ports.low, rule.ports.high) == (8000, 8100)
+    assert (parse_rule(Kind.LISTEN, "127.0.0.1:*").ports.low, parse_rule(Kind.LISTEN, "127.0.0.1").ports.low) == (1024, 1024)
+    wildcard = parse_rule(Kind.CONNECT, "*.example.test:443")
+    assert wildcard.matches_name("api.example.test") and not wildcard.matches_name("example.test")
+    for bad in ("10.0.0.0/99:1", "host:0", "host:9-1", "bad name:1", "[::1:80"):
+        with pytest.raises(ValueError):
+            parse_rule(Kind.CONNECT, bad)
+    with pytest.raises(ValueError):
+        parse_rule(Kind.UNIX, "relative/dir")
+
+
+def test_rules_from_toml(tmp_path):
+    path = tmp_path / "policy.toml"
+    path.write_text('connect = ["api.example.test:443"]\nallow-listen = ["127.0.0.1:8000"]\n')
+    given = Policy.from_toml(str(path), {Kind.CONNECT: ["10.0.0.1:22"]})
+    policy = Policy.build(given)
+    assert not policy.default
+    assert [r.text for r in policy.rules[Kind.CONNECT]] == ["10.0.0.1:22", "api.example.test:443"]
+    path.write_text('sideways = ["x"]\n')
+    with pytest.raises(ValueError):
+        Policy.from_toml(str(path), {})
+
+
+async def test_default_policy_allows_loopback_and_refuses_the_rest():
+    async with arca_control.open_session(command=NETNS) as session:  # no packet can leave anyway
+        listener = await session.listen("127.0.0.1", 0)
+        await (await session.connect(*listener.local)).aclose()
+        with pytest.raises(PermissionError) as caught:
+            await session.connect("192.0.2.1", 443)
+        assert "--allow-connect" in str(caught.value)  # not "refused", not "unreachable"
+        with pytest.raises(PermissionError) as caught:
+            await session.listen("127.0.0.1", 80)  # privileged: no default rule names it
+        assert "--allow-listen" in str(caught.value)
+        await session.listen("0.0.0.0", 0)  # the wildcards are in the default
+        await session.udp_bind("::", 0)
+
+
+async def test_rules_replace_the_default_and_privileged_ports_must_be_named():
+    async with arca_control.open_session("--allow-listen", "127.0.0.1:*", "--allow-listen", "127.0.0.1:81") as session:
+        await session.listen("127.0.0.1", 0)
+        await session.listen("127.0.0.1", 81)  # named: allowed (the monitor runs as root here)
+        with pytest.raises(PermissionError):
+            await session.listen("127.0.0.1", 80)  # "*" does not cover it
+        with pytest.raises(PermissionError):
+            await session.listen("::1", 0)  # not in the rules any more
+        with pytest.raises(PermissionError) as caught:
+            await session.connect("127.0.0.1", 81)  # no connect rule at all now
+        assert "--allow-connect" in str(caught.value)
+        with pytest.raises(PermissionError) as caught:
+            await session.udp_bind("127.0.0.1", 0)
+        assert "--allow-udp" in str(caught.value)
+
+
+async def test_port_zero_is_checked_against_the_port_the_kernel_chose():
+    async with arca_control.open_session("--allow-listen", "127.0.0.1:1024-1030") as session:
+        # The kernel picks an ephemeral port (32768 and up here): outside the rule, so the
+        # socket is closed again and the request denied.
+        with pytest.raises(PermissionError):
+            await session.listen("127.0.0.1", 0)
+        assert not any(True for _ in session._listeners)
+
+
+async def test_name_rules_follow_what_the_monitor_resolved(tmp_path):
+    zone = {"db.internal": [("A", "127.0.0.2", 1)]}
+    async with dns_server(zone) as (_, dns_port, server):
+        hosts = tmp_path / "hosts"
+        hosts.write_text("")
+        args = ("--resolver", f"127.0.0.1:{dns_port}", "--hosts-file", str(hosts),
+                "--allow-listen", "127.0.0.0/8:*", "--allow-connect", "db.internal:*")
+        async with arca_control.open_session(*args) as session:
+            first = await session.listen("127.0.0.2", 0)
+            port = first.local.port
+            second = await session.listen("127.0.0.3", port)
+            # An IP literal does not get past a name rule...
+            with pytest.raises(PermissionError):
+                await session.connect("127.0.0.2", port)
+            # ...the name does, to the address the monitor resolved for it,
+            stream = await session.connect("db.internal", port)
+            assert stream.peer == Endpoint("127.0.0.2", port)
+            await stream.aclose()
+            # and for as long as that answer is fresh, the address itself does too.
+            await (await session.connect("127.0.0.2", port)).aclose()
+            # The name moves; once the old answer's TTL is over, only the new address passes.
+            server.zone["db.internal"] = [("A", "127.0.0.3", 60)]
+            await trio.sleep(1.2)
+            with pytest.raises(PermissionError):
+                await session.connect("127.0.0.2", port)
+            stream = await session.connect("db.internal", port)
+            assert stream.peer == Endpoint("127.0.0.3", port)
+            await stream.aclose()
+            # Resolving a name no rule names is denied.
+            with pytest.raises(PermissionError):
+                await session.resolve("other.internal")
+            await first.aclose()
+            await second.aclose()
+
+
+async def test_peer_rules_filter_accepted_connections():
+    async with arca_control.open_session("--allow-peer", "127.0.0.2/32", *LOOPBACK_RULES) as session:
+        listener = await session.listen("127.0.0.1", 0)
+        stranger = await trio.to_thread.run_sync(blocking_client, listener.local)
+        friend = socket.socket()
+        friend.bind(("127.0.0.2", 0))
+        await trio.to_thread.run_sync(friend.connect, listener.local)
+        with stranger, friend:
+            stream = await listener.accept()
+            assert stream.peer == Endpoint(*friend.getsockname())  # the stranger never reached the guest
+            stranger.settimeout(5)
+            with pytest.raises(ConnectionResetError):
+                stranger.recv(10)  # closed at once
+            await stream.aclose()
+
+
+async def test_denials_do_not_end_the_session():
+    async with arca_control.open_session(command=NETNS) as session:
+        for _ in range(20):
+            with pytest.raises(PermissionError):
+                await session.connect("198.51.100.1", 8080)
+        assert (await session.listen("127.0.0.1", 0)).local.port
+        assert session.process.returncode is None
+
+
+def test_bad_rules_are_a_usage_error():
+    import subprocess
+
+    result = subprocess.run([sys.executable, "-m", "arca_monitor", "--fd", "0", "--allow-connect", "10.0.0.0/99"],
+                            capture_output=True, text=True, timeout=20)
+    assert result.returncode == 2 and "bad" in result.stderr
