@@ -1,0 +1,81 @@
+"""The README walk-through, claim by claim: arca-run, policy and arca-cat together."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+
+import trio
+
+RUN = [sys.executable, "-m", "arca_monitor.run"]
+CAT = [sys.executable, "-m", "arca_control.cat"]
+
+
+async def test_a_guest_http_server_reached_by_curl_from_the_host():
+    response = b"HTTP/1.0 200 OK\r\nContent-Length: 6\r\n\r\nhello\n"
+    guest = await trio.lowlevel.open_process(
+        [*RUN, "--", *CAT, "listen", "127.0.0.1", "0"], stdin=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    seen = b""
+    with trio.fail_after(20):
+        while not (found := re.search(rb"listening on 127\.0\.0\.1 port (\d+)", seen)):
+            seen += await guest.stderr.receive_some(4096)
+        await guest.stdin.send_all(response)
+        await guest.stdin.aclose()
+        result = await trio.run_process(
+            [shutil.which("curl"), "-sS", "--max-time", "10", f"http://127.0.0.1:{int(found.group(1))}/"],
+            capture_stdout=True,
+        )
+        assert result.stdout == b"hello\n"
+        assert await guest.wait() == 0
+
+
+async def test_outbound_allowed_and_denied_by_policy():
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def serve():
+        conn, _ = server.accept()
+        with conn:
+            conn.sendall(b"allowed\n")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.to_thread.run_sync, serve)
+        allowed = await trio.run_process(
+            [*RUN, "--allow-connect", f"127.0.0.1:{port}", "--", *CAT, "connect", "127.0.0.1", str(port)],
+            stdin=subprocess.DEVNULL, capture_stdout=True, capture_stderr=True, check=False,
+        )
+    denied = await trio.run_process(
+        [*RUN, "--allow-connect", f"127.0.0.1:{port}", "--", *CAT, "connect", "127.0.0.1", str(port + 1)],
+        stdin=subprocess.DEVNULL, capture_stdout=True, capture_stderr=True, check=False,
+    )
+    server.close()
+    assert allowed.returncode == 0 and allowed.stdout == b"allowed\n"
+    assert denied.returncode == 4 and b"--allow-connect" in denied.stderr
+
+
+async def test_piping_a_file_through_arca_cat(tmp_path):
+    data = os.urandom(4 * 1024 * 1024)
+    (tmp_path / "in.bin").write_bytes(data)
+    receiver = await trio.lowlevel.open_process(
+        [*CAT, "listen", "127.0.0.1", "0"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    seen = b""
+    with trio.fail_after(20):
+        while not (found := re.search(rb"port (\d+)", seen)):
+            seen += await receiver.stderr.receive_some(4096)
+        received = bytearray()
+        async with trio.open_nursery() as nursery:
+            async def send():
+                with open(tmp_path / "in.bin", "rb") as stdin:
+                    await trio.run_process([*CAT, "connect", "127.0.0.1", found.group(1).decode()], stdin=stdin)
+            nursery.start_soon(send)
+            while chunk := await receiver.stdout.receive_some(1 << 20):
+                received += chunk
+        assert await receiver.wait() == 0
+    assert hashlib.sha256(received).digest() == hashlib.sha256(data).digest()
