@@ -81,3 +81,38 @@ async def test_usage():
         result = await trio.run_process([sys.executable, "-m", "arca_monitor.run", *args], check=False,
                                         capture_stderr=True)
         assert result.returncode == 2
+
+
+async def test_policy_reaches_the_guest_as_permission_error():
+    guest = textwrap.dedent(
+        """
+        import trio, arca_control
+        async def main():
+            async with arca_control.open_session() as session:
+                try:
+                    await session.connect("127.0.0.1", 9)
+                except PermissionError as exc:
+                    print("denied:", exc)
+        trio.run(main)
+        """
+    )
+    result = await trio.run_process(
+        [sys.executable, "-m", "arca_monitor.run", "--allow-connect", "127.0.0.2:*", "--", sys.executable, "-c", guest],
+        capture_stdout=True,
+    )
+    assert b"denied:" in result.stdout and b"--allow-connect" in result.stdout
+
+
+async def test_no_namespace_means_no_run(tmp_path):
+    import os
+
+    # No unshare on PATH: arca-run must refuse, never run the command with the host's network.
+    bare = tmp_path / "bin"
+    bare.mkdir()
+    marker = tmp_path / "ran"
+    result = await trio.run_process(
+        [*RUN, "sh", "-c", f"touch {marker}"], env={**os.environ, "PATH": str(bare)},
+        check=False, capture_stderr=True,
+    )
+    assert result.returncode == 126 and b"network namespace" in result.stderr
+    assert not marker.exists()
