@@ -12,6 +12,7 @@ import sys
 import trio
 
 from .config import Config, option_name
+from .audit import AuditLog
 from .policy import Kind, Policy
 from .resolver import Resolver
 from .server import serve_fd, serve_path
@@ -74,6 +75,11 @@ def parser() -> argparse.ArgumentParser:
     rules.add_argument("--policy", metavar="FILE",
                        help='rules from a TOML file: connect = ["api.example.test:443"], listen = [...], ...')
     p.add_argument(
+        "--audit-log", metavar="FILE",
+        help="append the audit log (JSON lines: every request and decision, every connection's life) to FILE, "
+             "or - for stderr; never stdout",
+    )
+    p.add_argument(
         "--log-level", default="warning", choices=["debug", "info", "warning", "error"],
         help="log verbosity on stderr (default: %(default)s)",
     )
@@ -124,13 +130,14 @@ def main(argv: list[str] | None = None) -> int:
         policy = Policy.build(given)
         resolver = Resolver(hosts_file=args.hosts_file, nameserver=args.resolver,
                             dns=not args.no_dns and policy.dns_allowed)
+        audit = AuditLog(args.audit_log)
     except (ValueError, OSError) as exc:
         parser().error(str(exc))
     try:
         if args.fd is not None:
-            trio.run(serve_fd, args.fd, config, resolver, policy)
+            trio.run(serve_fd, args.fd, config, resolver, policy, audit)
         else:
-            trio.run(_until_signalled, serve_path, args.socket, config, resolver, policy)
+            trio.run(_until_signalled, serve_path, args.socket, config, resolver, policy, audit)
     except KeyboardInterrupt:
         log.info("interrupted")
     except OSError as exc:

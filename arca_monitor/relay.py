@@ -39,6 +39,7 @@ import os
 import select
 import socket
 import struct
+import time
 from collections.abc import Awaitable, Callable
 
 import trio
@@ -92,7 +93,7 @@ class Connection:
 
     __slots__ = (
         "connection_id", "sock", "sock_fd", "local", "peer", "rx_write", "tx_read",
-        "down", "up", "announced", "end_status", "write_error",
+        "down", "up", "announced", "end_status", "write_error", "bytes_up", "bytes_down", "opened",
     )
 
     def __init__(self, connection_id: int, sock: socket.socket, local: Endpoint, peer: Endpoint,
@@ -113,6 +114,10 @@ class Connection:
         #: The errno of a failed write to the socket: it may have used up the
         #: socket's pending error, so the read side would see a plain EOF.
         self.write_error = 0
+        #: Bytes moved guest -> peer and peer -> guest, and when it opened (for the audit log).
+        self.bytes_up = 0
+        self.bytes_down = 0
+        self.opened = time.monotonic()
 
 
 class RelayEngine:
@@ -126,8 +131,14 @@ class RelayEngine:
     control channel leaves :meth:`run`, raised by ``send_event``.
     """
 
-    def __init__(self, send_event: Callable[[ConnectionEnd], Awaitable[None]]) -> None:
+    def __init__(
+        self,
+        send_event: Callable[[ConnectionEnd], Awaitable[None]],
+        on_change: Callable[..., None] = lambda event, conn, **fields: None,
+    ) -> None:
         self._send_event = send_event
+        #: Told of half-closes and closes, for the audit log: (event, connection, **fields).
+        self._on_change = on_change
         self._epoll = select.epoll()
         self._registered: dict[int, int] = {}
         self._owners: dict[int, Connection] = {}
@@ -179,6 +190,7 @@ class RelayEngine:
         conn.rx_write = conn.tx_read = -1
         conn.down = conn.up = Wait.DONE
         self.connections.pop(conn.connection_id, None)
+        self._closed(conn, "aborted")
 
     def close(self) -> None:
         """Close every connection and the epoll fd (the session is over)."""
@@ -187,6 +199,7 @@ class RelayEngine:
                 if fd >= 0:
                     _close(fd)
             conn.sock.close()
+            self._closed(conn, "session ended")
         self.connections.clear()
         self._owners.clear()
         self._epoll.close()
@@ -225,8 +238,11 @@ class RelayEngine:
                     self._finish_down(conn, status=exc.errno or errno.EIO)
                 return
             if moved == 0:
+                if not conn.write_error:
+                    self._on_change("peer_eof", conn)
                 self._finish_down(conn, status=conn.write_error)
                 return
+            conn.bytes_down += moved
         conn.down = Wait.SOURCE
 
     def _pump_up(self, conn: Connection) -> None:
@@ -245,10 +261,12 @@ class RelayEngine:
                 # Everything the guest wrote is in the socket now; only then the FIN.
                 try:
                     conn.sock.shutdown(socket.SHUT_WR)
+                    self._on_change("guest_eof", conn)
                 except OSError as exc:
                     conn.write_error = exc.errno or errno.EIO
                 self._finish_up(conn)
                 return
+            conn.bytes_up += moved
         conn.up = Wait.SOURCE
 
     # --- endings ---------------------------------------------------------------------------
@@ -293,6 +311,12 @@ class RelayEngine:
             self._owners.pop(conn.sock_fd, None)
             conn.sock.close()
             self.connections.pop(conn.connection_id, None)
+            failure = conn.end_status or conn.write_error
+            self._closed(conn, errno.errorcode.get(failure, str(failure)) if failure else "closed")
+
+    def _closed(self, conn: Connection, how: str) -> None:
+        self._on_change("close", conn, how=how, bytes_up=conn.bytes_up, bytes_down=conn.bytes_down,
+                        seconds=round(time.monotonic() - conn.opened, 6))
 
     async def _send_ends(self) -> None:
         async for conn in self._ends_out:

@@ -15,6 +15,7 @@ import stat
 
 import trio
 
+from .audit import AuditLog
 from .config import Config
 from .policy import Policy
 from .resolver import Resolver
@@ -23,10 +24,10 @@ from .session import MonitorSession
 log = logging.getLogger("arca_monitor.server")
 
 
-async def serve_fd(fd: int, config: Config, resolver: Resolver, policy: Policy) -> None:
+async def serve_fd(fd: int, config: Config, resolver: Resolver, policy: Policy, audit: AuditLog) -> None:
     """Serve the one session on an inherited SEQPACKET fd; return when it ends."""
     sock = socket.socket(fileno=fd)
-    await MonitorSession(sock, config, resolver, policy).run()
+    await MonitorSession(sock, config, resolver, policy, audit).run()
 
 
 def bind_path(path: str) -> socket.socket:
@@ -58,7 +59,13 @@ def bind_path(path: str) -> socket.socket:
 
 
 async def serve_path(
-    path: str, config: Config, resolver: Resolver, policy: Policy, *, task_status=trio.TASK_STATUS_IGNORED
+    path: str,
+    config: Config,
+    resolver: Resolver,
+    policy: Policy,
+    audit: AuditLog,
+    *,
+    task_status=trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve one session per guest that connects to ``path``, until cancelled."""
     listener = trio.socket.from_stdlib_socket(bind_path(path))
@@ -74,7 +81,7 @@ async def serve_path(
                     log.error("accept on %s failed: %s", path, exc)
                     await trio.sleep(0.1)
                     continue
-                nursery.start_soon(_run_session, conn.detach(), config, resolver, policy)
+                nursery.start_soon(_run_session, conn.detach(), config, resolver, policy, audit)
     finally:
         listener.close()
         try:
@@ -83,9 +90,9 @@ async def serve_path(
             pass
 
 
-async def _run_session(fd: int, config: Config, resolver: Resolver, policy: Policy) -> None:
+async def _run_session(fd: int, config: Config, resolver: Resolver, policy: Policy, audit: AuditLog) -> None:
     sock = socket.socket(fileno=fd)
     try:
-        await MonitorSession(sock, config, resolver, policy).run()
+        await MonitorSession(sock, config, resolver, policy, audit).run()
     except Exception as exc:  # a bug in one session must not end the others
         log.error("session failed: %r", exc)

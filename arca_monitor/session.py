@@ -18,6 +18,7 @@ request is logged and answered with EIO; it does not end the session.
 
 from __future__ import annotations
 
+import enum
 import errno
 import functools
 import itertools
@@ -58,12 +59,14 @@ from arca_control.messages import (
     error_reply_for,
     fit_text,
 )
-from arca_control.wire import Capability, FamilyFilter, GaiError, ListenFlags, OptionTarget, SockType
+from arca_control.messages import payload_fields
+from arca_control.wire import Capability, Endpoint, FamilyFilter, GaiError, ListenFlags, OptionTarget, SockType
 
 from . import net, options
 from .config import Config
 from .listeners import Listener
 from .relay import Connection, RelayEngine, make_pipe
+from .audit import AuditLog
 from .policy import Denied, Kind, Policy
 from .resolver import Resolver, ResolveError, parse_literal
 from .udp import DatagramRelay, make_channel_pair
@@ -76,6 +79,19 @@ _session_numbers = itertools.count(1)
 _FAMILIES = {FamilyFilter.ANY: 0, FamilyFilter.IPV4: socket.AF_INET, FamilyFilter.IPV6: socket.AF_INET6}
 _SOCK_TYPES = {SockType.ANY: 0, SockType.STREAM: socket.SOCK_STREAM, SockType.DGRAM: socket.SOCK_DGRAM}
 _SOCK_TYPE_OF = {socket.SOCK_STREAM: SockType.STREAM, socket.SOCK_DGRAM: SockType.DGRAM}
+
+
+def _shown(value: object) -> object:
+    """A field as the audit log writes it: endpoints as host:port, enums by name."""
+    if isinstance(value, Endpoint):
+        if value.is_unix:
+            return value.host
+        return f"[{value.host}]:{value.port}" if ":" in value.host else f"{value.host}:{value.port}"
+    if isinstance(value, enum.Enum):
+        return value.name
+    if isinstance(value, tuple):
+        return [_shown(item) for item in value]
+    return value
 
 
 def _is_literal(name: str) -> bool:
@@ -101,9 +117,15 @@ class SessionClosed(Exception):
 
 class MonitorSession:
     def __init__(
-        self, sock: socket.socket, config: Config, resolver: Resolver | None = None, policy: Policy | None = None
+        self,
+        sock: socket.socket,
+        config: Config,
+        resolver: Resolver | None = None,
+        policy: Policy | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
         self.config = config
+        self.audit = audit or AuditLog(None)
         #: What the guest may reach; the default policy when none is given.
         self.policy = policy or Policy.build({})
         #: Shared by every session of the monitor (one cache); a session alone gets its own.
@@ -112,7 +134,7 @@ class MonitorSession:
         self.channel = ControlChannel(sock, max_payload=config.max_payload)
         self.core = ServerCore(max_payload=config.max_payload, max_errors=config.max_protocol_errors)
         self.listeners: dict[int, Listener] = {}
-        self.relay = RelayEngine(self.send)
+        self.relay = RelayEngine(self.send, self._connection_changed)
         #: Every relayed connection, by id (the relay engine's table).
         self.connections: dict[int, Connection] = self.relay.connections
         #: Connect requests in progress, by request id, so Cancel can reach them.
@@ -191,8 +213,10 @@ class MonitorSession:
 
     async def _dispatch(self, request: ControlRequest) -> None:
         if isinstance(request, Hello):
+            self._audit_request(request, "allowed")
             await self.send(self.core.hello_reply(request))
         elif isinstance(request, Cancel):
+            self._audit_request(request, "allowed")
             self._cancel(request)  # never answered, so there is nothing to send
         elif (needed := _capability_for(request)) not in self.core.capabilities:
             await self.send(Error.make(request.request_id, errno.EOPNOTSUPP, f"{needed.name} was not granted in HelloOk"))
@@ -353,17 +377,32 @@ class MonitorSession:
         )
 
     async def _guarded(self, request: ControlRequest, work) -> None:
-        """Run the handler for ``request``; turn any failure into its error reply."""
+        """Run the handler for ``request``; turn any failure into its error reply. Audit the outcome."""
         try:
             await work
         except SessionClosed:
             raise
         except OSError as exc:
             code = exc.errno or errno.EIO
+            verdict = "denied" if isinstance(exc, Denied) else "failed"
+            self._audit_request(request, verdict, errno=errno.errorcode.get(code, code), reason=exc.strerror)
             await self.send(error_reply_for(request, request.request_id, code, exc.strerror or str(exc)))
         except Exception as exc:
             log.error("session %d: internal error on %s: %r", self.number, type(request).__name__, exc)
+            self._audit_request(request, "failed", errno="EIO", reason="internal error")
             await self.send(error_reply_for(request, request.request_id, errno.EIO, f"internal error: {exc!r}"))
+        else:
+            self._audit_request(request, "allowed")
+
+    def _audit_request(self, request: ControlRequest, decision: str, **fields: object) -> None:
+        if self.audit.enabled:
+            named = {f.name: _shown(getattr(request, f.name)) for f in payload_fields(type(request))}
+            self.audit.write(self.number, "request", request_id=request.request_id, op=type(request).__name__,
+                             **named, decision=decision, **fields)
+
+    def _connection_changed(self, event: str, conn: Connection, **fields: object) -> None:
+        if self.audit.enabled:
+            self.audit.write(self.number, event, connection_id=conn.connection_id, **fields)
 
     def _in_flight(self) -> int:
         return len(self._connects) + len(self._resolves) + self._queued_accepts()
@@ -458,6 +497,10 @@ class MonitorSession:
             # Our copies must go, or the guest would never see EOF on rx.
             close_fds([rx_read, tx_write])
         self.relay.announce(conn)
+        if self.audit.enabled:
+            self.audit.write(self.number, "open", connection_id=conn.connection_id,
+                             via="accept" if reply_type is AcceptOk else "connect",
+                             local=_shown(local), peer=_shown(peer))
         log.debug("session %d: connection %d %s -> %s", self.number, conn.connection_id, local, peer)
 
     def _spawn(self, fn, *args) -> None:

@@ -1,0 +1,52 @@
+"""The audit log: one JSON object per line for every request and every connection's life.
+
+Written with ``--audit-log FILE`` (appended), or ``-`` for stderr; never to
+stdout, which may carry a guest's data. Each line has ``ts`` (Unix time),
+``session`` and ``event``:
+
+* ``request``: ``request_id``, ``op`` (the message name), what it names
+  (``endpoint``, ``listener_id``, ``name``, ...) and ``decision``:
+  ``allowed``, ``denied`` (with ``reason``, naming the missing rule), or
+  ``failed`` (with ``errno`` and ``reason``);
+* ``open``: a connection handed to the guest (``connection_id``, ``via``
+  accept or connect, ``local``, ``peer``);
+* ``guest_eof`` / ``peer_eof``: a half-close, by the guest or by the peer;
+* ``close``: the connection is gone, with ``bytes_up`` (guest to peer),
+  ``bytes_down``, ``seconds``, and ``how`` (closed, reset by the peer as an
+  errno, or aborted).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import TextIO
+
+
+class AuditLog:
+    """Resource handling: owns the file it opened (not stderr); :meth:`close` closes it."""
+
+    def __init__(self, target: str | None) -> None:
+        self._file: TextIO | None
+        if target is None:
+            self._file = None
+        elif target == "-":
+            self._file = sys.stderr
+        else:
+            self._file = open(target, "a", encoding="utf-8")
+
+    @property
+    def enabled(self) -> bool:
+        return self._file is not None
+
+    def write(self, session: int, event: str, **fields: object) -> None:
+        if self._file is None:
+            return
+        record = {"ts": round(time.time(), 6), "session": session, "event": event, **fields}
+        self._file.write(json.dumps(record, default=str) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None and self._file is not sys.stderr:
+            self._file.close()
