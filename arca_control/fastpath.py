@@ -131,6 +131,26 @@ def _text(data: bytes, at: int) -> tuple[str, int]:
         raise _Bad(str(exc)) from None
 
 
+_U64 = struct.Struct("<Q")
+_COUNT = struct.Struct("<HI")
+
+
+def _u64(data: bytes, at: int) -> tuple[int, int]:
+    if at + 8 > len(data):
+        raise _Short
+    return _U64.unpack_from(data, at)[0], at + 8
+
+
+def _counts(data: bytes, at: int):
+    if at + 1 > len(data):
+        raise _Short
+    count, at = data[at], at + 1
+    if at + 6 * count > len(data):
+        raise _Short
+    entries = tuple(_COUNT.unpack_from(data, at + 6 * i) for i in range(count))
+    return entries, at + 6 * count
+
+
 def _address_list(data: bytes, at: int):
     if at + 1 > len(data):
         raise _Short
@@ -156,6 +176,8 @@ READERS: dict[int, Reader] = {
     id(wire.TEXT): _text,
     **{key: _u8_enum(enum_type) for key, enum_type in wire.U8_ENUMS.items()},
     id(wire.ADDRESS_LIST): _address_list,
+    id(wire.U64): _u64,
+    id(wire.COUNTS): _counts,
 }
 
 class _Unfit(Exception):
@@ -250,6 +272,23 @@ def _w_address_list(value: object) -> bytes:
     return b"".join(parts)
 
 
+def _w_counts(value: object) -> bytes:
+    try:
+        entries = list(value)
+    except TypeError:
+        raise _Unfit(f"not a list of counts: {value!r}") from None
+    if len(entries) > 255:
+        raise _Unfit(f"{len(entries)} counters do not fit in 255")
+    parts = [bytes([len(entries)])]
+    for entry in entries:
+        try:
+            key, count = entry
+        except (TypeError, ValueError):
+            raise _Unfit(f"not a (key, count) pair: {entry!r}") from None
+        parts += [_w16(key), _w32(count)]
+    return b"".join(parts)
+
+
 #: The writer for each field type declared in ``wire.py``.
 WRITERS: dict[int, Callable[[object], bytes]] = {
     id(wire.U16): _w16,
@@ -262,6 +301,8 @@ WRITERS: dict[int, Callable[[object], bytes]] = {
     id(wire.TEXT): _w_text,
     **{key: _w_u8_enum(enum_type) for key, enum_type in wire.U8_ENUMS.items()},
     id(wire.ADDRESS_LIST): _w_address_list,
+    id(wire.U64): _write_uint(_U64, 0xFFFFFFFFFFFFFFFF),
+    id(wire.COUNTS): _w_counts,
 }
 
 #: For each message type: its class, and (field name, reader) in wire order.

@@ -42,6 +42,7 @@ class MessageType(enum.IntEnum):
     UDP_BIND = 0x0A
     UDP_CLOSE = 0x0B
     RESOLVE = 0x0C
+    STATS = 0x0D
 
     HELLO_OK = 0x81
     LISTEN_OK = 0x82
@@ -57,6 +58,7 @@ class MessageType(enum.IntEnum):
     UDP_CLOSE_OK = 0x8C
     RESOLVE_OK = 0x8D
     RESOLVE_ERR = 0x8E
+    STATS_OK = 0x8F
     ERROR = 0xBF
 
     CONNECTION_END = 0xC1
@@ -239,6 +241,14 @@ class Resolve(ControlRequest):
     socktype: SockType = field(wire.SOCK_TYPE, default=SockType.ANY)
 
 
+@message
+@dataclass(frozen=True, kw_only=True)
+class Stats(ControlRequest):
+    """This session's counters."""
+
+    TYPE = MessageType.STATS
+
+
 # --- replies ------------------------------------------------------------------
 
 
@@ -385,6 +395,24 @@ class ResolveErr(ControlReply):
 
 @message
 @dataclass(frozen=True, kw_only=True)
+class StatsOk(ControlReply):
+    """What the session holds now and has done so far."""
+
+    TYPE = MessageType.STATS_OK
+    listeners: int = field(wire.U32, default=0)
+    connections: int = field(wire.U32, default=0)
+    datagram_sockets: int = field(wire.U32, default=0)
+    bytes_up: int = field(wire.U64, default=0)
+    bytes_down: int = field(wire.U64, default=0)
+    denials: int = field(wire.U32, default=0)
+    #: (message type, count) of every request received.
+    requests: tuple = field(wire.COUNTS, default=())
+    #: (errno, count) of every error reply sent.
+    errors: tuple = field(wire.COUNTS, default=())
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
 class Error(ErrorReply):
     """A request that failed before it could be handled (a bad frame, a bad Hello)."""
 
@@ -422,6 +450,7 @@ REPLIES: dict[type[ControlRequest], frozenset[type[ControlReply]]] = {
     UdpBind: frozenset({UdpBindOk, Error}),
     UdpClose: frozenset({UdpCloseOk, Error}),
     Resolve: frozenset({ResolveOk, ResolveErr, Error}),
+    Stats: frozenset({StatsOk, Error}),
 }
 
 #: Replies that report a failure: the guest raises their ``exception()``.

@@ -19,6 +19,7 @@ control channel close at once, and every pending and later call raises
 from __future__ import annotations
 
 import copy
+import errno
 import logging
 import math
 import os
@@ -47,8 +48,11 @@ from .messages import (
     HelloOk,
     Listen,
     ListenOk,
+    REGISTRY,
+    MessageType,
     Resolve,
     SetOption,
+    Stats,
     UdpBind,
 )
 from .addresses import ip_endpoint, unix_endpoint
@@ -63,6 +67,13 @@ MONITOR_ENV = "ARCA_MONITOR"
 
 #: How long a spawned monitor gets to exit after its session closes.
 MONITOR_EXIT_GRACE = 5.0
+
+
+def _type_name(kind: int) -> str:
+    try:
+        return REGISTRY[MessageType(kind)].__name__
+    except (ValueError, KeyError):
+        return str(kind)
 
 
 _FAMILY_FILTERS = {0: FamilyFilter.ANY, socket.AF_INET: FamilyFilter.IPV4, socket.AF_INET6: FamilyFilter.IPV6}
@@ -206,6 +217,21 @@ class ArcaSession:
              socket.SOCK_STREAM if kind is SockType.STREAM else socket.SOCK_DGRAM, endpoint)
             for kind, endpoint in reply.addresses
         ]
+
+    async def stats(self) -> dict:
+        """This session's counters, from the monitor: what is open, bytes each way,
+        requests by type, error replies by errno, and denials by policy."""
+        reply, _ = await self._call(Stats)
+        return {
+            "listeners": reply.listeners,
+            "connections": reply.connections,
+            "datagram_sockets": reply.datagram_sockets,
+            "bytes_up": reply.bytes_up,
+            "bytes_down": reply.bytes_down,
+            "denials": reply.denials,
+            "requests": {_type_name(kind): count for kind, count in reply.requests},
+            "errors": {errno.errorcode.get(code, str(code)): count for code, count in reply.errors},
+        }
 
     async def connect(self, host: str, port: int, *, timeout: float | None = None) -> ArcaStream:
         """Open a TCP connection through the monitor.

@@ -27,6 +27,7 @@ from construct import (
     Int8ul,
     Int16ul,
     Int32ul,
+    Int64ul,
     PascalString,
     PrefixedArray,
     Struct,
@@ -312,6 +313,18 @@ class _AddressListAdapter(Adapter):
     def _encode(self, obj, context, path):
         return [{"socktype": socktype, "endpoint": endpoint} for socktype, endpoint in obj]
 
+
+class _CountsAdapter(Adapter):
+    def _decode(self, obj, context, path):
+        return tuple((entry.key, entry.count) for entry in obj)
+
+    def _encode(self, obj, context, path):
+        return [{"key": key, "count": count} for key, count in obj]
+
+
+#: Counters by key (a message type, an errno): a u8 count, then (key u16, count u32) pairs.
+COUNTS = _CountsAdapter(PrefixedArray(Int8ul, Struct("key" / Int16ul, "count" / Int32ul)))
+U64 = Int64ul
 
 #: A Resolve answer: a u8 count, then (socket type u8, endpoint) per address, at most 255.
 ADDRESS_LIST = _AddressListAdapter(

@@ -18,6 +18,7 @@ request is logged and answered with EIO; it does not end the session.
 
 from __future__ import annotations
 
+import collections
 import enum
 import errno
 import functools
@@ -52,6 +53,8 @@ from arca_control.messages import (
     ResolveErr,
     ResolveOk,
     SetOption,
+    Stats,
+    StatsOk,
     UdpBind,
     UdpBindOk,
     UdpClose,
@@ -143,6 +146,11 @@ class MonitorSession:
         self._datagram_ids = itertools.count(1)
         #: Resolves waiting for a lookup, by request id.
         self._resolves: set[int] = set()
+        #: Counters for Stats: requests by type, error replies by errno, denials, bytes of closed connections.
+        self._requests: collections.Counter[int] = collections.Counter()
+        self._errors: collections.Counter[int] = collections.Counter()
+        self._denials = 0
+        self._closed_bytes = [0, 0]
         #: UDP sockets, by id: the relay and the scope that ends it.
         self.datagrams: dict[int, tuple[DatagramRelay, trio.CancelScope]] = {}
         self._connection_ids = itertools.count(1)
@@ -212,6 +220,7 @@ class MonitorSession:
             raise SessionClosed(str(exc)) from None
 
     async def _dispatch(self, request: ControlRequest) -> None:
+        self._requests[int(request.TYPE)] += 1
         if isinstance(request, Hello):
             self._audit_request(request, "allowed")
             await self.send(self.core.hello_reply(request))
@@ -239,6 +248,8 @@ class MonitorSession:
             await self._guarded(request, self._udp_bind(request))
         elif isinstance(request, UdpClose):
             await self._guarded(request, self._udp_close(request))
+        elif isinstance(request, Stats):
+            await self._guarded(request, self._stats(request))
         elif isinstance(request, Resolve):
             if _is_literal(request.name):  # no lookup: answered in order, at once
                 await self._guarded(request, self._resolve(request))
@@ -385,6 +396,8 @@ class MonitorSession:
         except OSError as exc:
             code = exc.errno or errno.EIO
             verdict = "denied" if isinstance(exc, Denied) else "failed"
+            self._denials += verdict == "denied"
+            self._errors[code] += 1
             self._audit_request(request, verdict, errno=errno.errorcode.get(code, code), reason=exc.strerror)
             await self.send(error_reply_for(request, request.request_id, code, exc.strerror or str(exc)))
         except Exception as exc:
@@ -400,7 +413,25 @@ class MonitorSession:
             self.audit.write(self.number, "request", request_id=request.request_id, op=type(request).__name__,
                              **named, decision=decision, **fields)
 
+    async def _stats(self, request: Stats) -> None:
+        live_up = sum(conn.bytes_up for conn in self.connections.values())
+        live_down = sum(conn.bytes_down for conn in self.connections.values())
+        await self.send(StatsOk(
+            request_id=request.request_id,
+            listeners=len(self.listeners),
+            connections=len(self.connections),
+            datagram_sockets=len(self.datagrams),
+            bytes_up=self._closed_bytes[0] + live_up,
+            bytes_down=self._closed_bytes[1] + live_down,
+            denials=self._denials,
+            requests=tuple(sorted(self._requests.items()))[:255],
+            errors=tuple(sorted(self._errors.items()))[:255],
+        ))
+
     def _connection_changed(self, event: str, conn: Connection, **fields: object) -> None:
+        if event == "close":
+            self._closed_bytes[0] += conn.bytes_up
+            self._closed_bytes[1] += conn.bytes_down
         if self.audit.enabled:
             self.audit.write(self.number, event, connection_id=conn.connection_id, **fields)
 

@@ -45,6 +45,8 @@ FIELD_STRATEGIES = {
         key: st.sampled_from([enum_type(v) for v in range(256) if _valid(enum_type, v)])
         for key, enum_type in wire.U8_ENUMS.items()
     },
+    id(wire.U64): st.integers(0, 2**64 - 1),
+    id(wire.COUNTS): st.lists(st.tuples(st.integers(0, 0xFFFF), st.integers(0, 0xFFFFFFFF)), max_size=5).map(tuple),
     id(wire.ADDRESS_LIST): st.lists(
         st.tuples(st.sampled_from(list(wire.SockType)), st.builds(Endpoint, st.one_of(ipv4, ipv6), ports)),
         max_size=6,

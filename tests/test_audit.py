@@ -59,3 +59,31 @@ async def test_no_audit_log_by_default_and_never_on_stdout(tmp_path):
 
     result = subprocess.run([sys.executable, "-m", "arca_monitor", "--help"], capture_output=True, text=True)
     assert "--audit-log" in result.stdout and "never stdout" in result.stdout
+
+
+async def test_stats_count_what_the_session_did():
+    async with arca_control.open_session() as session:
+        listener = await session.listen("127.0.0.1", 0)
+        client = await session.connect(*listener.local)
+        server = await listener.accept()
+        await client.send_all(b"u" * 5000)
+        assert len(await server.receive_some(65536)) > 0
+        with pytest.raises(PermissionError):
+            await session.listen("127.0.0.1", 80)
+        with pytest.raises(ConnectionRefusedError):
+            await session.connect("127.0.0.1", 1)
+        await session.udp_bind("127.0.0.1", 0)
+        stats = await session.stats()
+        assert (stats["listeners"], stats["connections"], stats["datagram_sockets"]) == (1, 2, 1)
+        assert stats["denials"] == 1
+        assert stats["requests"] == {"Hello": 1, "Listen": 2, "Connect": 2, "Accept": 1, "UdpBind": 1, "Stats": 1}
+        assert stats["errors"] == {"EACCES": 1, "ECONNREFUSED": 1}
+        with trio.fail_after(5):
+            while (await session.stats())["bytes_up"] < 5000:  # the relay counts as bytes move
+                await trio.sleep(0.02)
+        await client.aclose()
+        await server.aclose()
+        with trio.fail_after(5):  # closed connections still count
+            while (stats := await session.stats())["connections"]:
+                await trio.sleep(0.02)
+        assert stats["bytes_up"] == 5000 and stats["bytes_down"] == 5000

@@ -559,6 +559,8 @@ SAMPLE_VALUES = {
     id(wire.END_STATUS): errno.ECONNRESET,
     id(wire.TEXT): "connection refused by peer",
     id(wire.CAPABILITIES): Capability.TCP,
+    id(wire.U64): 1 << 40,
+    id(wire.COUNTS): ((2, 10), (4, 1000), (111, 3)),
     id(wire.ADDRESS_LIST): ((wire.SockType.STREAM, Endpoint("2001:db8::1", 443)),
                             (wire.SockType.STREAM, Endpoint("192.0.2.1", 443))),
     # One-byte enums and flags: their first member.

@@ -44,7 +44,7 @@ from arca_control import codec, errors, wire
 from arca_control.messages import (
     REGISTRY, Abort, Accept, AcceptErr, AcceptOk, Cancel, CloseListener, CloseListenerOk, Connect, ConnectErr,
     ConnectionEnd, ControlEvent, ControlRequest, Error, Hello, HelloOk, Listen, ListenErr, ListenOk,
-    GetOption, Message, Resolve, ResolveOk, SetOption, UdpBind, UdpClose, payload_fields,
+    GetOption, Message, Resolve, ResolveOk, SetOption, Stats, StatsOk, UdpBind, UdpClose, payload_fields,
 )
 from arca_control.wire import DEFAULT_MAX_PAYLOAD, HEADER_SIZE, LENGTH_FIELD_MAX, Capability, Endpoint, FamilyFilter, ListenFlags, OptionTarget, SockType
 
@@ -100,6 +100,10 @@ FIELD_VALUES = {
     # One-byte enums and flags: any of their values.
     **{key: (lambda rng, e=enum_type: e(rng.choice([int(m) for m in e] + [0] * issubclass(e, enum.Flag))))
        for key, enum_type in wire.U8_ENUMS.items()},
+    id(wire.U64): lambda rng: edge_int(rng, 0xFFFFFFFFFFFFFFFF),
+    id(wire.COUNTS): lambda rng: tuple(
+        (edge_int(rng, 0xFFFF), edge_int(rng, 0xFFFFFFFF)) for _ in range(rng.choice([0, 1, 3]))
+    ),
     id(wire.ADDRESS_LIST): lambda rng: tuple(
         (rng.choice(list(SockType)), random_endpoint(rng)) for _ in range(rng.choice([0, 1, 2, 5]))
     ),
@@ -187,7 +191,10 @@ def bad_request_id(rng, data):
 def bad_field(rng, msg):
     """One field set to a value out of its range (bounds only, for fields that have none)."""
     data = bytearray(codec.encode(msg))
-    kind, start, end = rng.choice(field_spans(msg))
+    spans = field_spans(msg)
+    if not spans:  # a message with no payload (Stats): its only "field" is the length
+        return set_header(bytes(data) + b"\x00", length=1)
+    kind, start, end = rng.choice(spans)
     if kind is wire.ENDPOINT:
         data[start] = rng.choice([0, 1, 2, 3, 4, 0xFF, rng.randrange(256)])  # 1 and 2 mislabel the address
     elif id(kind) in wire.U8_ENUMS:
@@ -303,7 +310,7 @@ def check_codec(data: bytes, outcomes: collections.Counter | None = None) -> lis
 #: Bytes each fixed-size wire type takes (PROTOCOL.md section 3); text is a u8 count and that many
 #: bytes; an endpoint's size follows its family byte.
 FIELD_SIZES = {id(wire.U16): 2, id(wire.U32): 4, id(wire.VERSION): 2, id(wire.CAPABILITIES): 4,
-               id(wire.ERRNO): 2, id(wire.END_STATUS): 2, **{key: 1 for key in wire.U8_ENUMS}}
+               id(wire.ERRNO): 2, id(wire.END_STATUS): 2, id(wire.U64): 8, **{key: 1 for key in wire.U8_ENUMS}}
 ENDPOINT_SIZES = {1: 7, 2: 23}  # and AF_UNIX (4): family, a u8-length path, port
 
 
@@ -363,6 +370,8 @@ def field_verdict(kind, payload: bytes, pos: int) -> tuple[type[errors.ProtocolE
         return None, pos
     if kind is wire.TEXT:
         size = 1 + (payload[pos] if pos < len(payload) else 0)
+    elif kind is wire.COUNTS:  # a u8 count of (u16, u32) pairs
+        size = 1 + 6 * (payload[pos] if pos < len(payload) else 0)
     elif kind is wire.ENDPOINT:
         if pos >= len(payload):
             return errors.InvalidField, pos
@@ -652,6 +661,8 @@ class Model:
             if 0 < msg.timeout_ms < 1000:  # a deadline that short may pass before even a refusal is seen
                 codes.add(errno.ETIMEDOUT)
             return Expect(rid, (ConnectErr,), check=lambda r: r.errno in codes)
+        if isinstance(msg, Stats):
+            return Expect(rid, (StatsOk,))
         if isinstance(msg, Resolve):  # make_safe made it a literal
             want = ((SockType.STREAM, Endpoint("127.0.0.1", msg.port)),)
             return Expect(rid, (ResolveOk,), check=lambda r: r.addresses == want)
