@@ -254,39 +254,26 @@ def _w_text(value: object) -> bytes:
     return bytes([len(data)]) + data
 
 
-def _w_address_list(value: object) -> bytes:
-    try:
-        entries = list(value)
-    except TypeError:
-        raise _Unfit(f"not a list of addresses: {value!r}") from None
-    if len(entries) > 255:
-        raise _Unfit(f"{len(entries)} addresses do not fit in 255")
-    write_type = WRITERS[id(wire.SOCK_TYPE)]
-    parts = [bytes([len(entries)])]
-    for entry in entries:
-        try:
-            socktype, endpoint = entry
-        except (TypeError, ValueError):
-            raise _Unfit(f"not a (socket type, endpoint) pair: {entry!r}") from None
-        parts += [write_type(socktype), _w_endpoint(endpoint)]
-    return b"".join(parts)
+def _w_pairs(what: str, write_first, write_second):
+    """A writer for a u8-counted list of pairs (addresses, counters)."""
 
-
-def _w_counts(value: object) -> bytes:
-    try:
-        entries = list(value)
-    except TypeError:
-        raise _Unfit(f"not a list of counts: {value!r}") from None
-    if len(entries) > 255:
-        raise _Unfit(f"{len(entries)} counters do not fit in 255")
-    parts = [bytes([len(entries)])]
-    for entry in entries:
+    def write(value: object) -> bytes:
         try:
-            key, count = entry
-        except (TypeError, ValueError):
-            raise _Unfit(f"not a (key, count) pair: {entry!r}") from None
-        parts += [_w16(key), _w32(count)]
-    return b"".join(parts)
+            entries = list(value)
+        except TypeError:
+            raise _Unfit(f"not a list of {what}: {value!r}") from None
+        if len(entries) > 255:
+            raise _Unfit(f"{len(entries)} {what} do not fit in 255")
+        parts = [bytes([len(entries)])]
+        for entry in entries:
+            try:
+                first, second = entry
+            except (TypeError, ValueError):
+                raise _Unfit(f"not a pair: {entry!r}") from None
+            parts += [write_first(first), write_second(second)]
+        return b"".join(parts)
+
+    return write
 
 
 #: The writer for each field type declared in ``wire.py``.
@@ -300,9 +287,9 @@ WRITERS: dict[int, Callable[[object], bytes]] = {
     id(wire.ENDPOINT): _w_endpoint,
     id(wire.TEXT): _w_text,
     **{key: _w_u8_enum(enum_type) for key, enum_type in wire.U8_ENUMS.items()},
-    id(wire.ADDRESS_LIST): _w_address_list,
+    id(wire.ADDRESS_LIST): _w_pairs("addresses", _w_u8_enum(wire.SockType), _w_endpoint),
     id(wire.U64): _write_uint(_U64, 0xFFFFFFFFFFFFFFFF),
-    id(wire.COUNTS): _w_counts,
+    id(wire.COUNTS): _w_pairs("counters", _w16, _w32),
 }
 
 #: For each message type: its class, and (field name, reader) in wire order.
