@@ -151,6 +151,19 @@ class MonitorSession:
         self._errors: collections.Counter[int] = collections.Counter()
         self._denials = 0
         self._closed_bytes = [0, 0]
+        #: The handler of each request type answered through ``_guarded`` (Resolve chooses its own).
+        self._handlers = {
+            Listen: self._listen,
+            Accept: self._accept,
+            Connect: self._start_connect,
+            CloseListener: self._close_listener,
+            Abort: self._abort,
+            SetOption: self._option,
+            GetOption: self._option,
+            UdpBind: self._udp_bind,
+            UdpClose: self._udp_close,
+            Stats: self._stats,
+        }
         #: UDP sockets, by id: the relay and the scope that ends it.
         self.datagrams: dict[int, tuple[DatagramRelay, trio.CancelScope]] = {}
         self._connection_ids = itertools.count(1)
@@ -232,29 +245,13 @@ class MonitorSession:
         elif self._is_pending(request.request_id):
             # Cancel names requests by id: two pending with one id would be ambiguous.
             await self.send(Error.make(request.request_id, errno.EBUSY, "request id already in use"))
-        elif isinstance(request, Listen):
-            await self._guarded(request, self._listen(request))
-        elif isinstance(request, Accept):
-            await self._guarded(request, self._accept(request))
-        elif isinstance(request, Connect):
-            await self._guarded(request, self._start_connect(request))
-        elif isinstance(request, CloseListener):
-            await self._guarded(request, self._close_listener(request))
-        elif isinstance(request, Abort):
-            await self._guarded(request, self._abort(request))
-        elif isinstance(request, (SetOption, GetOption)):
-            await self._guarded(request, self._option(request))
-        elif isinstance(request, UdpBind):
-            await self._guarded(request, self._udp_bind(request))
-        elif isinstance(request, UdpClose):
-            await self._guarded(request, self._udp_close(request))
-        elif isinstance(request, Stats):
-            await self._guarded(request, self._stats(request))
         elif isinstance(request, Resolve):
-            if _is_literal(request.name):  # no lookup: answered in order, at once
-                await self._guarded(request, self._resolve(request))
-            else:  # lookups can take seconds: never make the next request wait for one
-                await self._guarded(request, self._start_resolve(request))
+            # A literal needs no lookup: answered in order, at once. A lookup can take
+            # seconds: it runs in a task of its own, so that no other request waits for it.
+            handler = self._resolve if _is_literal(request.name) else self._start_resolve
+            await self._guarded(request, handler(request))
+        else:
+            await self._guarded(request, self._handlers[type(request)](request))
 
     async def _start_resolve(self, request: Resolve) -> None:
         self.policy.check_resolve(request.name)
