@@ -59,6 +59,8 @@ class MessageType(enum.IntEnum):
     RESOLVE_OK = 0x8D
     RESOLVE_ERR = 0x8E
     STATS_OK = 0x8F
+    CONNECT_SOCKET_OK = 0x90
+    ACCEPT_SOCKET_OK = 0x91
     ERROR = 0xBF
 
     CONNECTION_END = 0xC1
@@ -125,7 +127,7 @@ class Hello(ControlRequest):
 
     TYPE = MessageType.HELLO
     version: int = field(wire.VERSION, default=wire.PROTOCOL_VERSION)
-    capabilities: Capability = field(wire.CAPABILITIES, default=wire.SUPPORTED_CAPABILITIES)
+    capabilities: Capability = field(wire.CAPABILITIES, default=wire.DEFAULT_CAPABILITIES)
 
 
 @message
@@ -271,7 +273,11 @@ class ErrorReply(ControlReply):
 
 @dataclass(frozen=True, kw_only=True)
 class ConnectionReady(ControlReply):
-    """A new connection. Its two pipe ends travel beside the frame: rx, then tx."""
+    """A new connection. Its two pipe ends travel beside the frame: rx, then tx.
+
+    In a session granted SOCKET_CHANNEL the ``*SocketOk`` subclasses come
+    instead, with one AF_UNIX stream socket beside the frame.
+    """
 
     FDS = 2
     connection_id: int = field(wire.U32)
@@ -322,6 +328,24 @@ class AcceptErr(ErrorReply):
 @dataclass(frozen=True, kw_only=True)
 class ConnectOk(ConnectionReady):
     TYPE = MessageType.CONNECT_OK
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class AcceptSocketOk(AcceptOk):
+    """AcceptOk on the socket channel: one AF_UNIX stream socket beside the frame."""
+
+    TYPE = MessageType.ACCEPT_SOCKET_OK
+    FDS = 1
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class ConnectSocketOk(ConnectOk):
+    """ConnectOk on the socket channel: one AF_UNIX stream socket beside the frame."""
+
+    TYPE = MessageType.CONNECT_SOCKET_OK
+    FDS = 1
 
 
 @message
@@ -440,8 +464,8 @@ class ConnectionEnd(ControlEvent):
 REPLIES: dict[type[ControlRequest], frozenset[type[ControlReply]]] = {
     Hello: frozenset({HelloOk, Error}),
     Listen: frozenset({ListenOk, ListenErr, Error}),
-    Accept: frozenset({AcceptOk, AcceptErr, Error}),
-    Connect: frozenset({ConnectOk, ConnectErr, Error}),
+    Accept: frozenset({AcceptOk, AcceptSocketOk, AcceptErr, Error}),
+    Connect: frozenset({ConnectOk, ConnectSocketOk, ConnectErr, Error}),
     CloseListener: frozenset({CloseListenerOk, Error}),
     Cancel: frozenset(),
     Abort: frozenset({AbortOk, Error}),

@@ -58,7 +58,7 @@ from .messages import (
 from .addresses import ip_endpoint, unix_endpoint
 from .datagram import ArcaDatagramSocket
 from .stream import ArcaListener, ArcaStream, EndStatus
-from .wire import LENGTH_FIELD_MAX, Capability, Endpoint, FamilyFilter, ListenFlags, OptionTarget, SockType
+from .wire import DEFAULT_CAPABILITIES, LENGTH_FIELD_MAX, Capability, Endpoint, FamilyFilter, ListenFlags, OptionTarget, SockType
 
 log = logging.getLogger("arca_control")
 
@@ -377,9 +377,9 @@ class ArcaSession:
             log.debug("closing orphan listener %d: %s", listener_id, exc)
 
     def _stream_from(self, reply, fds: list[int]) -> ArcaStream:
-        assert isinstance(reply, ConnectionReady) and len(fds) == 2
+        assert isinstance(reply, ConnectionReady) and len(fds) == reply.FDS
         end = self._ends.setdefault(reply.connection_id, EndStatus())
-        stream = ArcaStream(self, reply.connection_id, reply.local, reply.peer, fds[0], fds[1], end)
+        stream = ArcaStream(self, reply.connection_id, reply.local, reply.peer, fds, end)
         self._streams.add(stream)
         return stream
 
@@ -448,22 +448,30 @@ class ArcaSession:
         for end in self._ends.values():
             end.set(None)
 
-    async def _handshake(self) -> None:
-        reply, _ = await self._call(Hello)
+    async def _handshake(self, socket_channel: bool) -> None:
+        wanted = DEFAULT_CAPABILITIES | (Capability.SOCKET_CHANNEL if socket_channel else Capability(0))
+        reply, _ = await self._call(Hello, capabilities=wanted)
         if Capability.TCP not in reply.capabilities:
             raise errors.UnexpectedMessage(f"the monitor does not offer TCP: {reply!r}")
+        if socket_channel and Capability.SOCKET_CHANNEL not in reply.capabilities:
+            raise errors.error_from_errno(errno.EOPNOTSUPP, "this monitor does not offer the socket channel")
         self.monitor = reply
+
+    @property
+    def socket_channel(self) -> bool:
+        """Whether this session's connections come as sockets (else as pipes)."""
+        return self.monitor is not None and Capability.SOCKET_CHANNEL in self.monitor.capabilities
 
 
 @asynccontextmanager
-async def _run_session(sock: socket.socket) -> AsyncIterator[ArcaSession]:
+async def _run_session(sock: socket.socket, socket_channel: bool = False) -> AsyncIterator[ArcaSession]:
     session = ArcaSession(ControlChannel(sock, max_payload=LENGTH_FIELD_MAX))
     try:
         async with trio.open_nursery() as nursery:
             session._nursery = nursery
             nursery.start_soon(session._read_replies)
             try:
-                await session._handshake()
+                await session._handshake(socket_channel)
                 yield session
             finally:
                 with trio.CancelScope(shield=True):
@@ -484,13 +492,16 @@ def monitor_command() -> list[str]:
 
 @asynccontextmanager
 async def open_session(
-    *monitor_args: str, command: Sequence[str] | None = None
+    *monitor_args: str, command: Sequence[str] | None = None, socket_channel: bool = False
 ) -> AsyncIterator[ArcaSession]:
     """Spawn a monitor for this guest and open a session with it.
 
     ``monitor_args`` are extra ``arca-monitor`` options (``"--connect-timeout", "5"``).
     ``command`` replaces the command that starts the monitor, for example to
     run it under ``unshare``; ``--fd N`` and ``monitor_args`` are appended.
+    ``socket_channel`` asks for connections as sockets, not pipes
+    (PROTOCOL.md section 5): slower, but ``stream.detach()`` then gives a
+    real ``socket.socket``.
 
     Resource handling: the monitor is a child process that lives exactly as
     long as the session; on exit the control channel is closed, the monitor
@@ -501,7 +512,7 @@ async def open_session(
     no network to spawn one with, and ``monitor_args`` are arca-run's to give.
     """
     if command is None and os.environ.get(MONITOR_ENV):
-        async with attach_session(os.environ[MONITOR_ENV]) as session:
+        async with attach_session(os.environ[MONITOR_ENV], socket_channel=socket_channel) as session:
             yield session
         return
     ours, theirs = socketpair()
@@ -514,7 +525,7 @@ async def open_session(
     finally:
         theirs.close()
     try:
-        async with _run_session(ours) as session:
+        async with _run_session(ours, socket_channel) as session:
             session.process = process
             yield session
     finally:
@@ -532,7 +543,9 @@ async def _reap(process: trio.Process) -> None:
 
 
 @asynccontextmanager
-async def attach_session(path: str | os.PathLike[str]) -> AsyncIterator[ArcaSession]:
+async def attach_session(
+    path: str | os.PathLike[str], *, socket_channel: bool = False
+) -> AsyncIterator[ArcaSession]:
     """Open a session with a monitor serving ``arca-monitor --socket PATH``."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
@@ -540,5 +553,5 @@ async def attach_session(path: str | os.PathLike[str]) -> AsyncIterator[ArcaSess
     except BaseException:
         sock.close()
         raise
-    async with _run_session(sock) as session:
+    async with _run_session(sock, socket_channel) as session:
         yield session

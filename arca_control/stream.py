@@ -8,6 +8,11 @@ ConnectionEnd status (a reset raises ``trio.BrokenResourceError`` instead of
 looking like a clean end), and use after close or by two tasks at once raises
 ``ClosedResourceError`` or ``BusyResourceError`` as trio specifies.
 
+On the socket channel (a session opened with ``socket_channel=True``) the
+stream reads and writes one AF_UNIX stream socket instead, through two fds
+of it, and ``send_eof`` is ``shutdown(SHUT_WR)``; :meth:`ArcaStream.detach`
+then hands the caller that socket as a plain ``socket.socket``.
+
 An :class:`ArcaListener` is a ``trio.abc.Listener``, so
 ``trio.serve_listeners(handler, [listener])`` works on it.
 """
@@ -15,7 +20,9 @@ An :class:`ArcaListener` is a ``trio.abc.Listener``, so
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
+import socket
 from collections import deque
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -31,6 +38,16 @@ if TYPE_CHECKING:
 
 #: How long a failed send waits for the monitor to say why the connection failed.
 SEND_FAILURE_WAIT = 1.0
+
+
+def _shutdown_write(fd: int) -> None:
+    sock = socket.socket(fileno=fd)
+    try:
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass  # the monitor's end is gone: the connection is over anyway
+    finally:
+        sock.detach()
 
 
 class _ConflictDetector:
@@ -68,8 +85,9 @@ class EndStatus:
 class ArcaStream(trio.abc.HalfCloseableStream):
     """A TCP connection relayed by the monitor.
 
-    Resource handling: owns the two pipe descriptors from construction on;
-    :meth:`aclose` closes both, and is safe to call more than once.
+    Resource handling: owns the descriptors passed to it (two pipe ends, or
+    one socket) from construction on; :meth:`aclose` closes them, and is safe
+    to call more than once; :meth:`detach` gives a socket away instead.
     """
 
     def __init__(
@@ -78,16 +96,20 @@ class ArcaStream(trio.abc.HalfCloseableStream):
         connection_id: int,
         local: Endpoint,
         peer: Endpoint,
-        rx_fd: int,
-        tx_fd: int,
+        fds: list[int],
         end: EndStatus,
     ) -> None:
         self.session = session
         self.connection_id = connection_id
         self.local = local
         self.peer = peer
-        self._rx = trio.lowlevel.FdStream(rx_fd)
-        self._tx = trio.lowlevel.FdStream(tx_fd)
+        #: True on the socket channel: one AF_UNIX stream socket, not two pipes.
+        self.is_socket = len(fds) == 1
+        if self.is_socket:
+            # Two fds of the one socket, so that each direction has its own, as with pipes.
+            fds = [fds[0], fcntl.fcntl(fds[0], fcntl.F_DUPFD_CLOEXEC, 0)]
+        self._rx = trio.lowlevel.FdStream(fds[0])
+        self._tx = trio.lowlevel.FdStream(fds[1])
         self._end = end
         self._send_conflict = _ConflictDetector("another task is using this stream for sending")
         self._receive_conflict = _ConflictDetector("another task is receiving on this stream")
@@ -121,6 +143,8 @@ class ArcaStream(trio.abc.HalfCloseableStream):
                 await trio.lowlevel.checkpoint()
                 return
             self._eof_sent = True
+            if self.is_socket:
+                _shutdown_write(self._tx.fileno())
             self._tx.close()
             await trio.lowlevel.checkpoint()
 
@@ -195,6 +219,26 @@ class ArcaStream(trio.abc.HalfCloseableStream):
         """An option's value on the monitor's real socket."""
         self._check_open()
         return await self.session._get_option(OptionTarget.CONNECTION, self.connection_id, level, name)
+
+    def detach(self) -> socket.socket:
+        """Take the connection's socket out of this stream (socket channel only).
+
+        The caller owns the returned blocking ``socket.socket`` (family AF_UNIX)
+        from then on, and the stream is closed. Its reads end at EOF for a
+        reset too: only the stream saw the monitor's ConnectionEnd status.
+        """
+        self._check_open()
+        if not self.is_socket:
+            raise TypeError("a pipe-channel stream has no socket; open the session with socket_channel=True")
+        with self._send_conflict.hold(), self._receive_conflict.hold():
+            sock = socket.socket(fileno=fcntl.fcntl(self._rx.fileno(), fcntl.F_DUPFD_CLOEXEC, 0))
+            self._closed = True
+            self.session._forget_stream(self)
+            self._end.set(errno.EBADF)
+            self._rx.close()
+            self._tx.close()
+        sock.setblocking(True)
+        return sock
 
     async def aclose(self) -> None:
         if not self._closed:

@@ -159,10 +159,16 @@ class Capability(enum.IntFlag, boundary=enum.KEEP):
 
     TCP = 1
     UDP = 2
+    #: Asked for in Hello: the session's connections come as one AF_UNIX stream
+    #: socket each (a real ``socket.socket`` for the guest) instead of two pipes.
+    SOCKET_CHANNEL = 4
 
 
 #: What this version implements; HelloOk answers with the intersection.
-SUPPORTED_CAPABILITIES = Capability.TCP | Capability.UDP
+SUPPORTED_CAPABILITIES = Capability.TCP | Capability.UDP | Capability.SOCKET_CHANNEL
+
+#: What a guest asks for unless told otherwise: pipes, the fastest channel.
+DEFAULT_CAPABILITIES = Capability.TCP | Capability.UDP
 
 
 class _EnumAdapter(Adapter):

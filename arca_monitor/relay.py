@@ -26,6 +26,13 @@ an idle relay when the guest closes.
 Before closing rx after the socket's EOF or error, the monitor sends a
 ConnectionEnd event with the status (0 or an errno): a pipe cannot tell a FIN
 from a reset.
+
+A session granted SOCKET_CHANNEL gets one AF_UNIX stream socket per
+connection instead (PROTOCOL.md section 5). The monitor's end then plays both
+pipe ends, as two fds of one socket (so that each direction keeps its own
+epoll registration), and bytes are copied through one buffer per session,
+since splice needs a pipe on one side. Ends map onto shutdown(2): EOF to the
+guest is SHUT_WR on the monitor's end, a dead upstream is SHUT_RD.
 """
 
 from __future__ import annotations
@@ -41,9 +48,11 @@ import socket
 import struct
 import time
 from collections.abc import Awaitable, Callable
+from typing import NamedTuple
 
 import trio
 
+from arca_control.channel import close_fds
 from arca_control.messages import ConnectionEnd, Endpoint
 
 log = logging.getLogger("arca_monitor.relay")
@@ -54,6 +63,11 @@ SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 SPLICES_PER_TURN = 4
 IN, OUT = select.EPOLLIN, select.EPOLLOUT
 ERR = select.EPOLLERR | select.EPOLLHUP
+#: The copy buffer of a socket-channel session, and each socket-channel end's send buffer.
+COPY_SIZE = 256 * 1024
+CHANNEL_BUFFER = 1 << 20
+#: A socket-channel write that fails these way means the guest's end is gone.
+GUEST_GONE = (errno.EPIPE, errno.ECONNRESET)
 
 
 class Wait(enum.Enum):
@@ -75,6 +89,73 @@ def make_pipe() -> tuple[int, int]:
     return read_end, write_end
 
 
+class DataChannel(NamedTuple):
+    """A connection's channel to the guest: the monitor's two ends, and what the guest gets."""
+
+    #: Where downstream bytes go, and where upstream bytes come from.
+    rx_write: int
+    tx_read: int
+    guest_fds: list[int]
+    #: True for the socket channel (one AF_UNIX stream socket), False for two pipes.
+    is_socket: bool
+
+
+def make_pipe_channel() -> DataChannel:
+    """Two pipes: the guest gets the rx read end and the tx write end."""
+    rx_read, rx_write = make_pipe()
+    try:
+        tx_read, tx_write = make_pipe()
+    except OSError:
+        close_fds([rx_read, rx_write])
+        raise
+    return DataChannel(rx_write, tx_read, [rx_read, tx_write], is_socket=False)
+
+
+def make_socket_channel() -> DataChannel:
+    """An AF_UNIX stream socketpair: the guest gets one end, the monitor two fds of the other."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        for end in (ours, theirs):
+            _grow_send_buffer(end)
+        ours.setblocking(False)
+        second = fcntl.fcntl(ours.fileno(), fcntl.F_DUPFD_CLOEXEC, 0)
+    except OSError:
+        ours.close()
+        theirs.close()
+        raise
+    return DataChannel(ours.detach(), second, [theirs.detach()], is_socket=True)
+
+
+def _grow_send_buffer(sock: socket.socket) -> None:
+    # An AF_UNIX stream socket queues what it sends on the receiver, counted against the
+    # sender's SO_SNDBUF: the default (~208 KiB) costs a wakeup per 200 KiB.
+    for option in (getattr(socket, "SO_SNDBUFFORCE", 32), socket.SO_SNDBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, option, CHANNEL_BUFFER)
+            return
+        except OSError:
+            continue
+
+
+def _shutdown(fd: int, how: int) -> None:
+    sock = socket.socket(fileno=fd)
+    try:
+        sock.shutdown(how)
+    except OSError:
+        pass  # already shut down, or the guest's end is gone: nothing left to tell
+    finally:
+        sock.detach()
+
+
+def _rest(data: bytes | memoryview, moved: int) -> bytes:
+    """What a sink did not take, copied out of the shared buffer before the next read reuses it."""
+    return bytes(data[moved:]) if moved < len(data) else b""
+
+
+class GuestGone(Exception):
+    """The guest closed its end of the downstream."""
+
+
 def _readable_now(fd: int) -> bool:
     poller = select.poll()
     poller.register(fd, select.POLLIN)
@@ -94,17 +175,22 @@ class Connection:
     __slots__ = (
         "connection_id", "sock", "sock_fd", "local", "peer", "rx_write", "tx_read",
         "down", "up", "announced", "end_status", "write_error", "bytes_up", "bytes_down", "opened",
+        "is_socket", "pending_down", "pending_up",
     )
 
     def __init__(self, connection_id: int, sock: socket.socket, local: Endpoint, peer: Endpoint,
-                 rx_write: int, tx_read: int) -> None:
+                 channel: DataChannel) -> None:
         self.connection_id = connection_id
         self.sock = sock
         self.sock_fd = sock.fileno()
         self.local = local
         self.peer = peer
-        self.rx_write = rx_write
-        self.tx_read = tx_read
+        self.rx_write = channel.rx_write
+        self.tx_read = channel.tx_read
+        self.is_socket = channel.is_socket
+        #: Socket channel only: bytes read but not yet taken by a full sink, per direction.
+        self.pending_down = b""
+        self.pending_up = b""
         self.down = Wait.SOURCE
         self.up = Wait.SOURCE
         #: The guest has its ConnectionReady: its ConnectionEnd may follow.
@@ -143,6 +229,9 @@ class RelayEngine:
         self._registered: dict[int, int] = {}
         self._owners: dict[int, Connection] = {}
         self.connections: dict[int, Connection] = {}
+        #: The socket channel's copy buffer: one per session, as the loop moves one chunk at a time.
+        self._buffer = bytearray(COPY_SIZE)
+        self._view = memoryview(self._buffer)
         # At most one end per connection is ever queued, so this is bounded by the connections.
         self._ends_in, self._ends_out = trio.open_memory_channel[Connection](math.inf)
 
@@ -226,38 +315,41 @@ class RelayEngine:
     def _pump_down(self, conn: Connection) -> None:
         for _ in range(SPLICES_PER_TURN):
             try:
-                moved = os.splice(conn.sock_fd, conn.rx_write, PIPE_SIZE, flags=SPLICE_FLAGS)
+                moved = self._copy_down(conn) if conn.is_socket else self._splice(conn.sock_fd, conn.rx_write)
             except BlockingIOError:
                 # EAGAIN does not say which side is blocked; ask the source.
                 conn.down = Wait.SINK if _readable_now(conn.sock_fd) else Wait.SOURCE
                 return
-            except OSError as exc:
-                if exc.errno == errno.EPIPE:
-                    self._finish_down(conn, reader_gone=True)
-                else:
-                    self._finish_down(conn, status=exc.errno or errno.EIO)
+            except GuestGone:
+                self._finish_down(conn, reader_gone=True)
                 return
-            if moved == 0:
+            except OSError as exc:
+                self._finish_down(conn, status=exc.errno or errno.EIO)
+                return
+            except EOFError:
                 if not conn.write_error:
                     self._on_change("peer_eof", conn)
                 self._finish_down(conn, status=conn.write_error)
                 return
             conn.bytes_down += moved
+            if conn.pending_down:
+                conn.down = Wait.SINK  # the guest's socket is full: wait for it, then the rest
+                return
         conn.down = Wait.SOURCE
 
     def _pump_up(self, conn: Connection) -> None:
         for _ in range(SPLICES_PER_TURN):
             try:
-                moved = os.splice(conn.tx_read, conn.sock_fd, PIPE_SIZE, flags=SPLICE_FLAGS)
+                moved = self._copy_up(conn) if conn.is_socket else self._splice(conn.tx_read, conn.sock_fd)
             except BlockingIOError:
                 conn.up = Wait.SINK if _readable_now(conn.tx_read) else Wait.SOURCE
                 return
-            except OSError as exc:
+            except (OSError, GuestGone) as exc:
                 # A write after the peer's reset: the downstream reports it, unless it already ended.
-                conn.write_error = exc.errno or errno.EIO
+                conn.write_error = getattr(exc, "errno", None) or errno.EIO
                 self._finish_up(conn)
                 return
-            if moved == 0:
+            except EOFError:
                 # Everything the guest wrote is in the socket now; only then the FIN.
                 try:
                     conn.sock.shutdown(socket.SHUT_WR)
@@ -267,7 +359,62 @@ class RelayEngine:
                 self._finish_up(conn)
                 return
             conn.bytes_up += moved
+            if conn.pending_up:
+                conn.up = Wait.SINK
+                return
         conn.up = Wait.SOURCE
+
+    # --- moving one chunk: each returns the bytes the sink took, raises EOFError at the
+    # --- source's EOF, BlockingIOError when a side must be waited for, GuestGone when the
+    # --- guest's downstream end is closed, and OSError for the TCP socket's failures.
+
+    @staticmethod
+    def _splice(source: int, sink: int) -> int:
+        try:
+            moved = os.splice(source, sink, PIPE_SIZE, flags=SPLICE_FLAGS)
+        except BrokenPipeError:
+            # Only the pipe can be broken: downstream, the guest closed rx.
+            raise GuestGone from None
+        if moved == 0:
+            raise EOFError
+        return moved
+
+    def _copy_down(self, conn: Connection) -> int:
+        data = conn.pending_down
+        if not data:
+            count = conn.sock.recv_into(self._buffer)
+            if count == 0:
+                raise EOFError
+            data = self._view[:count]
+        try:
+            moved = os.write(conn.rx_write, data)
+        except BlockingIOError:
+            moved = 0
+        except OSError as exc:
+            if exc.errno in GUEST_GONE:
+                raise GuestGone from None
+            raise
+        conn.pending_down = _rest(data, moved)
+        return moved
+
+    def _copy_up(self, conn: Connection) -> int:
+        data = conn.pending_up
+        if not data:
+            try:
+                count = os.readv(conn.tx_read, [self._buffer])
+            except BlockingIOError:
+                raise
+            except OSError:
+                count = 0  # ECONNRESET: the guest closed with bytes unread; its writes are over
+            if count == 0:
+                raise EOFError
+            data = self._view[:count]
+        try:
+            moved = conn.sock.send(data)
+        except BlockingIOError:
+            moved = 0
+        conn.pending_up = _rest(data, moved)
+        return moved
 
     # --- endings ---------------------------------------------------------------------------
 
@@ -294,12 +441,19 @@ class RelayEngine:
             return
         conn.up = Wait.DONE
         self._unregister(conn.tx_read)
+        if conn.is_socket:
+            # Closing one of two fds of the socket would not be seen: refuse the guest's writes.
+            _shutdown(conn.tx_read, socket.SHUT_RD)
+            conn.pending_up = b""
         _close(conn.tx_read)
         self._owners.pop(conn.tx_read, None)
         conn.tx_read = -1
         self._forget_if_done(conn)
 
     def _close_rx(self, conn: Connection) -> None:
+        if conn.is_socket:
+            _shutdown(conn.rx_write, socket.SHUT_WR)  # the guest's EOF, whatever the other fd does
+            conn.pending_down = b""
         _close(conn.rx_write)
         self._owners.pop(conn.rx_write, None)
         conn.rx_write = -1

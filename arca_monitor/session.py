@@ -37,11 +37,13 @@ from arca_control.messages import (
     Accept,
     AcceptErr,
     AcceptOk,
+    AcceptSocketOk,
     Cancel,
     CloseListener,
     CloseListenerOk,
     Connect,
     ConnectOk,
+    ConnectSocketOk,
     ControlRequest,
     Error,
     GetOption,
@@ -68,7 +70,7 @@ from arca_control.wire import Capability, Endpoint, FamilyFilter, GaiError, List
 from . import net, options
 from .config import Config
 from .listeners import Listener
-from .relay import Connection, RelayEngine, make_pipe
+from .relay import Connection, RelayEngine, make_pipe_channel, make_socket_channel
 from .audit import AuditLog
 from .policy import Denied, Kind, Policy
 from .resolver import Resolver, ResolveError, parse_literal
@@ -499,35 +501,34 @@ class MonitorSession:
         await self._start_connection(sock, request, ConnectOk)
 
     async def _start_connection(self, sock: socket.socket, request: Accept | Connect, reply_type) -> None:
-        """Give a connected socket to the guest: pipes, register, announce, relay."""
+        """Give a connected socket to the guest: its channel, register, announce, relay."""
+        sockets = Capability.SOCKET_CHANNEL in self.core.capabilities
         try:
             self._admit_connection()
             sock.setblocking(False)
             local = net.endpoint_of(sock.getsockname())
             peer = net.endpoint_of(sock.getpeername())
-            rx_read, rx_write = make_pipe()
-            try:
-                tx_read, tx_write = make_pipe()
-            except OSError:
-                close_fds([rx_read, rx_write])
-                raise
+            channel = make_socket_channel() if sockets else make_pipe_channel()
         except OSError as exc:  # a limit, EMFILE, or a peer that already left (ENOTCONN)
             sock.close()
             await self.send(error_reply_for(request, request.request_id, exc.errno or errno.EIO, exc.strerror or ""))
             return
-        conn = Connection(next(self._connection_ids), sock, local, peer, rx_write, tx_read)
+        if sockets:
+            reply_type = AcceptSocketOk if reply_type is AcceptOk else ConnectSocketOk
+        conn = Connection(next(self._connection_ids), sock, local, peer, channel)
         # Register before announcing: the guest's next request may name this connection.
         self.relay.add(conn)
         try:
             reply = reply_type(request_id=request.request_id, connection_id=conn.connection_id, local=local, peer=peer)
-            await self.send(reply, [rx_read, tx_write])
+            await self.send(reply, channel.guest_fds)
         finally:
-            # Our copies must go, or the guest would never see EOF on rx.
-            close_fds([rx_read, tx_write])
+            # Our copies must go, or the guest would never see EOF.
+            close_fds(channel.guest_fds)
         self.relay.announce(conn)
         if self.audit.enabled:
             self.audit.write(self.number, "open", connection_id=conn.connection_id,
-                             via="accept" if reply_type is AcceptOk else "connect",
+                             via="accept" if issubclass(reply_type, AcceptOk) else "connect",
+                             channel="socket" if sockets else "pipes",
                              local=_shown(local), peer=_shown(peer))
         log.debug("session %d: connection %d %s -> %s", self.number, conn.connection_id, local, peer)
 

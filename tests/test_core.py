@@ -178,7 +178,7 @@ def test_hello_ok_offers_the_common_capabilities():
     core = ServerCore(max_payload=1000)
     hello = Hello(request_id=1, capabilities=0xFF)
     reply = core.hello_reply(hello)
-    assert reply.capabilities == 3 and reply.max_payload == 1000
+    assert reply.capabilities == 0b111 and reply.max_payload == 1000  # TCP, UDP, SOCKET_CHANNEL
 
 
 def test_a_request_that_cannot_be_encoded_registers_nothing():
