@@ -1,0 +1,157 @@
+"""A trio session run in a thread of its own, for callers that are not trio code.
+
+The blocking API (``sync``), the asyncio API (``aio``) and transparent mode
+all reach the monitor through a :class:`Portal`: one daemon thread runs
+``trio.run`` with one ``ArcaSession`` on the socket channel, and
+:meth:`Portal.submit` starts ``fn(session, *args)`` as a task there, giving
+back a ``concurrent.futures.Future``. Submitting goes through trio's
+thread-safe ``TrioToken.run_sync_soon``, so any number of threads (or event
+loops) may use one portal at once; the session itself is only ever touched
+from its own thread.
+
+Resource handling: the thread, the session and its monitor live from
+:meth:`Portal.start` to :meth:`Portal.close`; closing cancels every task
+still running and waits for the thread. Sockets already handed out stay
+open, and read EOF once the monitor is gone.
+
+Error handling: what ``fn`` raises is set on its future, with trio's own
+``ClosedResourceError`` (the session has closed) turned into ``OSError``
+EBADF, so callers see only OSError subclasses. A task withdrawn with
+:meth:`Portal.cancel` ends its future with ``concurrent.futures.CancelledError``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import errno
+import logging
+import threading
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any, TypeVar
+
+import trio
+
+from .errors import error_from_errno
+from .session import ArcaSession, open_session
+
+log = logging.getLogger("arca_control.portal")
+
+T = TypeVar("T")
+
+#: How long ``start`` waits for the monitor's handshake.
+START_TIMEOUT = 30.0
+
+
+class Portal:
+    """One session in a background trio thread. Build it, then ``start()``; ``close()`` when done."""
+
+    def __init__(self, opener: Callable[[], AbstractAsyncContextManager[ArcaSession]] | None = None) -> None:
+        self._opener = opener or (lambda: open_session(socket_channel=True))
+        self._ready: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._thread = threading.Thread(target=self._run, name="arca-portal", daemon=True)
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._nursery: trio.Nursery | None = None
+        self._stop: trio.Event | None = None
+        self._scopes: dict[concurrent.futures.Future, trio.CancelScope] = {}
+        self.session: ArcaSession | None = None
+
+    def start(self) -> None:
+        """Run the session's thread and wait until the session is open; raise why it could not open."""
+        self._thread.start()
+        try:
+            self._ready.result(timeout=START_TIMEOUT)
+        except BaseException:
+            self.close()
+            raise
+
+    def submit(self, fn: Callable[..., Awaitable[T]], *args: Any) -> concurrent.futures.Future[T]:
+        """Run ``fn(session, *args)`` in the session's thread; its outcome lands on the future."""
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        if self._token is None or not self._ready.done() or self._ready.exception() is not None:
+            future.set_exception(error_from_errno(errno.EBADF, "the arca session is not open"))
+            return future
+        try:
+            self._token.run_sync_soon(self._start_task, future, fn, args)
+        except trio.RunFinishedError:
+            future.set_exception(error_from_errno(errno.EBADF, "the arca session is closed"))
+        return future
+
+    def call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """``submit`` and wait for the result; an interrupt (Ctrl-C) withdraws the task."""
+        future = self.submit(fn, *args)
+        try:
+            return future.result()
+        except BaseException:
+            if not future.done():
+                self.cancel(future)
+            raise
+
+    def cancel(self, future: concurrent.futures.Future) -> None:
+        """Withdraw a submitted task: its future ends cancelled, unless it had already finished."""
+        if future.cancel() or self._token is None:
+            return  # never started
+        try:
+            self._token.run_sync_soon(self._cancel_task, future)
+        except trio.RunFinishedError:
+            pass  # the session is over: the task is gone with it
+
+    def close(self) -> None:
+        """Close the session (and the monitor it spawned), and wait for the thread."""
+        if self._token is not None and self._stop is not None:
+            try:
+                self._token.run_sync_soon(self._stop.set)
+            except trio.RunFinishedError:
+                pass
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join()
+
+    # --- in the session's thread ---------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            trio.run(self._main)
+        except BaseException as exc:  # the thread must not die silently: the caller waits on _ready
+            if not self._ready.done():
+                self._ready.set_exception(exc)
+            else:
+                log.error("the arca session ended with %r", exc)
+
+    async def _main(self) -> None:
+        self._stop = trio.Event()
+        async with self._opener() as session, trio.open_nursery() as nursery:
+            self.session, self._nursery = session, nursery
+            self._token = trio.lowlevel.current_trio_token()
+            self._ready.set_result(None)
+            await self._stop.wait()
+            nursery.cancel_scope.cancel()
+
+    def _start_task(self, future: concurrent.futures.Future, fn, args) -> None:
+        if self._nursery is None or self._stop.is_set():
+            if future.set_running_or_notify_cancel():
+                future.set_exception(error_from_errno(errno.EBADF, "the arca session is closed"))
+            return
+        self._nursery.start_soon(self._task, future, fn, args)
+
+    async def _task(self, future: concurrent.futures.Future, fn, args) -> None:
+        if not future.set_running_or_notify_cancel():
+            return  # cancelled before it started
+        with trio.CancelScope() as scope:
+            self._scopes[future] = scope
+            try:
+                result = await fn(self.session, *args)
+            except trio.ClosedResourceError as exc:
+                future.set_exception(error_from_errno(errno.EBADF, str(exc) or "the arca session is closed"))
+            except Exception as exc:
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+            finally:
+                del self._scopes[future]
+        if not future.done():  # cancelled: by Portal.cancel, or by the session closing
+            future.set_exception(concurrent.futures.CancelledError())
+
+    def _cancel_task(self, future: concurrent.futures.Future) -> None:
+        scope = self._scopes.get(future)
+        if scope is not None:
+            scope.cancel()

@@ -1,0 +1,218 @@
+"""The blocking API: stdlib-shaped calls that return real sockets, safe from any thread.
+
+    with arca_control.sync.open_session() as s:
+        sock = s.create_connection(("example.org", 80), timeout=10)
+        infos = s.getaddrinfo("example.org", 443)
+        with s.listen("127.0.0.1", 0) as listener:
+            conn, peer = listener.accept()
+
+Every connection comes over the socket channel (PROTOCOL.md section 5), so
+``create_connection`` and ``accept`` return an :class:`ArcaSocket`: a real
+``socket.socket`` (an AF_UNIX stream socket whose far end the monitor
+relays) that ``ssl.SSLContext.wrap_socket``, ``makefile``, selectors and
+``asyncio.open_connection(sock=...)`` take as they are. Its
+``getpeername()`` and ``getsockname()`` give the TCP connection's addresses.
+
+The calls run in the session's own trio thread (``portal.py``); many threads
+may call one session at once. Errors are the stdlib's: ``OSError``
+subclasses with the real errno, ``socket.gaierror``, ``TimeoutError``.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import trio
+
+from . import errors
+from .portal import Portal
+from .session import ArcaSession, open_session as _open_trio_session
+from .wire import Endpoint
+
+_DEFAULT = object()
+
+
+class ArcaSocket(socket.socket):
+    """A connection's socket, as the monitor hands it over; its addresses are the TCP ones."""
+
+    def __init__(self, *args: Any, local: Endpoint | None = None, peer: Endpoint | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._arca_local = local
+        self._arca_peer = peer
+
+    def getpeername(self):
+        return _address(self._arca_peer) if self._arca_peer is not None else super().getpeername()
+
+    def getsockname(self):
+        return _address(self._arca_local) if self._arca_local is not None else super().getsockname()
+
+
+def _address(endpoint: Endpoint) -> tuple:
+    """An Endpoint as the stdlib gives addresses: (host, port), or (host, port, 0, scope) for IPv6."""
+    if endpoint.is_unix:
+        return endpoint.host
+    if ":" in endpoint.host:
+        host, _, scope = endpoint.host.partition("%")
+        return (host, endpoint.port, 0, int(scope) if scope.isdigit() else socket.if_nametoindex(scope) if scope else 0)
+    return (endpoint.host, endpoint.port)
+
+
+def socket_from(stream) -> ArcaSocket:
+    """The ArcaSocket of a socket-channel stream, which it takes over."""
+    plain = stream.detach()
+    try:
+        return ArcaSocket(socket.AF_UNIX, socket.SOCK_STREAM, fileno=plain.detach(), local=stream.local, peer=stream.peer)
+    except BaseException:
+        plain.close()
+        raise
+
+
+def _timeout(timeout: Any) -> float | None:
+    return socket.getdefaulttimeout() if timeout is _DEFAULT else timeout
+
+
+async def connect(session: ArcaSession, host: str, port: int, timeout: float | None) -> ArcaSocket:
+    """Connect through ``session`` (in its thread): the socket, or the stdlib's error."""
+    try:
+        with trio.fail_after(timeout) if timeout is not None else _no_limit():
+            stream = await session.connect(host, port, timeout=timeout)
+    except trio.TooSlowError:
+        raise TimeoutError(f"connecting to {host}:{port} timed out") from None
+    return socket_from(stream)
+
+
+@contextmanager
+def _no_limit() -> Iterator[None]:
+    yield
+
+
+async def getaddrinfo(session: ArcaSession, host, port, family=0, type=0, proto=0, flags=0) -> list[tuple]:
+    """``socket.getaddrinfo``, answered by the monitor (in the session's thread).
+
+    A numeric host (or None, with AI_PASSIVE for the wildcard) is answered
+    here without the monitor, as the stdlib answers it without DNS.
+    """
+    if isinstance(host, bytes):
+        host = host.decode("idna")
+    if isinstance(port, bytes):
+        port = port.decode()
+    if isinstance(port, str):
+        try:
+            port = int(port) if port.isdigit() else socket.getservbyname(port, "udp" if type == socket.SOCK_DGRAM else "tcp")
+        except OSError:
+            raise socket.gaierror(socket.EAI_SERVICE, f"unknown service {port!r}") from None
+    if host is None or _is_numeric(host) or flags & socket.AI_NUMERICHOST:
+        return socket.getaddrinfo(host, port, family, type, proto, flags | socket.AI_NUMERICHOST)
+    found = await session.resolve(host, port, family, type)
+    canonname = host if flags & socket.AI_CANONNAME else ""
+    return [
+        (socket.AddressFamily(fam), socket.SocketKind(kind),
+         socket.IPPROTO_TCP if kind == socket.SOCK_STREAM else socket.IPPROTO_UDP, canonname, _address(endpoint))
+        for fam, kind, endpoint in found
+        if not proto or proto == (socket.IPPROTO_TCP if kind == socket.SOCK_STREAM else socket.IPPROTO_UDP)
+    ]
+
+
+def _is_numeric(host: str) -> bool:
+    try:
+        socket.getaddrinfo(host, None, flags=socket.AI_NUMERICHOST)
+    except socket.gaierror:
+        return False
+    return True
+
+
+class Listener:
+    """A listening socket in the monitor, with a blocking ``accept()``.
+
+    Resource handling: closing it (or leaving its ``with`` block) closes the
+    monitor's socket; connections already accepted stay open.
+    """
+
+    def __init__(self, portal: Portal, listener) -> None:
+        self._portal = portal
+        self._listener = listener
+
+    def getsockname(self) -> tuple:
+        """The address really bound (the kernel's port for port 0)."""
+        return _address(self._listener.local)
+
+    def accept(self) -> tuple[ArcaSocket, tuple]:
+        """Wait for the next connection: ``(socket, peer address)``, as ``socket.accept`` gives."""
+        sock = self._portal.call(_accept, self._listener)
+        return sock, sock.getpeername()
+
+    def close(self) -> None:
+        self._portal.call(lambda session: self._listener.aclose())
+
+    def __enter__(self) -> Listener:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+async def _accept(session: ArcaSession, listener) -> ArcaSocket:
+    return socket_from(await listener.accept())
+
+
+class Session:
+    """A blocking session with a monitor; build it with :func:`open_session`."""
+
+    def __init__(self, portal: Portal) -> None:
+        self._portal = portal
+
+    def create_connection(
+        self, address: tuple[str, int], timeout: Any = _DEFAULT, source_address: Any = None, *, all_errors: bool = False
+    ) -> ArcaSocket:
+        """Like ``socket.create_connection``: a connected socket, with ``timeout`` set on it.
+
+        ``timeout`` bounds the whole connect (each address tried gets it too);
+        it defaults to ``socket.getdefaulttimeout()``. ``source_address`` is
+        not supported: the monitor picks the source (EOPNOTSUPP if given).
+        """
+        if source_address is not None:
+            raise errors.error_from_errno(95, "arca connects from the monitor's own address: no source_address")
+        host, port = address[0], address[1]
+        timeout = _timeout(timeout)
+        sock = self._portal.call(connect, host, port, timeout)
+        sock.settimeout(timeout)
+        return sock
+
+    def getaddrinfo(self, host, port, family=0, type=0, proto=0, flags=0) -> list[tuple]:
+        """Like ``socket.getaddrinfo``, with names looked up by the monitor."""
+        return self._portal.call(getaddrinfo, host, port, family, type, proto, flags)
+
+    def gethostbyname(self, name: str) -> str:
+        """Like ``socket.gethostbyname``: the first IPv4 address of ``name``."""
+        return self.getaddrinfo(name, None, socket.AF_INET, socket.SOCK_STREAM)[0][4][0]
+
+    def listen(self, host: str, port: int, *, backlog: int = 128) -> Listener:
+        """Listen on ``host:port`` in the monitor (port 0: the kernel chooses)."""
+
+        async def _listen(session: ArcaSession):
+            return await session.listen(host, port, backlog=backlog)
+
+        return Listener(self._portal, self._portal.call(_listen))
+
+    def close(self) -> None:
+        self._portal.close()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def open_session(*monitor_args: str) -> Session:
+    """A blocking session: attaches to ``ARCA_MONITOR`` when set, else spawns a monitor.
+
+    ``monitor_args`` are extra ``arca-monitor`` options. Use it as a context
+    manager, or call ``close()``.
+    """
+    portal = Portal(lambda: _open_trio_session(*monitor_args, socket_channel=True))
+    portal.start()
+    return Session(portal)
