@@ -7,7 +7,9 @@
 The layers, each depending only on those before it: ``wire`` (field layouts),
 ``messages`` (typed messages), ``codec`` (bytes), ``core`` (protocol rules, no
 I/O), ``channel`` (frames and fds over a socket), ``stream`` and ``session``
-(the trio API).
+(the trio API). Beside them, for code that is not trio: ``portal`` (a
+session in a thread of its own), ``sync`` (blocking), ``aio`` (asyncio) and
+``transparent`` (``install()``: the process's own sockets, through the monitor).
 """
 
 from .codec import FrameDecoder, decode, encode
@@ -20,6 +22,7 @@ from .errors import (
 )
 from .session import ArcaSession, attach_session, open_session
 from .stream import ArcaListener, ArcaStream
+from .transparent import install, uninstall
 from .wire import PROTOCOL_VERSION, Endpoint
 
 __all__ = [
@@ -37,5 +40,7 @@ __all__ = [
     "attach_session",
     "decode",
     "encode",
+    "install",
     "open_session",
+    "uninstall",
 ]

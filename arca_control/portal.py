@@ -42,6 +42,13 @@ T = TypeVar("T")
 #: How long ``start`` waits for the monitor's handshake.
 START_TIMEOUT = 30.0
 
+_thread_state = threading.local()
+
+
+def in_portal_thread() -> bool:
+    """Whether the caller is a portal's own thread, which must never wait on a portal."""
+    return getattr(_thread_state, "portal", False)
+
 
 class Portal:
     """One session in a background trio thread. Build it, then ``start()``; ``close()`` when done."""
@@ -109,6 +116,7 @@ class Portal:
     # --- in the session's thread ---------------------------------------------------------
 
     def _run(self) -> None:
+        _thread_state.portal = True
         try:
             trio.run(self._main)
         except BaseException as exc:  # the thread must not die silently: the caller waits on _ready
@@ -121,6 +129,7 @@ class Portal:
         self._stop = trio.Event()
         async with self._opener() as session, trio.open_nursery() as nursery:
             self.session, self._nursery = session, nursery
+            session.portal = self
             self._token = trio.lowlevel.current_trio_token()
             self._ready.set_result(None)
             await self._stop.wait()

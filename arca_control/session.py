@@ -121,6 +121,8 @@ class ArcaSession:
         #: The monitor process, when ``open_session`` spawned it.
         self.process: trio.Process | None = None
         self._nursery: trio.Nursery | None = None
+        #: The Portal running this session in a thread of its own, if one does (sync, aio).
+        self.portal = None
 
     # --- public API -------------------------------------------------------------
 

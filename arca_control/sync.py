@@ -30,24 +30,72 @@ import trio
 from . import errors
 from .portal import Portal
 from .session import ArcaSession, open_session as _open_trio_session
-from .wire import Endpoint
+from .wire import Endpoint, OptionTarget
 
-_DEFAULT = object()
+#: The stdlib's own "no timeout given" marker, so that callers passing it along (http.client) mean the same.
+_DEFAULT = socket._GLOBAL_DEFAULT_TIMEOUT
 
 
 class ArcaSocket(socket.socket):
-    """A connection's socket, as the monitor hands it over; its addresses are the TCP ones."""
+    """A connection's socket, as the monitor hands it over; its addresses are the TCP ones.
 
-    def __init__(self, *args: Any, local: Endpoint | None = None, peer: Endpoint | None = None, **kwargs: Any):
+    TCP-level options (IPPROTO_TCP, and SO_KEEPALIVE) are set on and read from
+    the monitor's real TCP socket, so that code which tunes them, as
+    ``http.client`` sets TCP_NODELAY, works as on a TCP socket; the monitor
+    allows the options listed in PROTOCOL.md and answers others ENOPROTOOPT.
+    """
+
+    def __init__(self, *args: Any, local: Endpoint | None = None, peer: Endpoint | None = None,
+                 options: ConnectionOptions | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self._arca_local = local
         self._arca_peer = peer
+        self.arca_options = options
 
     def getpeername(self):
         return _address(self._arca_peer) if self._arca_peer is not None else super().getpeername()
 
     def getsockname(self):
         return _address(self._arca_local) if self._arca_local is not None else super().getsockname()
+
+    def setsockopt(self, level: int, name: int, value: Any, *rest: Any) -> None:
+        if self.arca_options is not None and is_tcp_option(level, name, value, rest):
+            self.arca_options.set(level, name, int(value))
+        else:
+            super().setsockopt(level, name, value, *rest)
+
+    def getsockopt(self, level: int, name: int, *rest: Any):
+        if self.arca_options is not None and is_tcp_option(level, name, 0, rest):
+            return self.arca_options.get(level, name)
+        return super().getsockopt(level, name, *rest)
+
+
+def is_tcp_option(level: int, name: int, value: Any, rest: tuple) -> bool:
+    """An integer option that belongs to the TCP socket, not to the AF_UNIX one under it."""
+    tcp = level == socket.IPPROTO_TCP or (level == socket.SOL_SOCKET and name == socket.SO_KEEPALIVE)
+    return tcp and not rest and isinstance(value, int)
+
+
+class ConnectionOptions:
+    """Socket options of one relayed connection, set in the monitor through a portal."""
+
+    def __init__(self, portal: Portal, connection_id: int) -> None:
+        self._portal = portal
+        self._connection_id = connection_id
+
+    def set(self, level: int, name: int, value: int) -> int:
+        return self._portal.call(_set_option, self._connection_id, level, name, value)
+
+    def get(self, level: int, name: int) -> int:
+        return self._portal.call(_get_option, self._connection_id, level, name)
+
+
+async def _set_option(session: ArcaSession, connection_id: int, level: int, name: int, value: int) -> int:
+    return await session._set_option(OptionTarget.CONNECTION, connection_id, level, name, value)
+
+
+async def _get_option(session: ArcaSession, connection_id: int, level: int, name: int) -> int:
+    return await session._get_option(OptionTarget.CONNECTION, connection_id, level, name)
 
 
 def _address(endpoint: Endpoint) -> tuple:
@@ -61,10 +109,12 @@ def _address(endpoint: Endpoint) -> tuple:
 
 
 def socket_from(stream) -> ArcaSocket:
-    """The ArcaSocket of a socket-channel stream, which it takes over."""
+    """The ArcaSocket of a socket-channel stream, which it takes over (in the portal's thread)."""
+    options = ConnectionOptions(stream.session.portal, stream.connection_id) if stream.session.portal else None
     plain = stream.detach()
     try:
-        return ArcaSocket(socket.AF_UNIX, socket.SOCK_STREAM, fileno=plain.detach(), local=stream.local, peer=stream.peer)
+        return ArcaSocket(socket.AF_UNIX, socket.SOCK_STREAM, fileno=plain.detach(), local=stream.local,
+                          peer=stream.peer, options=options)
     except BaseException:
         plain.close()
         raise

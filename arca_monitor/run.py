@@ -1,12 +1,17 @@
 """``arca-run``: run a command as a guest with no network of its own, served by a monitor.
 
-    arca-run [monitor options] -- CMD [ARGS...]
+    arca-run [--transparent] [monitor options] -- CMD [ARGS...]
 
 The monitor runs here, in the host's network namespace, serving a socket path in
 a private directory. CMD runs in a new, empty network namespace (only a loopback
 interface, down), with ``ARCA_MONITOR`` naming that path: every
 ``arca_control.open_session()`` inside it attaches to this monitor instead of
 spawning one. Whatever CMD reaches, it reaches through the monitor.
+
+With ``--transparent`` a Python CMD needs no change at all: its interpreter
+calls ``arca_control.install()`` at startup (through a ``sitecustomize`` put
+on ``PYTHONPATH``), so ``urllib``, ``http.client``, ``socket.create_connection``
+and friends go through the monitor (limits in ``arca_control/transparent.py``).
 
 CMD's exit status becomes arca-run's (128 + N if a signal N ended it). SIGINT and
 SIGTERM are forwarded to CMD. When CMD exits, the monitor is shut down, which
@@ -32,10 +37,12 @@ MONITOR_START_TIMEOUT = 10.0
 
 def usage() -> str:
     return (
-        "usage: arca-run [monitor options] -- CMD [ARGS...]\n"
+        "usage: arca-run [--transparent] [monitor options] -- CMD [ARGS...]\n"
         "Runs CMD in an empty network namespace; its only network is an arca monitor\n"
         "(ARCA_MONITOR in its environment). Monitor options are arca-monitor's (see\n"
-        "arca-monitor --help), except --fd and --socket, which arca-run sets."
+        "arca-monitor --help), except --fd and --socket, which arca-run sets.\n"
+        "--transparent: a Python CMD's sockets and name lookups go through the monitor\n"
+        "unchanged (arca_control.install() at its startup)."
     )
 
 
@@ -71,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     split = argv.index("--")
     options, command = argv[:split], argv[split + 1 :]
+    transparent = "--transparent" in options
+    options = [opt for opt in options if opt != "--transparent"]
     if any(opt in ("-h", "--help") for opt in options):
         print(usage())
         return 0
@@ -91,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"arca-run: {exc}", file=sys.stderr)
             return 1
         try:
-            return run_guest(prefix, command, path)
+            return run_guest(prefix, command, path, transparent)
         finally:
             monitor.send_signal(signal.SIGTERM)  # a clean shutdown: every session and socket closed
             try:
@@ -101,8 +110,28 @@ def main(argv: list[str] | None = None) -> int:
                 monitor.wait()
 
 
-def run_guest(prefix: list[str], command: list[str], path: str) -> int:
+def transparent_env(env: dict[str, str]) -> dict[str, str]:
+    """``env`` for a Python guest that installs transparent mode at startup."""
+    import sysconfig
+
+    import arca_control
+
+    site_hook = os.path.join(os.path.dirname(arca_control.__file__), "_site")
+    package_root = os.path.dirname(os.path.dirname(arca_control.__file__))
+    paths = sysconfig.get_paths()
+    sites = dict.fromkeys([package_root, paths["purelib"], paths["platlib"]])
+    return {
+        **env,
+        "ARCA_TRANSPARENT": "1",
+        "ARCA_SITE": os.pathsep.join(sites),
+        "PYTHONPATH": os.pathsep.join(filter(None, [site_hook, env.get("PYTHONPATH", "")])),
+    }
+
+
+def run_guest(prefix: list[str], command: list[str], path: str, transparent: bool = False) -> int:
     env = {**os.environ, "ARCA_MONITOR": path}
+    if transparent:
+        env = transparent_env(env)
     try:
         guest = subprocess.Popen([*prefix, *command], env=env)
     except OSError as exc:

@@ -1,0 +1,212 @@
+"""Transparent mode: unmodified stdlib clients (urllib, http.client, socket) through the monitor.
+
+Two ways in: ``arca_control.install()`` in this process, and ``arca-run
+--transparent`` running an unmodified program in an empty network namespace,
+where nothing but the monitor can carry its connections.
+"""
+
+from __future__ import annotations
+
+import http.client
+import http.server
+import socket
+import ssl
+import subprocess
+import sys
+import textwrap
+import threading
+import urllib.request
+from contextlib import contextmanager
+
+import pytest
+import trustme
+
+import arca_control
+from arca_control import transparent
+
+RUN = [sys.executable, "-m", "arca_monitor.run", "--transparent", "--no-dns"]
+
+
+class Hello(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = f"hello {self.path} from {self.client_address[0]}".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@contextmanager
+def http_server(context: ssl.SSLContext | None = None):
+    """A local stdlib HTTP(S) server on a kernel-chosen loopback port: its base URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hello)
+    if context is not None:
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    scheme = "https" if context else "http"
+    try:
+        yield f"{scheme}://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+def stats() -> dict:
+    session = transparent._session
+    return session._portal.call(lambda s: s.stats())
+
+
+def test_install_routes_urllib_and_http_client_and_uninstall_restores():
+    originals = (socket.create_connection, socket.getaddrinfo, socket.socket.connect)
+    with http_server() as url:
+        arca_control.install("--no-dns")
+        try:
+            assert transparent.installed()
+            assert urllib.request.urlopen(f"{url}/u", timeout=10).read() == b"hello /u from 127.0.0.1"
+            port = int(url.rsplit(":", 1)[1])
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            conn.request("GET", "/h")
+            response = conn.getresponse()
+            assert (response.status, response.read()) == (200, b"hello /h from 127.0.0.1")
+            conn.close()
+            # A plain socket's connect is routed too; TCP options land on the monitor's real socket.
+            sock = socket.socket()
+            sock.settimeout(10)
+            sock.connect(("127.0.0.1", port))
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+            assert sock.getpeername() == ("127.0.0.1", port) and sock.getsockname()[0] == "127.0.0.1"
+            assert sock.family == socket.AF_INET and sock.gettimeout() == 10
+            sock.close()
+            counters = stats()
+            assert counters["requests"]["Connect"] == 3 and counters["bytes_down"] > 0
+            # AF_UNIX and listening sockets pass through untouched.
+            a, b = socket.socketpair()
+            a.close(), b.close()
+        finally:
+            arca_control.uninstall()
+    assert (socket.create_connection, socket.getaddrinfo, socket.socket.connect) == originals
+    assert not transparent.installed()
+
+
+def test_errors_and_names_in_transparent_mode(tmp_path):
+    hosts = tmp_path / "hosts"
+    hosts.write_text("127.0.0.1 arca-test.example\n")
+    closed = socket.create_server(("127.0.0.1", 0))
+    refused_port = closed.getsockname()[1]
+    closed.close()
+    arca_control.install("--no-dns", "--hosts-file", str(hosts))
+    try:
+        assert socket.gethostbyname("arca-test.example") == "127.0.0.1"
+        assert socket.getaddrinfo("arca-test.example", 80, type=socket.SOCK_STREAM)[0][4] == ("127.0.0.1", 80)
+        with pytest.raises(socket.gaierror):
+            socket.getaddrinfo("not-there.example", 80)
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", refused_port), timeout=5)
+        sock = socket.socket()
+        assert sock.connect_ex(("127.0.0.1", refused_port)) == 111  # ECONNREFUSED
+        sock.close()
+    finally:
+        arca_control.uninstall()
+
+
+def _run(*args: str, env_extra: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([*RUN, *args], capture_output=True, text=True, timeout=timeout)
+
+
+APP = textwrap.dedent(
+    """
+    import http.client, os, socket, sys, urllib.request
+    url = sys.argv[1]
+    print(urllib.request.urlopen(url + "/urllib", timeout=10).read().decode())
+    host, port = url.split("//")[1].split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    conn.request("GET", "/http.client")
+    print(conn.getresponse().read().decode())
+    pid = os.fork()
+    if pid == 0:  # a forked child opens its own session
+        ok = urllib.request.urlopen(url + "/child", timeout=10).read().startswith(b"hello /child")
+        os._exit(0 if ok else 1)
+    print("child", os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        udp.sendto(b"x", ("127.0.0.1", 9))
+        print("udp: sent")
+    except OSError as exc:
+        print("udp: errno", exc.errno)
+    """
+)
+
+
+def test_arca_run_transparent_runs_an_unmodified_program():
+    with http_server() as url:
+        result = _run("--", sys.executable, "-c", APP, url)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "hello /urllib from 127.0.0.1",
+        "hello /http.client from 127.0.0.1",
+        "child 0",
+        "udp: errno 101",  # UDP is not routed: the empty namespace has no network (ENETUNREACH)
+    ]
+
+
+def test_without_transparent_the_same_program_has_no_network():
+    with http_server() as url:
+        result = subprocess.run([sys.executable, "-m", "arca_monitor.run", "--no-dns", "--", sys.executable, "-c",
+                                 "import urllib.request, sys; urllib.request.urlopen(sys.argv[1], timeout=5)", url],
+                                capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and "Network is unreachable" in result.stderr
+
+
+def test_the_monitors_policy_still_decides():
+    with http_server() as url:
+        port = int(url.rsplit(":", 1)[1])
+        result = _run("--allow-connect", f"127.0.0.1:{port + 1 if port < 65535 else port - 1}", "--",
+                      sys.executable, "-c",
+                      "import urllib.request, sys\n"
+                      "try:\n urllib.request.urlopen(sys.argv[1], timeout=5)\n"
+                      "except OSError as exc:\n print(type(exc.reason).__name__, exc.reason.errno)", url)
+    assert result.stdout.strip() == "PermissionError 13", result.stderr
+
+
+def test_https_through_transparent_mode(tmp_path):
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost", "127.0.0.1").configure_cert(server_context)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    app = textwrap.dedent(
+        """
+        import ssl, sys, urllib.request
+        context = ssl.create_default_context(cafile=sys.argv[2])
+        print(urllib.request.urlopen(sys.argv[1] + "/tls", timeout=10, context=context).read().decode())
+        """
+    )
+    with http_server(server_context) as url:
+        result = _run("--", sys.executable, "-c", app, url, str(ca_file))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "hello /tls from 127.0.0.1"
+
+
+def test_asyncio_in_transparent_mode():
+    app = textwrap.dedent(
+        """
+        import asyncio, sys
+        async def main():
+            reader, writer = await asyncio.open_connection("127.0.0.1", int(sys.argv[1]))
+            writer.write(b"GET /asyncio HTTP/1.0\\r\\n\\r\\n")
+            await writer.drain()
+            print((await reader.read()).split(b"\\r\\n\\r\\n", 1)[1].decode())
+            writer.close()
+        asyncio.run(main())
+        """
+    )
+    with http_server() as url:
+        result = _run("--", sys.executable, "-c", app, url.rsplit(":", 1)[1])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "hello /asyncio from 127.0.0.1"
