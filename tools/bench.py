@@ -371,11 +371,15 @@ async def socat_transfer(nbytes: int) -> Transfer:
     return Transfer(received, seconds, cpu)
 
 
-async def arca_download(nbytes: int) -> Transfer:
-    """The sender to a listener in the monitor; the guest reads its stream to the end."""
+async def arca_download(nbytes: int, socket_channel: bool = False) -> Transfer:
+    """The sender to a listener in the monitor; the guest reads its stream to the end.
+
+    ``socket_channel``: over the socket channel (one AF_UNIX socket, copied by
+    the monitor) instead of the pipes (spliced).
+    """
     timeout = transfer_timeout(nbytes)
     with trio.fail_after(timeout):
-        async with arca_control.open_session() as session:
+        async with arca_control.open_session(socket_channel=socket_channel) as session:
             monitor = session.process.pid
             listener = await session.listen(HOST, 0)
             async with spawned(helper(SOURCE, timeout, listener.local.port, nbytes)) as (source, _):
@@ -397,12 +401,12 @@ async def arca_download(nbytes: int) -> Transfer:
     return Transfer(received, seconds, cpu)
 
 
-async def arca_upload(nbytes: int) -> Transfer:
+async def arca_upload(nbytes: int, socket_channel: bool = False) -> Transfer:
     """The guest connects out through the monitor and writes; the Python receiver times it."""
     timeout = transfer_timeout(nbytes)
     buffer = memoryview(bytearray(CHUNK))
     with trio.fail_after(timeout):
-        async with arca_control.open_session() as session:
+        async with arca_control.open_session(socket_channel=socket_channel) as session:
             monitor = session.process.pid
             async with spawned(helper(SINK, timeout)) as (_, sink):
                 port = await sink_port(sink)
@@ -446,14 +450,14 @@ async def transfer_case(name: str, nbytes: int, repeats: int, variants: dict[str
 
 
 async def download_case(sizes: Sizes, baselines: bool = True) -> dict:
-    variants = {"arca": arca_download}
+    variants = {"arca": arca_download, "arca_socket": functools.partial(arca_download, socket_channel=True)}
     if baselines:
         variants = {"direct": direct_transfer, "socat": socat_transfer, **variants}
     return await transfer_case("download", sizes.download_bytes, sizes.repeats, variants)
 
 
 async def upload_case(sizes: Sizes, baselines: bool = True) -> dict:
-    variants = {"arca": arca_upload}
+    variants = {"arca": arca_upload, "arca_socket": functools.partial(arca_upload, socket_channel=True)}
     if baselines:
         variants = {"direct": direct_transfer, "socat": socat_transfer, **variants}
     return await transfer_case("upload", sizes.upload_bytes, sizes.repeats, variants)
@@ -849,6 +853,13 @@ def transfer_rows(results: dict, cases: set[str]) -> list[Row]:
         arca = up["arca"]["median_mb_per_s"]
         rows.append(Row("b upload vs socat relay", arca, up["socat"]["median_mb_per_s"], "MB/s", Target(">=", 1.0)))
         rows.append(Row("b upload vs direct TCP", arca, up["direct"]["median_mb_per_s"], "MB/s", note="info"))
+    # The socket channel (PROTOCOL.md section 5): what compatibility costs, for users to choose.
+    for letter, name, entry in (("a", "download", down), ("b", "upload", up)):
+        if entry and letter in cases and "arca_socket" in entry:
+            rows.append(Row(f"{letter} {name}, socket channel vs pipes", entry["arca_socket"]["median_mb_per_s"],
+                            entry["arca"]["median_mb_per_s"], "MB/s", note="info"))
+            rows.append(Row(f"{letter} {name}, socket channel vs direct", entry["arca_socket"]["median_mb_per_s"],
+                            entry["direct"]["median_mb_per_s"], "MB/s", note="info"))
     if "c" in cases:
         for name, entry, target in (
             ("download", down, Target("<=", 0.2, of="measured", unit="s/GiB")),
@@ -858,6 +869,9 @@ def transfer_rows(results: dict, cases: set[str]) -> list[Row]:
                 socat = entry.get("socat", {}).get("median_relay_cpu_s_per_gib")
                 rows.append(Row(f"c monitor CPU {name} (vs socat)", entry["arca"]["median_relay_cpu_s_per_gib"],
                                 socat, "s/GiB", target, note="" if target else "info"))
+                if "arca_socket" in entry:
+                    rows.append(Row(f"c monitor CPU {name}, socket channel (vs socat)",
+                                    entry["arca_socket"]["median_relay_cpu_s_per_gib"], socat, "s/GiB", note="info"))
     return rows
 
 
