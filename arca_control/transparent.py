@@ -26,6 +26,8 @@ Limits, stated plainly:
   (``os.sendfile`` works, a C extension's own ``setsockopt`` does not) sees it;
 * a non-blocking connect (asyncio's ``sock_connect``) completes before it
   returns, so an event loop waits for it; use ``arca_control.aio`` for asyncio;
+* the monitor picks a connection's source address: a ``bind()`` before
+  ``connect()`` binds only the socket that the relayed one then replaces;
 * listening sockets and UDP are not routed (in ``arca-run``'s empty namespace
   they reach nothing); use the session APIs for those;
 * a peer's reset reads as EOF on the relayed socket.
