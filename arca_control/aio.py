@@ -31,7 +31,7 @@ from typing import Any
 from .portal import Portal
 from .session import open_session as _open_trio_session
 from .stream import ArcaListener
-from .sync import _accept, _address, connect, getaddrinfo
+from .sync import _accept, _address, _stats, connect, getaddrinfo
 
 log = logging.getLogger("arca_control.aio")
 
@@ -104,6 +104,10 @@ class Session:
                           flags: int = 0) -> list[tuple]:
         """Like ``loop.getaddrinfo``, with names looked up by the monitor."""
         return await self._call(getaddrinfo, host, port, family, type, proto, flags)
+
+    async def stats(self) -> dict:
+        """This session's counters, from the monitor (as ``ArcaSession.stats``)."""
+        return await self._call(_stats)
 
     async def aclose(self) -> None:
         """Close the session (and the monitor it spawned), without blocking the loop."""

@@ -11,7 +11,9 @@ Every connection comes over the socket channel (PROTOCOL.md section 5), so
 ``socket.socket`` (an AF_UNIX stream socket whose far end the monitor
 relays) that ``ssl.SSLContext.wrap_socket``, ``makefile``, selectors and
 ``asyncio.open_connection(sock=...)`` take as they are. Its
-``getpeername()`` and ``getsockname()`` give the TCP connection's addresses.
+``getpeername()`` and ``getsockname()`` give the TCP connection's addresses
+(a socket object made from its fd, as ``wrap_socket`` and ``dup`` make one,
+answers as the AF_UNIX socket it is, ``''``, except in transparent mode).
 
 The calls run in the session's own trio thread (``portal.py``); many threads
 may call one session at once. Errors are the stdlib's: ``OSError``
@@ -20,10 +22,14 @@ subclasses with the real errno, ``socket.gaierror``, ``TimeoutError``.
 
 from __future__ import annotations
 
+import collections
+import errno
+import os
 import socket
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NamedTuple
 
 import trio
 
@@ -51,6 +57,8 @@ class ArcaSocket(socket.socket):
         self._arca_local = local
         self._arca_peer = peer
         self.arca_options = options
+        if local is not None and peer is not None:
+            _remember(self, Relayed(_address(local), _address(peer), options))
 
     def getpeername(self):
         return _address(self._arca_peer) if self._arca_peer is not None else super().getpeername()
@@ -68,6 +76,38 @@ class ArcaSocket(socket.socket):
         if self.arca_options is not None and is_tcp_option(level, name, 0, rest):
             return self.arca_options.get(level, name)
         return super().getsockopt(level, name, *rest)
+
+
+class Relayed(NamedTuple):
+    """What a relayed connection's socket stands for: its TCP addresses, and its options."""
+
+    local: tuple | str
+    peer: tuple | str
+    options: ConnectionOptions | None
+
+
+#: Socket inode -> Relayed, for every connection handed out, so that transparent mode can
+#: answer for any socket object over it (an SSLSocket, a dup). Inodes of sockets are not
+#: reused in practice (a 32-bit counter); the oldest entries go past RELAYED_MAX.
+_relayed: collections.OrderedDict[int, Relayed] = collections.OrderedDict()
+RELAYED_MAX = 65536
+_relayed_lock = threading.Lock()
+
+
+def _remember(sock: socket.socket, entry: Relayed) -> None:
+    with _relayed_lock:
+        _relayed[os.fstat(sock.fileno()).st_ino] = entry
+        while len(_relayed) > RELAYED_MAX:
+            _relayed.popitem(last=False)
+
+
+def relayed(sock: socket.socket) -> Relayed | None:
+    """The relayed connection under ``sock`` (any socket object over its fd), or None."""
+    try:
+        inode = os.fstat(sock.fileno()).st_ino
+    except (OSError, ValueError):
+        return None
+    return _relayed.get(inode)
 
 
 def is_tcp_option(level: int, name: int, value: Any, rest: tuple) -> bool:
@@ -195,13 +235,22 @@ class Listener:
         return sock, sock.getpeername()
 
     def close(self) -> None:
-        self._portal.call(lambda session: self._listener.aclose())
+        """Close the listener; like a socket's ``close``, it never fails (a closed session closed it)."""
+        try:
+            self._portal.call(lambda session: self._listener.aclose())
+        except OSError as exc:
+            if exc.errno != errno.EBADF:
+                raise
 
     def __enter__(self) -> Listener:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+async def _stats(session: ArcaSession) -> dict:
+    return await session.stats()
 
 
 async def _accept(session: ArcaSession, listener) -> ArcaSocket:
@@ -246,6 +295,10 @@ class Session:
             return await session.listen(host, port, backlog=backlog)
 
         return Listener(self._portal, self._portal.call(_listen))
+
+    def stats(self) -> dict:
+        """This session's counters, from the monitor (as ``ArcaSession.stats``)."""
+        return self._portal.call(_stats)
 
     def close(self) -> None:
         self._portal.close()

@@ -55,9 +55,6 @@ _originals: dict[tuple[object, str], Any] = {}
 _session: sync.Session | None = None
 _own_session = False
 _monitor_args: tuple[str, ...] = ()
-#: fd -> (socket inode, local, peer, options) of every relayed socket: for getpeername,
-#: getsockname and TCP options. The inode tells a reused fd number from the socket it was.
-_relayed: dict[int, tuple[int, tuple, tuple, sync.ConnectionOptions | None]] = {}
 
 
 def installed() -> bool:
@@ -91,7 +88,6 @@ def uninstall() -> None:
         for (owner, name), original in _originals.items():
             setattr(owner, name, original)
         _originals.clear()
-        _relayed.clear()
         session, _session = _session, None
     if session is not None and _own_session:
         session.close()
@@ -159,9 +155,8 @@ def _connect(self: socket.socket, address) -> None:
     # A non-blocking socket (timeout 0) still gets a whole connect: see the limits above.
     relayed = _current().create_connection(address[:2], timeout=timeout or None)
     try:
+        # The same socket, so sync.relayed() knows it: getpeername and TCP options keep working.
         os.dup2(relayed.fileno(), self.fileno(), inheritable=self.get_inheritable())
-        _relayed[self.fileno()] = (os.fstat(self.fileno()).st_ino, relayed.getsockname(), relayed.getpeername(),
-                                   relayed.arca_options)
     finally:
         relayed.close()
     self.settimeout(timeout)  # the new file description needs the object's blocking mode
@@ -181,39 +176,28 @@ def _connect_ex(self: socket.socket, address) -> int:
     return 0
 
 
-def _relayed_entry(sock: socket.socket):
-    entry = _relayed.get(sock.fileno())
-    if entry is not None:
-        try:
-            if os.fstat(sock.fileno()).st_ino == entry[0]:
-                return entry
-        except OSError:
-            pass
-    return None
-
-
 def _getpeername(self: socket.socket):
-    entry = _relayed_entry(self)
-    return entry[2] if entry else _original(socket.socket, "getpeername")(self)
+    entry = sync.relayed(self)
+    return entry.peer if entry else _original(socket.socket, "getpeername")(self)
 
 
 def _getsockname(self: socket.socket):
-    entry = _relayed_entry(self)
-    return entry[1] if entry else _original(socket.socket, "getsockname")(self)
+    entry = sync.relayed(self)
+    return entry.local if entry else _original(socket.socket, "getsockname")(self)
 
 
 def _setsockopt(self: socket.socket, level, name, value, *rest):
-    entry = _relayed_entry(self) if sync.is_tcp_option(level, name, value, rest) else None
-    if entry and entry[3] is not None:
-        entry[3].set(level, name, int(value))
+    entry = sync.relayed(self) if sync.is_tcp_option(level, name, value, rest) else None
+    if entry and entry.options is not None:
+        entry.options.set(level, name, int(value))
     else:
         _original(socket.socket, "setsockopt")(self, level, name, value, *rest)
 
 
 def _getsockopt(self: socket.socket, level, name, *rest):
-    entry = _relayed_entry(self) if sync.is_tcp_option(level, name, 0, rest) else None
-    if entry and entry[3] is not None:
-        return entry[3].get(level, name)
+    entry = sync.relayed(self) if sync.is_tcp_option(level, name, 0, rest) else None
+    if entry and entry.options is not None:
+        return entry.options.get(level, name)
     return _original(socket.socket, "getsockopt")(self, level, name, *rest)
 
 

@@ -57,8 +57,7 @@ def http_server(context: ssl.SSLContext | None = None):
 
 
 def stats() -> dict:
-    session = transparent._session
-    return session._portal.call(lambda s: s.stats())
+    return transparent._session.stats()
 
 
 def test_install_routes_urllib_and_http_client_and_uninstall_restores():
