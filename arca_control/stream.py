@@ -1,7 +1,8 @@
 """The guest's view of a connection and of a listener, as trio stream types.
 
-An :class:`ArcaStream` reads the connection's rx pipe and writes its tx pipe,
-the two descriptors the monitor passed with ConnectionReady. It is a faithful
+An :class:`ArcaStream` reads the connection's rx pipe and writes its tx
+socket (one-way, a pipe in all but speed), the two descriptors the monitor
+passed with ConnectionReady. It is a faithful
 ``trio.abc.HalfCloseableStream``: ``send_eof`` closes tx (the monitor then
 shuts the socket down for writing), EOF on rx is confirmed by the monitor's
 ConnectionEnd status (a reset raises ``trio.BrokenResourceError`` instead of

@@ -1,17 +1,22 @@
-"""Moving bytes between kernel sockets and guests' pipes: one task and one epoll per session.
+"""Moving bytes between kernel sockets and guests' channels: one task and one epoll per session.
 
-Each connection has two one-way pipes. The guest holds the read end of *rx*
-and the write end of *tx*; the monitor holds the other two ends and relays:
+Each connection has two one-way channels. *rx* is a pipe; *tx* is an AF_UNIX
+stream socket the guest only writes to (PROTOCOL.md section 5 says why). The
+guest holds the read end of rx and the write end of tx; the monitor holds the
+other two ends and relays:
 
 * downstream: socket -> rx write end, until the socket reaches EOF or fails,
   or the guest closes its rx read end;
 * upstream: tx read end -> socket, until the guest closes its tx write end
   (then the socket is shut down for writing) or the socket fails.
 
-Bytes move with splice(2), so they never enter user space and buffering is
-bounded by the pipe and socket buffers: when the guest stops reading, the rx
-pipe fills, the monitor stops reading the socket, and TCP flow control pushes
-back on the peer.
+Downstream bytes move with splice(2), so they never enter user space.
+Upstream bytes are copied through one buffer per session: copying from a
+socket into TCP costs less than splicing a pipe into TCP here (measured in
+docs/PERFORMANCE.md). Buffering is bounded by the pipe and socket buffers
+(and, upstream, by the bytes a full TCP socket did not take, which wait in
+the connection): when the guest stops reading, the rx pipe fills, the monitor
+stops reading the socket, and TCP flow control pushes back on the peer.
 
 Why one loop and not tasks: a trio task per direction costs several KiB per
 connection; a session with 10,000 connections would spend most of its memory
@@ -29,9 +34,9 @@ from a reset.
 
 A session granted SOCKET_CHANNEL gets one AF_UNIX stream socket per
 connection instead (PROTOCOL.md section 5). The monitor's end then plays both
-pipe ends, as two fds of one socket (so that each direction keeps its own
-epoll registration), and bytes are copied through one buffer per session,
-since splice needs a pipe on one side. Ends map onto shutdown(2): EOF to the
+ends, as two fds of one socket (so that each direction keeps its own epoll
+registration), and downstream bytes are copied too, since splice needs a
+pipe on one side. Ends map onto shutdown(2): EOF to the
 guest is SHUT_WR on the monitor's end, a dead upstream is SHUT_RD.
 """
 
@@ -63,8 +68,14 @@ SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 SPLICES_PER_TURN = 4
 IN, OUT = select.EPOLLIN, select.EPOLLOUT
 ERR = select.EPOLLERR | select.EPOLLHUP
-#: The copy buffer of a socket-channel session, and each socket-channel end's send buffer.
-COPY_SIZE = 256 * 1024
+#: The copy buffer, one for the whole monitor: every session's relay runs in the one trio
+#: thread and copies a chunk with no checkpoint between its read and its write, and bytes
+#: a sink did not take are copied out (pending_*) before anyone reads again.
+#: 1 MiB: a quarter of that nearly halved upload speed (docs/PERFORMANCE.md).
+COPY_SIZE = 1 << 20
+_COPY_BUFFER = bytearray(COPY_SIZE)
+_COPY_VIEW = memoryview(_COPY_BUFFER)
+#: Each guest-side AF_UNIX socket's send buffer.
 CHANNEL_BUFFER = 1 << 20
 #: A socket-channel write that fails these way means the guest's end is gone.
 GUEST_GONE = (errno.EPIPE, errno.ECONNRESET)
@@ -101,14 +112,33 @@ class DataChannel(NamedTuple):
 
 
 def make_pipe_channel() -> DataChannel:
-    """Two pipes: the guest gets the rx read end and the tx write end."""
+    """The default channel: the guest gets the rx pipe's read end and the tx socket's write end.
+
+    tx is a one-way AF_UNIX stream socket, not a pipe: it behaves as one (the
+    guest closing it is EOF, the monitor closing it makes the guest's writes
+    fail with EPIPE), and copying from it into TCP beats splicing a pipe into
+    TCP on this kernel (docs/PERFORMANCE.md, "upload").
+    """
     rx_read, rx_write = make_pipe()
     try:
-        tx_read, tx_write = make_pipe()
+        tx_read, tx_write = _one_way_socket()
     except OSError:
         close_fds([rx_read, rx_write])
         raise
     return DataChannel(rx_write, tx_read, [rx_read, tx_write], is_socket=False)
+
+
+def _one_way_socket() -> tuple[int, int]:
+    """(the monitor's read end, the guest's write end) of an AF_UNIX stream socketpair."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        _grow_send_buffer(theirs)
+        ours.setblocking(False)
+    except OSError:
+        ours.close()
+        theirs.close()
+        raise
+    return ours.detach(), theirs.detach()
 
 
 def make_socket_channel() -> DataChannel:
@@ -229,9 +259,7 @@ class RelayEngine:
         self._registered: dict[int, int] = {}
         self._owners: dict[int, Connection] = {}
         self.connections: dict[int, Connection] = {}
-        #: The socket channel's copy buffer: one per session, as the loop moves one chunk at a time.
-        self._buffer = bytearray(COPY_SIZE)
-        self._view = memoryview(self._buffer)
+        self._buffer, self._view = _COPY_BUFFER, _COPY_VIEW
         # At most one end per connection is ever queued, so this is bounded by the connections.
         self._ends_in, self._ends_out = trio.open_memory_channel[Connection](math.inf)
 
@@ -340,9 +368,9 @@ class RelayEngine:
     def _pump_up(self, conn: Connection) -> None:
         for _ in range(SPLICES_PER_TURN):
             try:
-                moved = self._copy_up(conn) if conn.is_socket else self._splice(conn.tx_read, conn.sock_fd)
+                moved = self._copy_up(conn)
             except BlockingIOError:
-                conn.up = Wait.SINK if _readable_now(conn.tx_read) else Wait.SOURCE
+                conn.up = Wait.SOURCE  # a full socket keeps what it did not take in pending_up
                 return
             except (OSError, GuestGone) as exc:
                 # A write after the peer's reset: the downstream reports it, unless it already ended.
