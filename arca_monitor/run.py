@@ -12,6 +12,8 @@ With ``--transparent`` a Python CMD needs no change at all: its interpreter
 calls ``arca_control.install()`` at startup (through a ``sitecustomize`` put
 on ``PYTHONPATH``), so ``urllib``, ``http.client``, ``socket.create_connection``
 and friends go through the monitor (limits in ``arca_control/transparent.py``).
+An interpreter started with ``-I``, ``-E`` or ``-S`` skips that hook; it then
+has no network at all, as without ``--transparent``.
 
 CMD's exit status becomes arca-run's (128 + N if a signal N ended it). SIGINT and
 SIGTERM are forwarded to CMD. When CMD exits, the monitor is shut down, which
