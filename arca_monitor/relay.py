@@ -168,6 +168,8 @@ def _grow_send_buffer(sock: socket.socket) -> None:
 
 
 def _shutdown(fd: int, how: int) -> None:
+    if fd < 0:
+        return  # already closed (an Abort came first)
     sock = socket.socket(fileno=fd)
     try:
         sock.shutdown(how)
@@ -505,8 +507,10 @@ class RelayEngine:
             if conn.connection_id not in self.connections:
                 continue  # the session closed it meanwhile
             await self._send_event(ConnectionEnd(connection_id=conn.connection_id, status=conn.end_status))
-            # Only now may rx close: the guest, at EOF, waits for this status.
-            self._close_rx(conn)
+            # Only now may rx close: the guest, at EOF, waits for this status. Unless an
+            # Abort (or the session closing) came while the event was being sent: then it is closed.
+            if conn.connection_id in self.connections and conn.rx_write >= 0:
+                self._close_rx(conn)
 
     # --- epoll interest --------------------------------------------------------------------
 

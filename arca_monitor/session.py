@@ -176,7 +176,7 @@ class MonitorSession:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                self._spawn(self.relay.run)
+                nursery.start_soon(self._run_relay)
                 try:
                     await self._read_requests()
                 except SessionClosed:
@@ -531,6 +531,17 @@ class MonitorSession:
                              channel="socket" if sockets else "pipes",
                              local=_shown(local), peer=_shown(peer))
         log.debug("session %d: connection %d %s -> %s", self.number, conn.connection_id, local, peer)
+
+    async def _run_relay(self) -> None:
+        """The relay: a bug in it ends this session (closing its connections), never the monitor,
+        and never leaves the guest's connections hanging with nobody relaying them."""
+        try:
+            await self.relay.run()
+        except SessionClosed:
+            pass
+        except Exception as exc:
+            log.error("session %d: internal error in the relay: %r", self.number, exc)
+        self._nursery.cancel_scope.cancel()
 
     def _spawn(self, fn, *args) -> None:
         self._nursery.start_soon(self._task, fn, *args)
