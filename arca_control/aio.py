@@ -24,11 +24,12 @@ import concurrent.futures
 import errno
 import logging
 import socket
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from .portal import Portal
+from .portal import Portal, discard_result
 from .session import open_session as _open_trio_session
 from .stream import ArcaListener
 from .sync import _accept, _address, _stats, connect, getaddrinfo
@@ -125,13 +126,11 @@ class Session:
 
     def _discard(self, future: concurrent.futures.Future) -> None:
         """What a withdrawn call produced anyway: nobody will use it, so close it."""
-        if future.cancelled() or future.exception() is not None:
-            return
-        result = future.result()
-        if isinstance(result, socket.socket):
-            result.close()
-        elif isinstance(result, ArcaListener):
-            self._portal.submit(lambda session: result.aclose())
+        if not future.cancelled() and future.exception() is None and isinstance(future.result(), ArcaListener):
+            listener = future.result()
+            self._portal.submit(lambda session: listener.aclose())
+        else:
+            discard_result(future)
 
 
 class _Address:
@@ -282,7 +281,13 @@ async def open_session(*monitor_args: str) -> AsyncIterator[Session]:
     closes the session.
     """
     portal = Portal(lambda: _open_trio_session(*monitor_args, socket_channel=True))
-    await asyncio.to_thread(portal.start)
+    starting = asyncio.get_running_loop().run_in_executor(None, portal.start)
+    try:
+        await asyncio.shield(starting)
+    except asyncio.CancelledError:
+        # The start goes on in its thread: close what it opens (off the loop) once it is done.
+        starting.add_done_callback(lambda _: threading.Thread(target=portal.close, daemon=True).start())
+        raise
     session = Session(portal)
     try:
         yield session

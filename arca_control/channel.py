@@ -110,6 +110,13 @@ class ControlChannel:
     def close(self) -> None:
         self.sock.close()
 
+    def close_after_fork(self) -> None:
+        """Close this process's copy of the socket, outside trio (a forked child has no trio
+        run): the far end then sees EOF once the parent closes its copy."""
+        fd = self._raw.detach()
+        if fd >= 0:
+            os.close(fd)
+
 
 def _fds_from(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
     fds = array.array("i")

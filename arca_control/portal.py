@@ -67,7 +67,8 @@ class Portal:
         """Run the session's thread and wait until the session is open; raise why it could not open."""
         self._thread.start()
         try:
-            self._ready.result(timeout=START_TIMEOUT)
+            # The thread gives up at START_TIMEOUT itself; the margin only covers its exit.
+            self._ready.result(timeout=START_TIMEOUT + 5)
         except BaseException:
             self.close()
             raise
@@ -86,12 +87,15 @@ class Portal:
 
     def call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """``submit`` and wait for the result; an interrupt (Ctrl-C) withdraws the task."""
+        if in_portal_thread():
+            raise RuntimeError("a portal call from the portal's own thread would wait on itself")
         future = self.submit(fn, *args)
         try:
             return future.result()
         except BaseException:
             if not future.done():
                 self.cancel(future)
+                future.add_done_callback(discard_result)
             raise
 
     def cancel(self, future: concurrent.futures.Future) -> None:
@@ -111,7 +115,14 @@ class Portal:
             except trio.RunFinishedError:
                 pass
         if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join()
+            self._thread.join(START_TIMEOUT + 10)
+
+    def forget_after_fork(self) -> None:
+        """In a forked child: close our copy of the control channel, so that the parent's
+        session ends when the parent ends it (the child's copy would keep it open)."""
+        if self.session is not None:
+            self.session._channel.close_after_fork()
+
 
     # --- in the session's thread ---------------------------------------------------------
 
@@ -124,16 +135,28 @@ class Portal:
                 self._ready.set_exception(exc)
             else:
                 log.error("the arca session ended with %r", exc)
+        if not self._ready.done():  # the watchdog gave up on the handshake
+            self._ready.set_exception(TimeoutError(f"the arca monitor did not answer within {START_TIMEOUT:g} s"))
 
     async def _main(self) -> None:
         self._stop = trio.Event()
-        async with self._opener() as session, trio.open_nursery() as nursery:
-            self.session, self._nursery = session, nursery
-            session.portal = self
-            self._token = trio.lowlevel.current_trio_token()
-            self._ready.set_result(None)
-            await self._stop.wait()
-            nursery.cancel_scope.cancel()
+        async with trio.open_nursery() as guard:
+            # A monitor that takes the connection and never answers Hello must not hang
+            # the caller (in transparent mode: every program, at startup).
+            guard.start_soon(self._watchdog, guard.cancel_scope)
+            async with self._opener() as session, trio.open_nursery() as nursery:
+                self.session, self._nursery = session, nursery
+                session.portal = self
+                self._token = trio.lowlevel.current_trio_token()
+                self._ready.set_result(None)
+                await self._stop.wait()
+                nursery.cancel_scope.cancel()
+            guard.cancel_scope.cancel()
+
+    async def _watchdog(self, guard: trio.CancelScope) -> None:
+        await trio.sleep(START_TIMEOUT)
+        if not self._ready.done():
+            guard.cancel()
 
     def _start_task(self, future: concurrent.futures.Future, fn, args) -> None:
         if self._nursery is None or self._stop.is_set():
@@ -145,22 +168,37 @@ class Portal:
     async def _task(self, future: concurrent.futures.Future, fn, args) -> None:
         if not future.set_running_or_notify_cancel():
             return  # cancelled before it started
-        with trio.CancelScope() as scope:
-            self._scopes[future] = scope
-            try:
-                result = await fn(self.session, *args)
-            except trio.ClosedResourceError as exc:
-                future.set_exception(error_from_errno(errno.EBADF, str(exc) or "the arca session is closed"))
-            except Exception as exc:
-                future.set_exception(exc)
-            else:
-                future.set_result(result)
-            finally:
-                del self._scopes[future]
-        if not future.done():  # cancelled: by Portal.cancel, or by the session closing
-            future.set_exception(concurrent.futures.CancelledError())
+        try:
+            with trio.CancelScope() as scope:
+                self._scopes[future] = scope
+                try:
+                    result = await fn(self.session, *args)
+                except trio.ClosedResourceError as exc:
+                    future.set_exception(error_from_errno(errno.EBADF, str(exc) or "the arca session is closed"))
+                except Exception as exc:
+                    future.set_exception(exc)
+                else:
+                    future.set_result(result)
+        finally:
+            self._scopes.pop(future, None)
+            if not future.done():
+                # Withdrawn by Portal.cancel; or the session is closing (its nursery's
+                # cancellation passes through our scope): either way nobody may wait on.
+                if scope.cancelled_caught:
+                    future.set_exception(concurrent.futures.CancelledError())
+                else:
+                    future.set_exception(error_from_errno(errno.EBADF, "the arca session closed"))
 
     def _cancel_task(self, future: concurrent.futures.Future) -> None:
         scope = self._scopes.get(future)
         if scope is not None:
             scope.cancel()
+
+
+def discard_result(future: concurrent.futures.Future) -> None:
+    """What a withdrawn call produced anyway: nobody will use it, so close it."""
+    if future.cancelled() or future.exception() is not None:
+        return
+    result = future.result()
+    if hasattr(result, "close") and not hasattr(result, "aclose"):
+        result.close()  # a socket

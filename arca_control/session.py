@@ -235,14 +235,15 @@ class ArcaSession:
             "errors": {errno.errorcode.get(code, str(code)): count for code, count in reply.errors},
         }
 
-    async def connect(self, host: str, port: int, *, timeout: float | None = None) -> ArcaStream:
+    async def connect(self, host: str, port: int, *, timeout: float | None = None, family: int = 0) -> ArcaStream:
         """Open a TCP connection through the monitor.
 
         ``host`` is an IP literal, or a name that the monitor resolves; then
         each address is tried in turn (IPv6 first), and the stream's ``peer``
         is the one that worked; if none does, the last error is raised.
         ``timeout`` (seconds) bounds each kernel connect and gives ETIMEDOUT;
-        None uses the monitor's default. Cancelling the call withdraws it.
+        None uses the monitor's default. ``family`` (AF_INET or AF_INET6) limits
+        the addresses a name may give. Cancelling the call withdraws it.
         """
         timeout_ms = 0 if timeout is None else max(1, math.ceil(timeout * 1000))
         try:
@@ -250,7 +251,8 @@ class ArcaSession:
         except ValueError:
             if not isinstance(port, int) or not 0 <= port <= 0xFFFF:
                 raise
-            endpoints = [endpoint for _, _, endpoint in await self.resolve(host, port, type=socket.SOCK_STREAM)]
+            found = await self.resolve(host, port, family=family, type=socket.SOCK_STREAM)
+            endpoints = [endpoint for _, _, endpoint in found]
         last_error: OSError | None = None
         for endpoint in endpoints:
             try:
@@ -363,7 +365,10 @@ class ArcaSession:
         if isinstance(reply, AcceptOk):
             listener = self._listeners.get(request.listener_id)
             if listener is not None and not listener.closed:
-                listener.backlog.append(self._stream_from(reply, fds))
+                try:
+                    listener.backlog.append(self._stream_from(reply, fds))
+                except OSError as exc:  # EMFILE: the connection is lost, the session is not
+                    log.warning("an accepted connection could not be kept: %s", exc)
                 return
         if isinstance(reply, ConnectionReady):
             self._ends.pop(reply.connection_id, None)  # nobody will read this connection

@@ -108,7 +108,11 @@ class ArcaStream(trio.abc.HalfCloseableStream):
         self.is_socket = len(fds) == 1
         if self.is_socket:
             # Two fds of the one socket, so that each direction has its own, as with pipes.
-            fds = [fds[0], fcntl.fcntl(fds[0], fcntl.F_DUPFD_CLOEXEC, 0)]
+            try:
+                fds = [fds[0], fcntl.fcntl(fds[0], fcntl.F_DUPFD_CLOEXEC, 0)]
+            except OSError:
+                os.close(fds[0])  # EMFILE: the monitor must still see this connection end
+                raise
         self._rx = trio.lowlevel.FdStream(fds[0])
         self._tx = trio.lowlevel.FdStream(fds[1])
         self._end = end

@@ -164,11 +164,11 @@ def _timeout(timeout: Any) -> float | None:
     return socket.getdefaulttimeout() if timeout is _DEFAULT else timeout
 
 
-async def connect(session: ArcaSession, host: str, port: int, timeout: float | None) -> ArcaSocket:
+async def connect(session: ArcaSession, host: str, port: int, timeout: float | None, family: int = 0) -> ArcaSocket:
     """Connect through ``session`` (in its thread): the socket, or the stdlib's error."""
     try:
         with trio.fail_after(timeout) if timeout is not None else _no_limit():
-            stream = await session.connect(host, port, timeout=timeout)
+            stream = await session.connect(host, port, timeout=timeout, family=family)
     except trio.TooSlowError:
         raise TimeoutError(f"connecting to {host}:{port} timed out") from None
     return socket_from(stream)
@@ -179,31 +179,55 @@ def _no_limit() -> Iterator[None]:
     yield
 
 
+_PROTOCOL_OF = {socket.SOCK_STREAM: socket.IPPROTO_TCP, socket.SOCK_DGRAM: socket.IPPROTO_UDP}
+_TYPE_OF = {protocol: kind for kind, protocol in _PROTOCOL_OF.items()}
+
+
 async def getaddrinfo(session: ArcaSession, host, port, family=0, type=0, proto=0, flags=0) -> list[tuple]:
     """``socket.getaddrinfo``, answered by the monitor (in the session's thread).
 
     A numeric host (or None, with AI_PASSIVE for the wildcard) is answered
-    here without the monitor, as the stdlib answers it without DNS.
+    here without the monitor, as the stdlib answers it without DNS. Names
+    give stream and datagram entries (no SOCK_RAW ones), the canonical name
+    (AI_CANONNAME) being the name asked, on the first entry.
     """
     if isinstance(host, bytes):
         host = host.decode("idna")
-    if isinstance(port, bytes):
-        port = port.decode()
-    if isinstance(port, str):
-        try:
-            port = int(port) if port.isdigit() else socket.getservbyname(port, "udp" if type == socket.SOCK_DGRAM else "tcp")
-        except OSError:
-            raise socket.gaierror(socket.EAI_SERVICE, f"unknown service {port!r}") from None
+    if proto and type and _PROTOCOL_OF.get(type) != proto:
+        raise socket.gaierror(socket.EAI_SOCKTYPE, "ai_socktype not supported")
+    type = type or _TYPE_OF.get(proto, 0)
+    port, type = _service(port, type, flags)
     if host is None or _is_numeric(host) or flags & socket.AI_NUMERICHOST:
         return socket.getaddrinfo(host, port, family, type, proto, flags | socket.AI_NUMERICHOST)
     found = await session.resolve(host, port, family, type)
-    canonname = host if flags & socket.AI_CANONNAME else ""
     return [
-        (socket.AddressFamily(fam), socket.SocketKind(kind),
-         socket.IPPROTO_TCP if kind == socket.SOCK_STREAM else socket.IPPROTO_UDP, canonname, _address(endpoint))
-        for fam, kind, endpoint in found
-        if not proto or proto == (socket.IPPROTO_TCP if kind == socket.SOCK_STREAM else socket.IPPROTO_UDP)
+        (socket.AddressFamily(fam), socket.SocketKind(kind), _PROTOCOL_OF[kind],
+         host if flags & socket.AI_CANONNAME and number == 0 else "", _address(endpoint))
+        for number, (fam, kind, endpoint) in enumerate(found)
     ]
+
+
+def _service(port, type: int, flags: int) -> tuple[int | None, int]:
+    """A port given as a number, a numeric string or a service name: (port, socket type).
+
+    A name known for one protocol only narrows ``type`` to it, as the stdlib does.
+    """
+    if isinstance(port, bytes):
+        port = port.decode()
+    if not isinstance(port, str) or port.isdigit():
+        return (int(port) if port is not None else None), type
+    if flags & socket.AI_NUMERICSERV:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+    kinds = [type] if type else [socket.SOCK_STREAM, socket.SOCK_DGRAM]
+    found = {}
+    for kind in kinds:
+        try:
+            found[kind] = socket.getservbyname(port, "tcp" if kind == socket.SOCK_STREAM else "udp")
+        except OSError:
+            continue
+    if not found:
+        raise socket.gaierror(socket.EAI_SERVICE, f"unknown service {port!r}")
+    return next(iter(found.values())), (type or (next(iter(found)) if len(found) == 1 else 0))
 
 
 def _is_numeric(host: str) -> bool:
@@ -264,19 +288,21 @@ class Session:
         self._portal = portal
 
     def create_connection(
-        self, address: tuple[str, int], timeout: Any = _DEFAULT, source_address: Any = None, *, all_errors: bool = False
+        self, address: tuple[str, int], timeout: Any = _DEFAULT, source_address: Any = None, *,
+        all_errors: bool = False, family: int = 0,
     ) -> ArcaSocket:
         """Like ``socket.create_connection``: a connected socket, with ``timeout`` set on it.
 
         ``timeout`` bounds the whole connect (each address tried gets it too);
         it defaults to ``socket.getdefaulttimeout()``. ``source_address`` is
         not supported: the monitor picks the source (EOPNOTSUPP if given).
+        ``family`` (AF_INET or AF_INET6) limits the addresses a name may give.
         """
         if source_address is not None:
             raise errors.error_from_errno(95, "arca connects from the monitor's own address: no source_address")
         host, port = address[0], address[1]
         timeout = _timeout(timeout)
-        sock = self._portal.call(connect, host, port, timeout)
+        sock = self._portal.call(connect, host, port, timeout, family)
         sock.settimeout(timeout)
         return sock
 

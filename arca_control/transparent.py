@@ -38,6 +38,7 @@ After ``fork()`` the child opens its own session on first use.
 from __future__ import annotations
 
 import atexit
+import errno
 import os
 import socket
 import threading
@@ -104,8 +105,9 @@ def _current() -> sync.Session:
 
 def _after_fork() -> None:
     global _session, _own_session
-    if installed():
-        _session, _own_session = None, True
+    if installed() and _session is not None:
+        session, _session, _own_session = _session, None, True
+        session._portal.forget_after_fork()
 
 
 os.register_at_fork(after_in_child=_after_fork)
@@ -145,16 +147,43 @@ def _gethostbyname_ex(name):
 
 
 def _routed(sock: socket.socket) -> bool:
+    # Never from the portal's own thread: it would wait on itself.
     return sock.family in _TCP_FAMILIES and sock.type == socket.SOCK_STREAM and not in_portal_thread()
+
+
+#: Keepalive's tuning, carried over with SO_KEEPALIVE when a program set it before connect().
+_KEEPALIVE_OPTIONS = (socket.TCP_KEEPIDLE, socket.TCP_KEEPINTVL, socket.TCP_KEEPCNT)
+
+
+def _options_set_before(sock: socket.socket) -> list[tuple[int, int, int]]:
+    """TCP_NODELAY and keepalive as the program set them on its own socket (urllib3 does,
+    before connecting): to be set again on the relayed connection's real socket."""
+    getsockopt = _original(socket.socket, "getsockopt")
+    carried = []
+    if getsockopt(sock, socket.IPPROTO_TCP, socket.TCP_NODELAY):
+        carried.append((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1))
+    if getsockopt(sock, socket.SOL_SOCKET, socket.SO_KEEPALIVE):
+        carried.append((socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1))
+        carried += [(socket.IPPROTO_TCP, name, getsockopt(sock, socket.IPPROTO_TCP, name))
+                    for name in _KEEPALIVE_OPTIONS]
+    return carried
 
 
 def _connect(self: socket.socket, address) -> None:
     if not _routed(self):
         return _original(socket.socket, "connect")(self, address)
+    if sync.relayed(self) is not None:
+        raise OSError(errno.EISCONN, os.strerror(errno.EISCONN))
+    host, port = address[0], address[1]
+    if self.family == socket.AF_INET6 and len(address) >= 4 and address[3]:
+        host = f"{host}%{address[3]}"  # a link-local address needs its scope
+    carried = _options_set_before(self)
     timeout = self.gettimeout()
     # A non-blocking socket (timeout 0) still gets a whole connect: see the limits above.
-    relayed = _current().create_connection(address[:2], timeout=timeout or None)
+    relayed = _current().create_connection((host, port), timeout=timeout or None, family=self.family)
     try:
+        for level, name, value in carried:
+            relayed.setsockopt(level, name, value)
         # The same socket, so sync.relayed() knows it: getpeername and TCP options keep working.
         os.dup2(relayed.fileno(), self.fileno(), inheritable=self.get_inheritable())
     finally:
@@ -187,7 +216,8 @@ def _getsockname(self: socket.socket):
 
 
 def _setsockopt(self: socket.socket, level, name, value, *rest):
-    entry = sync.relayed(self) if sync.is_tcp_option(level, name, value, rest) else None
+    forward = sync.is_tcp_option(level, name, value, rest) and not in_portal_thread()
+    entry = sync.relayed(self) if forward else None
     if entry and entry.options is not None:
         entry.options.set(level, name, int(value))
     else:
@@ -195,7 +225,8 @@ def _setsockopt(self: socket.socket, level, name, value, *rest):
 
 
 def _getsockopt(self: socket.socket, level, name, *rest):
-    entry = sync.relayed(self) if sync.is_tcp_option(level, name, 0, rest) else None
+    forward = sync.is_tcp_option(level, name, 0, rest) and not in_portal_thread()
+    entry = sync.relayed(self) if forward else None
     if entry and entry.options is not None:
         return entry.options.get(level, name)
     return _original(socket.socket, "getsockopt")(self, level, name, *rest)

@@ -138,7 +138,12 @@ async def test_the_guest_writing_after_the_upstream_failed_gets_an_error(socket_
             for _ in range(1000):  # bounded: the monitor refuses writes once the connection is dead
                 sock.sendall(b"x" * 65536)
                 await trio.sleep(0.01)
-        assert sock.recv(10) == b""  # a raw socket sees the reset as EOF (PROTOCOL.md section 5)
+        # A raw socket sees the reset as EOF, or as ECONNRESET when the monitor closed its
+        # end with the guest's last writes unread (PROTOCOL.md section 5).
+        try:
+            assert sock.recv(10) == b""
+        except ConnectionResetError:
+            pass
     finally:
         sock.close()
 

@@ -434,3 +434,67 @@ def test_calls_after_the_session_closes_raise_oserror(hosts_file, echo_server):
         session.close()  # closing again is harmless
     finally:
         sock.close()
+
+
+def test_closing_the_session_releases_a_thread_blocked_in_accept():
+    session = arca_control.sync.open_session("--no-dns")
+    listener = session.listen("127.0.0.1", 0)
+    outcome = concurrent.futures.Future()
+
+    def accept() -> None:
+        try:
+            listener.accept()
+        except BaseException as exc:
+            outcome.set_result(exc)
+        else:
+            outcome.set_result(None)
+
+    threading.Thread(target=accept, daemon=True).start()
+    time.sleep(0.2)  # let it block in the monitor
+    session.close()
+    assert isinstance(outcome.result(timeout=WAIT), OSError)
+    listener.close()  # after its session: harmless, as a socket's close is
+
+
+def test_a_monitor_that_never_answers_times_out(tmp_path, monkeypatch):
+    """A monitor socket that takes the connection but never answers Hello: open_session gives up."""
+    from arca_control import portal
+
+    silent = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    silent.bind(str(tmp_path / "silent.sock"))
+    silent.listen(1)  # the kernel completes the connect; nobody ever accepts
+    monkeypatch.setattr(portal, "START_TIMEOUT", 0.5)
+    monkeypatch.setenv("ARCA_MONITOR", str(tmp_path / "silent.sock"))
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        arca_control.sync.open_session()
+    assert time.monotonic() - started < WAIT
+    silent.close()
+
+
+def test_a_portal_call_from_the_portal_thread_is_refused(s):
+    def inner(trio_session):
+        async def nested():
+            return s._portal.call(lambda trio_session: trio_session.stats())
+        return nested()
+
+    with pytest.raises(RuntimeError):
+        s._portal.call(inner)
+
+
+def test_getaddrinfo_of_a_name_has_the_stdlibs_shape(s):
+    with pytest.raises(socket.gaierror) as caught:
+        s.getaddrinfo(HOST_NAME, 80, type=socket.SOCK_DGRAM, proto=socket.IPPROTO_TCP)
+    assert caught.value.errno == socket.EAI_SOCKTYPE
+    with pytest.raises(socket.gaierror) as caught:
+        s.getaddrinfo(HOST_NAME, "http", flags=socket.AI_NUMERICSERV)
+    assert caught.value.errno == socket.EAI_NONAME
+    # proto alone picks the type; a service name becomes its port.
+    assert s.getaddrinfo(HOST_NAME, "53", proto=socket.IPPROTO_UDP) == [
+        (socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP, "", ("127.0.0.1", 53))]
+    tcp_port = socket.getservbyname("http", "tcp")
+    infos = s.getaddrinfo(HOST_NAME, "http", type=socket.SOCK_STREAM, flags=socket.AI_CANONNAME)
+    assert infos == [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, HOST_NAME, ("127.0.0.1", tcp_port))]
+    both = s.getaddrinfo(HOST_NAME, 7, flags=socket.AI_CANONNAME)
+    assert [info[2] for info in both] == [socket.IPPROTO_TCP, socket.IPPROTO_UDP]
+    assert [info[3] for info in both] == [HOST_NAME, ""]  # the canonical name, on the first entry only

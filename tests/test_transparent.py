@@ -7,7 +7,9 @@ where nothing but the monitor can carry its connections.
 
 from __future__ import annotations
 
+import errno
 import http.client
+import os
 import http.server
 import socket
 import ssl
@@ -209,3 +211,44 @@ def test_asyncio_in_transparent_mode():
         result = _run("--", sys.executable, "-c", app, url.rsplit(":", 1)[1])
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "hello /asyncio from 127.0.0.1"
+
+
+def test_connect_twice_is_eisconn_and_options_set_before_connect_carry_over():
+    with http_server() as url:
+        port = int(url.rsplit(":", 1)[1])
+        arca_control.install("--no-dns")
+        try:
+            sock = socket.socket()
+            sock.settimeout(10)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as urllib3 does, before connect
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 42)
+            sock.connect(("127.0.0.1", port))
+            # Read back from the monitor's real socket.
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 42
+            with pytest.raises(OSError) as caught:
+                sock.connect(("127.0.0.1", port))
+            assert caught.value.errno == errno.EISCONN
+            sock.close()
+        finally:
+            arca_control.uninstall()
+
+
+def test_the_startup_hook_needs_a_monitor_and_keeps_the_programs_own_sitecustomize(tmp_path):
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "sitecustomize.py").write_text("import builtins\nbuiltins.OWN_SITECUSTOMIZE = True\n")
+    check = ("import builtins, socket; print(getattr(builtins, 'OWN_SITECUSTOMIZE', False), "
+             "socket.create_connection.__module__)")
+    hook = os.path.join(os.path.dirname(arca_control.__file__), "_site")
+    # ARCA_TRANSPARENT without ARCA_MONITOR: nothing is installed (and no monitor spawned).
+    env = {k: v for k, v in os.environ.items() if k != "ARCA_MONITOR"}
+    env.update(ARCA_TRANSPARENT="1", PYTHONPATH=os.pathsep.join([hook, str(own)]))
+    result = subprocess.run([sys.executable, "-c", check], env=env, capture_output=True, text=True, timeout=60)
+    assert result.stdout.split() == ["True", "socket"], result.stderr
+    # Under arca-run --transparent: installed, and the program's own sitecustomize still ran.
+    result = subprocess.run([*RUN, "--", sys.executable, "-c", check], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "PYTHONPATH": str(own)})
+    assert result.stdout.split() == ["True", "arca_control.transparent"], result.stderr
