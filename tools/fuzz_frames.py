@@ -866,9 +866,9 @@ class LiveSession:
                 client.sendall(b"ping")
                 if not select.select([fds[0]], [], [], self.TIMEOUT)[0] or os.read(fds[0], 16) != b"ping":
                     raise Violation("bytes sent to an accepted connection did not reach its rx pipe")
-                os.write(fds[1], b"pong")
+                os.write(fds[-1], b"pong")  # tx; on the socket channel the one socket is both
                 if client.recv(16) != b"pong":
-                    raise Violation("bytes written to the tx pipe did not reach the peer")
+                    raise Violation("bytes written to tx did not reach the peer")
             finally:
                 for fd in fds:
                     os.close(fd)
@@ -898,7 +898,9 @@ def run_session(sock: socket.socket, kind: str, run: Run, rng: random.Random, ar
         if kind == "handshake":  # the first frame itself is fuzzed
             session.check(session.send(session.mutated(rng.choice([Hello] * 3 + REQUEST_TYPES))[0], kind))
         else:
-            session.check(session.send(codec.encode(Hello(request_id=1)), "hello"))
+            # Half the sessions ask for the socket channel, so both kinds of connection are fuzzed.
+            channels = rng.choice([wire.DEFAULT_CAPABILITIES, wire.DEFAULT_CAPABILITIES | Capability.SOCKET_CHANNEL])
+            session.check(session.send(codec.encode(Hello(request_id=1, capabilities=channels)), "hello"))
         if replay is not None and not model.closed:
             session.check(session.send(model.make_safe(replay)[0], "replay"))
         steps = 0 if replay is not None else rng.randint(4, 24)
