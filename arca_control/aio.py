@@ -88,12 +88,25 @@ class Session:
         limit: int = LIMIT,
         ssl_handshake_timeout: float | None = None,
         start_serving: bool = True,
+        reuse_port: bool = False,
     ) -> Server:
         """Like ``asyncio.start_server``: listen in the monitor and call ``client_connected_cb``
-        with a reader and a writer for each connection. ``host`` None listens on ``0.0.0.0``."""
+        with a reader and a writer for each connection.
+
+        ``host`` None listens on every address, as asyncio's does: one dual-stack
+        ``::`` socket (IPv4 clients too), or ``0.0.0.0`` where the monitor's host
+        has no IPv6. ``reuse_port`` sets SO_REUSEPORT before the bind.
+        """
 
         async def listen(session):
-            return await session.listen(host or "0.0.0.0", port, backlog=backlog)
+            if host is not None:
+                return await session.listen(host, port, backlog=backlog, reuse_port=reuse_port)
+            try:
+                return await session.listen("::", port, backlog=backlog, reuse_port=reuse_port)
+            except OSError as exc:
+                if exc.errno not in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
+                    raise
+                return await session.listen("0.0.0.0", port, backlog=backlog, reuse_port=reuse_port)
 
         listener = await self._call(listen)
         server = Server(self, listener, client_connected_cb, ssl, limit, ssl_handshake_timeout)

@@ -339,3 +339,22 @@ def test_calls_after_the_session_closes_raise_oserror():
                 await s.start_server(echo_handler, "127.0.0.1", 0)
 
     run(main)
+
+
+def test_a_server_with_no_host_takes_ipv4_and_ipv6_clients():
+    async def main():
+        async with arca_control.aio.open_session("--no-dns") as s:
+            async def handle(reader, writer):
+                writer.write(await reader.read(5))
+                await writer.drain()
+                writer.close()
+
+            async with await s.start_server(handle) as server:  # host None: every address
+                port = server.sockets[0].getsockname()[1]
+                for host in ("127.0.0.1", "::1"):
+                    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), WAIT)
+                    writer.write(b"hello")
+                    assert await asyncio.wait_for(reader.read(), WAIT) == b"hello"
+                    writer.close()
+
+    run(main)
