@@ -252,3 +252,29 @@ def test_the_startup_hook_needs_a_monitor_and_keeps_the_programs_own_sitecustomi
     result = subprocess.run([*RUN, "--", sys.executable, "-c", check], capture_output=True, text=True, timeout=60,
                             env={**os.environ, "PYTHONPATH": str(own)})
     assert result.stdout.split() == ["True", "arca_control.transparent"], result.stderr
+
+
+def test_aio_and_sync_guests_attach_to_arca_runs_monitor():
+    """Under arca-run (no --transparent) the aio and sync sessions attach to ARCA_MONITOR."""
+    app = textwrap.dedent(
+        """
+        import asyncio, sys, arca_control.aio, arca_control.sync
+        port = int(sys.argv[1])
+        async def main():
+            async with arca_control.aio.open_session() as s:
+                reader, writer = await s.open_connection("127.0.0.1", port)
+                writer.write(b"GET /aio HTTP/1.0\\r\\n\\r\\n")
+                print((await reader.read()).split(b"\\r\\n\\r\\n", 1)[1].decode())
+                writer.close()
+        asyncio.run(main())
+        with arca_control.sync.open_session() as s:
+            sock = s.create_connection(("127.0.0.1", port), timeout=10)
+            sock.sendall(b"GET /sync HTTP/1.0\\r\\n\\r\\n")
+            print(sock.makefile("rb").read().split(b"\\r\\n\\r\\n", 1)[1].decode())
+        """
+    )
+    with http_server() as url:
+        result = subprocess.run([sys.executable, "-m", "arca_monitor.run", "--no-dns", "--", sys.executable, "-c",
+                                 app, url.rsplit(":", 1)[1]], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["hello /aio from 127.0.0.1", "hello /sync from 127.0.0.1"]
