@@ -14,6 +14,7 @@ decoded message is always a valid one.
 from __future__ import annotations
 
 import enum
+import functools
 import errno
 import ipaddress
 import os
@@ -236,10 +237,13 @@ def valid_unix_path(host: str) -> bool:
     return is_unix_path(host) and "\0" not in host and len(host.encode()) <= UNIX_PATH_MAX
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_ip(host: str) -> tuple[AddressFamily, bytes, int]:
     """``(family, packed address, scope id)`` of an IP literal; ValueError for anything else.
 
     Strict: no names, no "127.1" shorthand, no leading zeros; a scope id must be a number.
+    Cached: every connection's reply encodes two endpoints, mostly the same few
+    addresses, and ``ipaddress`` parsing was most of the cost of building it.
     """
     address = ipaddress.ip_address(host)
     if address.version == 4:
