@@ -16,7 +16,8 @@ The rules, which the trio session and the monitor rely on:
 * HelloOk grants capabilities (the Hello's, intersected with the monitor's);
   a request needing one not granted is refused with EOPNOTSUPP.
 * A reply carrying a connection (AcceptOk, ConnectOk) comes with exactly two
-  file descriptors; every other frame with none.
+  file descriptors, their socket-channel forms and UdpBindOk with one, every
+  other frame with none (``Message.FDS``).
 * Cancel(target) withdraws a pending Accept or Connect. The target still gets
   exactly one reply: ECANCELED if the monitor withdrew it, or the reply it had
   already sent. Such a late reply is handed back as :class:`LateReply`, so a

@@ -273,7 +273,7 @@ class ErrorReply(ControlReply):
 
 @dataclass(frozen=True, kw_only=True)
 class ConnectionReady(ControlReply):
-    """A new connection. Its two pipe ends travel beside the frame: rx, then tx.
+    """A new connection. The rx pipe's read end and the tx socket's write end travel beside the frame, in that order.
 
     In a session granted SOCKET_CHANNEL the ``*SocketOk`` subclasses come
     instead, with one AF_UNIX stream socket beside the frame.

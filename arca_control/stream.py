@@ -86,7 +86,7 @@ class EndStatus:
 class ArcaStream(trio.abc.HalfCloseableStream):
     """A TCP connection relayed by the monitor.
 
-    Resource handling: owns the descriptors passed to it (two pipe ends, or
+    Resource handling: owns the descriptors passed to it (the rx pipe's and tx socket's ends, or
     one socket) from construction on; :meth:`aclose` closes them, and is safe
     to call more than once; :meth:`detach` gives a socket away instead.
     """
@@ -104,7 +104,7 @@ class ArcaStream(trio.abc.HalfCloseableStream):
         self.connection_id = connection_id
         self.local = local
         self.peer = peer
-        #: True on the socket channel: one AF_UNIX stream socket, not two pipes.
+        #: True on the socket channel: one AF_UNIX stream socket, not an rx pipe and a tx socket.
         self.is_socket = len(fds) == 1
         if self.is_socket:
             # Two fds of the one socket, so that each direction has its own, as with pipes.

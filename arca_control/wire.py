@@ -161,7 +161,7 @@ class Capability(enum.IntFlag, boundary=enum.KEEP):
     TCP = 1
     UDP = 2
     #: Asked for in Hello: the session's connections come as one AF_UNIX stream
-    #: socket each (a real ``socket.socket`` for the guest) instead of two pipes.
+    #: socket each (a real ``socket.socket`` for the guest) instead of an rx pipe and a tx socket.
     SOCKET_CHANNEL = 4
 
 

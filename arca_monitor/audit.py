@@ -9,7 +9,7 @@ stdout, which may carry a guest's data. Each line has ``ts`` (Unix time),
   ``allowed``, ``denied`` (with ``reason``, naming the missing rule), or
   ``failed`` (with ``errno`` and ``reason``);
 * ``open``: a connection handed to the guest (``connection_id``, ``via``
-  accept or connect, ``local``, ``peer``);
+  accept or connect, ``channel`` pipes or socket, ``local``, ``peer``);
 * ``guest_eof`` / ``peer_eof``: a half-close, by the guest or by the peer;
 * ``close``: the connection is gone, with ``bytes_up`` (guest to peer),
   ``bytes_down``, ``seconds``, and ``how`` (closed, reset by the peer as an

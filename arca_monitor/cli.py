@@ -94,7 +94,7 @@ def _nameserver(text: str) -> tuple[str, int]:
 
 
 def raise_fd_limit() -> None:
-    """Every connection costs a socket and two pipe ends: allow as many as the hard limit."""
+    """Every connection costs three fds (the TCP socket, the rx pipe's write end, the tx socket's read end): allow as many as the hard limit."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

@@ -35,8 +35,8 @@ from a reset.
 A session granted SOCKET_CHANNEL gets one AF_UNIX stream socket per
 connection instead (PROTOCOL.md section 5). The monitor's end then plays both
 ends, as two fds of one socket (so that each direction keeps its own epoll
-registration), and downstream bytes are copied too, since splice needs a
-pipe on one side. Ends map onto shutdown(2): EOF to the
+registration), and downstream bytes are copied too (through the same
+monitor-wide buffer), since splice needs a pipe on one side. Ends map onto shutdown(2): EOF to the
 guest is SHUT_WR on the monitor's end, a dead upstream is SHUT_RD.
 """
 
@@ -64,7 +64,7 @@ log = logging.getLogger("arca_monitor.relay")
 
 PIPE_SIZE = 1 << 20
 SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
-#: Splices per ready fd per round: enough to amortise a round, few enough to stay fair.
+#: Moves (splices or copies) per ready fd per round: enough to amortise a round, few enough to stay fair.
 SPLICES_PER_TURN = 4
 IN, OUT = select.EPOLLIN, select.EPOLLOUT
 ERR = select.EPOLLERR | select.EPOLLHUP
@@ -107,7 +107,7 @@ class DataChannel(NamedTuple):
     rx_write: int
     tx_read: int
     guest_fds: list[int]
-    #: True for the socket channel (one AF_UNIX stream socket), False for two pipes.
+    #: True for the socket channel (one AF_UNIX stream socket), False for an rx pipe and a tx socket.
     is_socket: bool
 
 
@@ -202,7 +202,7 @@ def _close(fd: int) -> None:
 
 
 class Connection:
-    """One relayed connection: the socket, the monitor's two pipe ends, and where each direction is."""
+    """One relayed connection: the socket, the monitor's two channel ends, and where each direction is."""
 
     __slots__ = (
         "connection_id", "sock", "sock_fd", "local", "peer", "rx_write", "tx_read",
@@ -220,7 +220,7 @@ class Connection:
         self.rx_write = channel.rx_write
         self.tx_read = channel.tx_read
         self.is_socket = channel.is_socket
-        #: Socket channel only: bytes read but not yet taken by a full sink, per direction.
+        #: Bytes read but not yet taken by a full sink, per direction (downstream: socket channel only).
         self.pending_down = b""
         self.pending_up = b""
         self.down = Wait.SOURCE
@@ -292,9 +292,9 @@ class RelayEngine:
                         self._on_event(conn, fd, events)
 
     def abort(self, conn: Connection) -> None:
-        """Reset ``conn``: the peer sees an RST, and the guest's pipes close after it.
+        """Reset ``conn``: the peer sees an RST, and the guest's channel ends close after it.
 
-        The socket goes first, with SO_LINGER 0: closing the pipes first would let
+        The socket goes first, with SO_LINGER 0: closing the channel first would let
         the upstream see EOF and send a FIN, and after a FIN Linux reports EOF to
         the peer even when the RST follows.
         """

@@ -99,7 +99,7 @@ async def test_monitor_killed_fails_every_pending_call_within_a_second(stalled_a
         reader = await session.connect(*listener.local)
         writer_peer = await listener.accept()
         writer = await session.connect(*listener.local)
-        await listener.accept()  # its peer never reads: the writer's pipes fill up
+        await listener.accept()  # its peer never reads: the writer's tx socket and TCP buffers fill up
         outcomes: dict[str, BaseException] = {}
 
         async def expect(name, call, *args):

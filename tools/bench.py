@@ -627,10 +627,10 @@ def codec_case(sizes: Sizes) -> dict:
 
 # --- (g) scale --------------------------------------------------------------------------------
 
-#: Descriptors per relayed connection: the monitor holds the socket and two pipe ends; the
-#: bench holds the other two pipe ends and the echo server's socket.
+#: Descriptors per relayed connection: the monitor holds the socket, the rx pipe's write end
+#: and the tx socket's read end; the bench holds the other two ends and the echo server's socket.
 FDS_PER_CONNECTION = 3
-#: A connection being handed over holds all four pipe ends in the monitor until ConnectOk
+#: A connection being handed over holds all four channel ends in the monitor until ConnectOk
 #: is sent: two more each, for as many as are connecting at once.
 FDS_PER_HANDOVER = 2
 FD_RESERVE = 256  # the interpreter, trio, the control channel, helper pipes
