@@ -123,7 +123,6 @@ class Portal:
         if self.session is not None:
             self.session._channel.close_after_fork()
 
-
     # --- in the session's thread ---------------------------------------------------------
 
     def _run(self) -> None:

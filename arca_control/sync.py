@@ -51,30 +51,28 @@ class ArcaSocket(socket.socket):
     allows the options listed in PROTOCOL.md and answers others ENOPROTOOPT.
     """
 
-    def __init__(self, *args: Any, local: Endpoint | None = None, peer: Endpoint | None = None,
-                 options: ConnectionOptions | None = None, **kwargs: Any):
+    def __init__(self, *args: Any, relayed: Relayed | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self._arca_local = local
-        self._arca_peer = peer
-        self.arca_options = options
-        if local is not None and peer is not None:
-            _remember(self, Relayed(_address(local), _address(peer), options))
+        #: What this socket stands for (None for a plain copy, as ``dup()`` makes).
+        self.arca = relayed
+        if relayed is not None:
+            _remember(self, relayed)
 
     def getpeername(self):
-        return _address(self._arca_peer) if self._arca_peer is not None else super().getpeername()
+        return self.arca.peer if self.arca is not None else super().getpeername()
 
     def getsockname(self):
-        return _address(self._arca_local) if self._arca_local is not None else super().getsockname()
+        return self.arca.local if self.arca is not None else super().getsockname()
 
     def setsockopt(self, level: int, name: int, value: Any, *rest: Any) -> None:
-        if self.arca_options is not None and is_tcp_option(level, name, value, rest):
-            self.arca_options.set(level, name, int(value))
+        if self.arca is not None and self.arca.options is not None and is_tcp_option(level, name, value, rest):
+            self.arca.options.set(level, name, int(value))
         else:
             super().setsockopt(level, name, value, *rest)
 
     def getsockopt(self, level: int, name: int, *rest: Any):
-        if self.arca_options is not None and is_tcp_option(level, name, 0, rest):
-            return self.arca_options.get(level, name)
+        if self.arca is not None and self.arca.options is not None and is_tcp_option(level, name, 0, rest):
+            return self.arca.options.get(level, name)
         return super().getsockopt(level, name, *rest)
 
 
@@ -153,8 +151,8 @@ def socket_from(stream) -> ArcaSocket:
     options = ConnectionOptions(stream.session.portal, stream.connection_id) if stream.session.portal else None
     plain = stream.detach()
     try:
-        return ArcaSocket(socket.AF_UNIX, socket.SOCK_STREAM, fileno=plain.detach(), local=stream.local,
-                          peer=stream.peer, options=options)
+        relayed = Relayed(_address(stream.local), _address(stream.peer), options)
+        return ArcaSocket(socket.AF_UNIX, socket.SOCK_STREAM, fileno=plain.detach(), relayed=relayed)
     except BaseException:
         plain.close()
         raise
@@ -299,7 +297,7 @@ class Session:
         ``family`` (AF_INET or AF_INET6) limits the addresses a name may give.
         """
         if source_address is not None:
-            raise errors.error_from_errno(95, "arca connects from the monitor's own address: no source_address")
+            raise errors.error_from_errno(errno.EOPNOTSUPP, "arca connects from the monitor's own address: no source_address")
         host, port = address[0], address[1]
         timeout = _timeout(timeout)
         sock = self._portal.call(connect, host, port, timeout, family)

@@ -117,6 +117,7 @@ def transparent_env(env: dict[str, str]) -> dict[str, str]:
     import sysconfig
 
     import arca_control
+    from arca_control.transparent import TRANSPARENT_ENV
 
     site_hook = os.path.join(os.path.dirname(arca_control.__file__), "_site")
     package_root = os.path.dirname(os.path.dirname(arca_control.__file__))
@@ -124,7 +125,7 @@ def transparent_env(env: dict[str, str]) -> dict[str, str]:
     sites = dict.fromkeys([package_root, paths["purelib"], paths["platlib"]])
     return {
         **env,
-        "ARCA_TRANSPARENT": "1",
+        TRANSPARENT_ENV: "1",
         "ARCA_SITE": os.pathsep.join(sites),
         "PYTHONPATH": os.pathsep.join(filter(None, [site_hook, env.get("PYTHONPATH", "")])),
     }
