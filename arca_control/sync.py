@@ -27,8 +27,7 @@ import errno
 import os
 import socket
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import nullcontext
 from typing import Any, NamedTuple
 
 import trio
@@ -165,16 +164,11 @@ def _timeout(timeout: Any) -> float | None:
 async def connect(session: ArcaSession, host: str, port: int, timeout: float | None, family: int = 0) -> ArcaSocket:
     """Connect through ``session`` (in its thread): the socket, or the stdlib's error."""
     try:
-        with trio.fail_after(timeout) if timeout is not None else _no_limit():
+        with trio.fail_after(timeout) if timeout is not None else nullcontext():
             stream = await session.connect(host, port, timeout=timeout, family=family)
     except trio.TooSlowError:
         raise TimeoutError(f"connecting to {host}:{port} timed out") from None
     return socket_from(stream)
-
-
-@contextmanager
-def _no_limit() -> Iterator[None]:
-    yield
 
 
 _PROTOCOL_OF = {socket.SOCK_STREAM: socket.IPPROTO_TCP, socket.SOCK_DGRAM: socket.IPPROTO_UDP}

@@ -374,9 +374,9 @@ class RelayEngine:
             except BlockingIOError:
                 conn.up = Wait.SOURCE  # a full socket keeps what it did not take in pending_up
                 return
-            except (OSError, GuestGone) as exc:
+            except OSError as exc:
                 # A write after the peer's reset: the downstream reports it, unless it already ended.
-                conn.write_error = getattr(exc, "errno", None) or errno.EIO
+                conn.write_error = exc.errno or errno.EIO
                 self._finish_up(conn)
                 return
             except EOFError:

@@ -5,7 +5,10 @@ from __future__ import annotations
 import functools
 import os
 import socket
+import socketserver
 import sys
+import threading
+from contextlib import contextmanager
 
 import pytest
 import trio
@@ -42,6 +45,26 @@ async def tcp_server(nursery: trio.Nursery, handler) -> tuple[str, int]:
     """A real trio TCP server on a kernel-chosen loopback port, outside any session."""
     listeners = await nursery.start(functools.partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
     return listeners[0].socket.getsockname()[:2]
+
+
+def closed_port() -> int:
+    """A loopback port that was just bound and closed: nothing listens there."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def serving(server: socketserver.BaseServer):
+    """Run a stdlib ``socketserver`` in a thread for the block; shut it down and close it after."""
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
 
 
 def blocking_client(address) -> socket.socket:

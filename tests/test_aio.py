@@ -17,6 +17,8 @@ import pytest
 
 import arca_control.aio
 
+from .conftest import closed_port
+
 #: Upper bound, in seconds, on any single wait in this file; a whole test gets TEST_LIMIT.
 WAIT = 10
 TEST_LIMIT = 30
@@ -29,14 +31,6 @@ def run(coro_fn, *args):
         return await asyncio.wait_for(coro_fn(*args), TEST_LIMIT)
 
     return asyncio.run(bounded())
-
-
-def closed_port() -> int:
-    probe = socket.socket()
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
-    probe.close()
-    return port
 
 
 def blocking_connect(address) -> None:

@@ -18,6 +18,8 @@ import pytest
 import arca_control.sync
 from arca_control.sync import ArcaSocket
 
+from .conftest import closed_port, serving
+
 #: Upper bound, in seconds, on any single wait in this file.
 WAIT = 10
 HOST_NAME = "arca-test.example"
@@ -73,13 +75,8 @@ class _EchoServer(socketserver.ThreadingTCPServer):
 @pytest.fixture(scope="module")
 def echo_server():
     """A stdlib threaded echo server on a kernel-chosen loopback port: its (host, port)."""
-    server = _EchoServer(("127.0.0.1", 0), _EchoHandler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield server.server_address[:2]
-    server.shutdown()
-    server.server_close()
-    thread.join(WAIT)
+    with serving(_EchoServer(("127.0.0.1", 0), _EchoHandler)) as server:
+        yield server.server_address[:2]
 
 
 class _HTTPHandler(http.server.BaseHTTPRequestHandler):
@@ -110,12 +107,8 @@ def http_server():
     """A stdlib ThreadingHTTPServer on loopback: its (host, port)."""
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _HTTPHandler)
     server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield server.server_address[:2]
-    server.shutdown()
-    server.server_close()
-    thread.join(WAIT)
+    with serving(server):
+        yield server.server_address[:2]
 
 
 @pytest.fixture(scope="module")
@@ -130,15 +123,6 @@ def s(hosts_file):
     """One blocking session for the module, with a hosts file naming HOST_NAME (DNS off)."""
     with arca_control.sync.open_session("--no-dns", "--hosts-file", str(hosts_file)) as session:
         yield session
-
-
-def closed_port() -> int:
-    """A loopback port that was just bound and closed: nothing listens there."""
-    probe = socket.socket()
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
-    probe.close()
-    return port
 
 
 def resolve_requests(session) -> int:

@@ -16,7 +16,6 @@ import ssl
 import subprocess
 import sys
 import textwrap
-import threading
 import urllib.request
 from contextlib import contextmanager
 
@@ -25,6 +24,8 @@ import trustme
 
 import arca_control
 from arca_control import transparent
+
+from .conftest import closed_port, serving
 
 RUN = [sys.executable, "-m", "arca_monitor.run", "--transparent", "--no-dns"]
 
@@ -47,15 +48,9 @@ def http_server(context: ssl.SSLContext | None = None):
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hello)
     if context is not None:
         server.socket = context.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     scheme = "https" if context else "http"
-    try:
+    with serving(server):
         yield f"{scheme}://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
 
 
 def stats() -> dict:
@@ -98,9 +93,7 @@ def test_install_routes_urllib_and_http_client_and_uninstall_restores():
 def test_errors_and_names_in_transparent_mode(tmp_path):
     hosts = tmp_path / "hosts"
     hosts.write_text("127.0.0.1 arca-test.example\n")
-    closed = socket.create_server(("127.0.0.1", 0))
-    refused_port = closed.getsockname()[1]
-    closed.close()
+    refused_port = closed_port()
     arca_control.install("--no-dns", "--hosts-file", str(hosts))
     try:
         assert socket.gethostbyname("arca-test.example") == "127.0.0.1"
