@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test fuzz bench venv system-deps clean
+.PHONY: demo test lint fuzz bench venv system-deps clean
 
 # How long `make fuzz` runs each mode (seconds).
 FUZZ_SECONDS ?= 600
@@ -27,6 +27,11 @@ demo: venv system-deps
 
 test: venv system-deps
 	$(PY) -m pytest
+
+# Strict types and lint (configured in pyproject.toml).
+lint: venv
+	$(PY) -m ruff check .
+	$(PY) -m mypy
 
 # The long fuzz run: both modes, with progress; any finding fails it and lands in tools/corpus/found/.
 fuzz: venv

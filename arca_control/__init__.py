@@ -12,8 +12,8 @@ session in a thread of its own), ``sync`` (blocking), ``aio`` (asyncio) and
 ``transparent`` (``install()``: the process's own sockets, through the monitor).
 """
 
-from .codec import FrameDecoder, decode, encode
-from .errors import (
+from .protocol.codec import FrameDecoder, decode, encode
+from .protocol.errors import (
     ArcaError,
     LocalProtocolError,
     MonitorGone,
@@ -23,7 +23,7 @@ from .errors import (
 from .session import ArcaSession, attach_session, open_session
 from .stream import ArcaListener, ArcaStream
 from .transparent import install, uninstall
-from .wire import PROTOCOL_VERSION, Endpoint
+from .protocol.wire import PROTOCOL_VERSION, Endpoint
 
 __all__ = [
     "ArcaError",

@@ -1,27 +1,8 @@
-"""The guest's view of a UDP socket, and the one layout of a datagram record.
+"""The guest's view of a UDP socket, over the datagram channel the monitor passes with UdpBindOk.
 
-A UDP socket of the guest lives in the monitor; the guest reaches it through
-its data channel, one end of an ``AF_UNIX`` ``SOCK_SEQPACKET`` socketpair (the
-monitor passes it with UdpBindOk and holds the other end). One SEQPACKET
-message is one datagram record:
-
-    endpoint (the protocol's endpoint layout)   payload (0 to 65,527 bytes)
-    family u8, address, port u16 LE              the UDP payload, as is
-
-The endpoint is 7 bytes for IPv4 (family 1, 4 address bytes, port) and 23
-for IPv6 (family 2, 16 address bytes, scope id u32, port). From the guest to
-the monitor it is the destination; from the monitor to the guest, the source.
-SEQPACKET keeps message boundaries, so a datagram is never split or merged
-with another. A record always holds at least an endpoint, so it is never
-empty: a read of 0 bytes means the other end closed its channel.
-
-Limits: a payload is at most 65,507 bytes to an IPv4 destination and 65,527
-to an IPv6 one (65,535 less the headers), so a record is at most 23 + 65,527
-bytes. Linux refuses a SEQPACKET message longer than the sender's SO_SNDBUF
-(as doubled by the kernel) less 32 bytes, so both ends are sized to
-CHANNEL_BUFFER (``size_channel``). Socket options are the socket's, so they
-travel with a passed descriptor: the monitor sets them on the guest's end
-before passing it (``arca_monitor.udp.make_channel_pair``), and
+The records that travel on that channel are laid out in ``protocol.records``.
+Socket options are the socket's, so they travel with a passed descriptor: the
+monitor sets them on the guest's end before passing it, and
 :class:`ArcaDatagramSocket` checks them again and grows them if needed.
 
 :class:`ArcaDatagramSocket` behaves like a trio UDP socket: ``sendto`` and
@@ -37,83 +18,26 @@ from collections.abc import Callable
 
 import trio
 
-from . import fastpath, wire
-from .addresses import ip_endpoint
+from .protocol.addresses import ip_endpoint
+from .protocol.records import (
+    MAX_RECORD,
+    SNDBUF_NEEDED,
+    V4_MAPPED,
+    decode_record,
+    encode_endpoint,
+    max_payload,
+    size_channel,
+)
+from .protocol.wire import AddressFamily, Endpoint, ipv6_host, parse_ip
 from .stream import _ConflictDetector
-from .wire import AddressFamily, Endpoint, ipv6_host, parse_ip
-
-#: The largest UDP payloads: 65,535 less the IPv4 and UDP headers; less the
-#: UDP header only for IPv6, whose header is not counted in its payload length.
-MAX_PAYLOAD_IPV4 = 65_507
-MAX_PAYLOAD_IPV6 = 65_527
-#: The longest endpoint in front of a payload (IPv6).
-MAX_ENDPOINT = 23
-#: A buffer that holds any record, with room to spare for anything the kernel might hand over.
-MAX_RECORD = MAX_ENDPOINT + 65_535
-#: SO_SNDBUF and SO_RCVBUF asked for on both ends of a channel. Linux doubles
-#: it (to 512 KiB, or twice net.core.wmem_max if that is lower): room for
-#: several of the largest records, and a bound on what waits in the channel.
-CHANNEL_BUFFER = 4 * 65_536
-#: What SO_SNDBUF must report (the doubled value) for the largest record to go through.
-_SNDBUF_NEEDED = MAX_RECORD + 32
-
-_read_endpoint = fastpath.READERS[id(wire.ENDPOINT)]
-_write_endpoint = fastpath.WRITERS[id(wire.ENDPOINT)]
-#: What the endpoint reader raises for bytes that are not an endpoint.
-_MALFORMED = (fastpath._Short, fastpath._Bad)
-_V4_MAPPED = b"\0" * 10 + b"\xff\xff"
-_IP_FAMILIES = frozenset({AddressFamily.IPV4, AddressFamily.IPV6})
-
-
-# --- the record layout, shared with the monitor's relay -------------------------------------
-
-
-def decode_record(record: bytes | bytearray | memoryview) -> tuple[Endpoint, int]:
-    """The endpoint at the front of ``record`` and where its payload starts.
-
-    ValueError if malformed, or if the endpoint is of a family other than
-    IPv4 and IPv6 (the endpoint layout has others; UDP has no use for them).
-    """
-    if not record:
-        raise ValueError("an empty record")
-    if record[0] not in _IP_FAMILIES:
-        raise ValueError(f"family {record[0]}: a datagram record's endpoint is IPv4 or IPv6")
-    try:
-        # Only the endpoint is copied, never the payload: the readers take bytes.
-        return _read_endpoint(bytes(record[:MAX_ENDPOINT]), 0)
-    except _MALFORMED as exc:
-        raise ValueError(f"not a datagram record: {exc or 'too short'}") from None
-
-
-def encode_endpoint(endpoint: tuple[str, int]) -> bytes:
-    """The endpoint bytes that go in front of a payload; ValueError if not an IP literal and a port."""
-    try:
-        return _write_endpoint(endpoint)
-    except fastpath._Unfit as exc:
-        raise ValueError(str(exc)) from None
-
-
-def size_channel(sock: socket.socket, size: int = CHANNEL_BUFFER) -> None:
-    """Give one end of a channel the buffers the largest record needs."""
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
-    # SEQPACKET charges queued messages to the sender's SO_SNDBUF; RCVBUF is set for symmetry only.
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
-
-
-def max_payload(endpoint: Endpoint) -> int:
-    """The largest payload the kernel sends to ``endpoint`` (an IPv4-mapped one travels as IPv4)."""
-    family, packed, _ = parse_ip(endpoint.host)
-    if family == AddressFamily.IPV4 or packed.startswith(_V4_MAPPED):
-        return MAX_PAYLOAD_IPV4
-    return MAX_PAYLOAD_IPV6
 
 
 def _twin(endpoint: Endpoint) -> Endpoint | None:
     """The same peer as an IPv4-mapped IPv6 address sees it, or the other way round; None for plain IPv6."""
     family, packed, scope_id = parse_ip(endpoint.host)
     if family == AddressFamily.IPV4:
-        return Endpoint(ipv6_host(_V4_MAPPED + packed, 0), endpoint.port)
-    if packed.startswith(_V4_MAPPED) and not scope_id:
+        return Endpoint(ipv6_host(V4_MAPPED + packed, 0), endpoint.port)
+    if packed.startswith(V4_MAPPED) and not scope_id:
         return Endpoint(socket.inet_ntoa(packed[12:]), endpoint.port)
     return None
 
@@ -313,6 +237,6 @@ class ArcaDatagramSocket(trio.abc.AsyncResource):
 
 def _ensure_room(channel: socket.socket) -> None:
     """Grow the guest's end if it cannot send the largest record (the monitor normally did this)."""
-    if channel.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) < _SNDBUF_NEEDED:
+    if channel.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) < SNDBUF_NEEDED:
         size_channel(channel)
 

@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 
 import trio
 
-from .errors import error_from_errno
+from .protocol.errors import error_from_errno
 from .session import ArcaSession, open_session
 
 log = logging.getLogger("arca_control.portal")

@@ -30,10 +30,15 @@ from contextlib import asynccontextmanager
 
 import trio
 
-from . import codec, errors
-from .channel import ControlChannel, close_fds, socketpair
-from .core import ClientCore, LateReply, Reply
-from .messages import (
+from .datagram import ArcaDatagramSocket
+from .protocol import codec, errors
+from .protocol.addresses import ip_endpoint, unix_endpoint
+from .protocol.channel import ControlChannel, close_fds, socketpair
+from .protocol.client import ClientCore, LateReply, Reply
+from .protocol.launch import MONITOR_ENV
+from .protocol.messages import (
+    FAILURES,
+    REGISTRY,
     Abort,
     Accept,
     AcceptOk,
@@ -42,28 +47,31 @@ from .messages import (
     ConnectionEnd,
     ConnectionReady,
     ControlRequest,
-    FAILURES,
     GetOption,
     Hello,
     HelloOk,
     Listen,
     ListenOk,
-    REGISTRY,
     MessageType,
     Resolve,
     SetOption,
     Stats,
     UdpBind,
 )
-from .addresses import ip_endpoint, unix_endpoint
-from .datagram import ArcaDatagramSocket
+from .protocol.wire import (
+    DEFAULT_CAPABILITIES,
+    LENGTH_FIELD_MAX,
+    Capability,
+    Endpoint,
+    FamilyFilter,
+    ListenFlags,
+    OptionTarget,
+    SockType,
+)
 from .stream import ArcaListener, ArcaStream, EndStatus
-from .wire import DEFAULT_CAPABILITIES, LENGTH_FIELD_MAX, Capability, Endpoint, FamilyFilter, ListenFlags, OptionTarget, SockType
 
 log = logging.getLogger("arca_control")
 
-#: Set by arca-run: the socket path of the monitor a sandboxed guest must use.
-MONITOR_ENV = "ARCA_MONITOR"
 
 #: How long a spawned monitor gets to exit after its session closes.
 MONITOR_EXIT_GRACE = 5.0

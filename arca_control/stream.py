@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from .errors import error_from_errno, stream_failure
-from .wire import Endpoint, OptionTarget
+from .protocol.errors import error_from_errno, stream_failure
+from .protocol.wire import Endpoint, OptionTarget
 
 if TYPE_CHECKING:
     from .session import ArcaSession

@@ -32,10 +32,10 @@ from typing import Any, NamedTuple
 
 import trio
 
-from . import errors
+from .protocol import errors
 from .portal import Portal
 from .session import ArcaSession, open_session as _open_trio_session
-from .wire import Endpoint, OptionTarget
+from .protocol.wire import Endpoint, OptionTarget
 
 #: The stdlib's own "no timeout given" marker, so that callers passing it along (http.client) mean the same.
 _DEFAULT = socket._GLOBAL_DEFAULT_TIMEOUT

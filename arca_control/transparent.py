@@ -46,9 +46,8 @@ from typing import Any
 
 from . import sync
 from .portal import in_portal_thread
+from .protocol.launch import TRANSPARENT_ENV
 
-#: Set by ``arca-run --transparent``: the guest's interpreter installs at startup.
-TRANSPARENT_ENV = "ARCA_TRANSPARENT"
 
 _TCP_FAMILIES = (socket.AF_INET, socket.AF_INET6)
 _lock = threading.RLock()

@@ -13,7 +13,7 @@ import dataclasses
 import errno
 from dataclasses import dataclass
 
-from arca_control.wire import DEFAULT_MAX_PAYLOAD, LENGTH_FIELD_MAX
+from arca_control.protocol.wire import DEFAULT_MAX_PAYLOAD, LENGTH_FIELD_MAX
 
 #: Room for every request of this version (the largest, a Resolve, has 260 bytes), with some to spare.
 MIN_PAYLOAD = 512

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from arca_control.messages import Accept, AcceptErr, ControlReply, Endpoint
+from arca_control.protocol.messages import Accept, AcceptErr, ControlReply, Endpoint
 
 log = logging.getLogger("arca_monitor.listeners")
 

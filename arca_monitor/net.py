@@ -15,8 +15,8 @@ import socket
 
 import trio
 
-from arca_control import wire
-from arca_control.wire import Endpoint
+from arca_control.protocol import wire
+from arca_control.protocol.wire import Endpoint
 
 
 def sockaddr_of(endpoint: Endpoint) -> tuple[socket.AddressFamily, tuple | str]:

@@ -57,8 +57,8 @@ from typing import NamedTuple
 
 import trio
 
-from arca_control.channel import close_fds
-from arca_control.messages import ConnectionEnd, Endpoint
+from arca_control.protocol.channel import close_fds
+from arca_control.protocol.messages import ConnectionEnd, Endpoint
 
 log = logging.getLogger("arca_monitor.relay")
 

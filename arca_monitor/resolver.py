@@ -70,8 +70,8 @@ import dns.rdatatype
 import dns.resolver
 import trio
 
-from arca_control import wire
-from arca_control.wire import Endpoint
+from arca_control.protocol import wire
+from arca_control.protocol.wire import Endpoint
 
 #: Linux has both; elsewhere the nearest code.
 EAI_NODATA = getattr(socket, "EAI_NODATA", socket.EAI_NONAME)

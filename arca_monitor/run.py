@@ -28,9 +28,12 @@ import os
 import shutil
 import signal
 import subprocess
+import sysconfig
 import sys
 import tempfile
 import time
+
+from arca_control.protocol import launch
 
 #: How arca-run says that it could not isolate the command (as a shell says "cannot execute").
 CANNOT_ISOLATE = 126
@@ -114,25 +117,18 @@ def main(argv: list[str] | None = None) -> int:
 
 def transparent_env(env: dict[str, str]) -> dict[str, str]:
     """``env`` for a Python guest that installs transparent mode at startup."""
-    import sysconfig
-
-    import arca_control
-    from arca_control.transparent import TRANSPARENT_ENV
-
-    site_hook = os.path.join(os.path.dirname(arca_control.__file__), "_site")
-    package_root = os.path.dirname(os.path.dirname(arca_control.__file__))
     paths = sysconfig.get_paths()
-    sites = dict.fromkeys([package_root, paths["purelib"], paths["platlib"]])
+    sites = dict.fromkeys([launch.package_root(), paths["purelib"], paths["platlib"]])
     return {
         **env,
-        TRANSPARENT_ENV: "1",
-        "ARCA_SITE": os.pathsep.join(sites),
-        "PYTHONPATH": os.pathsep.join(filter(None, [site_hook, env.get("PYTHONPATH", "")])),
+        launch.TRANSPARENT_ENV: "1",
+        launch.SITE_ENV: os.pathsep.join(sites),
+        "PYTHONPATH": os.pathsep.join(filter(None, [launch.site_hook_dir(), env.get("PYTHONPATH", "")])),
     }
 
 
 def run_guest(prefix: list[str], command: list[str], path: str, transparent: bool = False) -> int:
-    env = {**os.environ, "ARCA_MONITOR": path}
+    env = {**os.environ, launch.MONITOR_ENV: path}
     if transparent:
         env = transparent_env(env)
     try:

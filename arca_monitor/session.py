@@ -28,10 +28,9 @@ import socket
 
 import trio
 
-from arca_control import codec, errors
-from arca_control.channel import ControlChannel, close_fds
-from arca_control.core import Incoming, ServerCore, cancelled_reply
-from arca_control.messages import (
+from arca_control.protocol import codec, errors
+from arca_control.protocol.channel import ControlChannel, close_fds
+from arca_control.protocol.messages import (
     Abort,
     AbortOk,
     Accept,
@@ -63,17 +62,18 @@ from arca_control.messages import (
     UdpCloseOk,
     error_reply_for,
     fit_text,
+    payload_fields,
 )
-from arca_control.messages import payload_fields
-from arca_control.wire import Capability, Endpoint, FamilyFilter, GaiError, ListenFlags, OptionTarget, SockType
+from arca_control.protocol.server import Incoming, ServerCore, cancelled_reply
+from arca_control.protocol.wire import Capability, Endpoint, FamilyFilter, GaiError, ListenFlags, OptionTarget, SockType
 
 from . import net, options
+from .audit import AuditLog
 from .config import Config
 from .listeners import Listener
-from .relay import Connection, RelayEngine, make_pipe_channel, make_socket_channel
-from .audit import AuditLog
 from .policy import Denied, Kind, Policy
-from .resolver import Resolver, ResolveError, parse_literal
+from .relay import Connection, RelayEngine, make_pipe_channel, make_socket_channel
+from .resolver import ResolveError, Resolver, parse_literal
 from .udp import DatagramRelay, make_channel_pair
 
 log = logging.getLogger("arca_monitor.session")

@@ -43,7 +43,7 @@ import socket
 
 import trio
 
-from arca_control.datagram import (
+from arca_control.protocol.records import (
     CHANNEL_BUFFER,
     MAX_ENDPOINT,
     MAX_RECORD,
@@ -51,7 +51,7 @@ from arca_control.datagram import (
     encode_endpoint,
     size_channel,
 )
-from arca_control.wire import AddressFamily, Endpoint
+from arca_control.protocol.wire import AddressFamily, Endpoint
 
 log = logging.getLogger("arca_monitor.udp")
 

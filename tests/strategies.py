@@ -6,9 +6,9 @@ import errno
 
 from hypothesis import strategies as st
 
-from arca_control import wire
-from arca_control.messages import REGISTRY, ControlEvent, payload_fields
-from arca_control.wire import Capability, Endpoint, ipv6_host
+from arca_control.protocol import wire
+from arca_control.protocol.messages import REGISTRY, ControlEvent, payload_fields
+from arca_control.protocol.wire import Capability, Endpoint, ipv6_host
 
 ipv4 = st.ip_addresses(v=4).map(str)
 ipv6 = st.builds(ipv6_host, st.binary(min_size=16, max_size=16), st.integers(0, 0xFFFFFFFF))

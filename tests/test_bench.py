@@ -65,8 +65,8 @@ def test_parse_cases_takes_letters_and_names():
 
 
 def test_sample_message_exists_for_every_type():
-    from arca_control.codec import decode, encode
-    from arca_control.messages import REGISTRY
+    from arca_control.protocol.codec import decode, encode
+    from arca_control.protocol.messages import REGISTRY
 
     for cls in REGISTRY.values():
         msg = bench.sample_message(cls)

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from arca_control import errors
-from arca_control.codec import NEED_DATA, FrameDecoder, decode, encode
-from arca_control.messages import (
+from arca_control.protocol import errors
+from arca_control.protocol.codec import NEED_DATA, FrameDecoder, decode, encode
+from arca_control.protocol.messages import (
     REGISTRY,
     AcceptOk,
     ConnectionEnd,
@@ -18,7 +18,7 @@ from arca_control.messages import (
     Listen,
     ListenErr,
 )
-from arca_control.wire import DEFAULT_MAX_PAYLOAD, HEADER_SIZE, Endpoint
+from arca_control.protocol.wire import DEFAULT_MAX_PAYLOAD, HEADER_SIZE, Endpoint
 
 from .strategies import message_of, messages
 

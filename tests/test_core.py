@@ -6,10 +6,11 @@ import errno
 
 import pytest
 
-from arca_control import errors
-from arca_control.codec import encode
-from arca_control.core import ClientCore, Incoming, LateReply, Reject, Reply, ServerCore, SessionState
-from arca_control.messages import (
+from arca_control.protocol import errors
+from arca_control.protocol.client import ClientCore, LateReply, Reply
+from arca_control.protocol.codec import encode
+from arca_control.protocol.core import SessionState
+from arca_control.protocol.messages import (
     Accept,
     AcceptErr,
     AcceptOk,
@@ -22,7 +23,8 @@ from arca_control.messages import (
     Listen,
     ListenOk,
 )
-from arca_control.wire import Endpoint
+from arca_control.protocol.server import Incoming, Reject, ServerCore
+from arca_control.protocol.wire import Endpoint
 
 HERE = Endpoint("127.0.0.1", 1)
 THERE = Endpoint("127.0.0.1", 2)

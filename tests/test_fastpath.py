@@ -6,10 +6,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from arca_control import errors
-from arca_control.codec import _HEADER, HEADER, decode, decode_with_construct, encode, encode_with_construct
-from arca_control.messages import AcceptOk, ConnectionEnd, Hello, Listen, ListenErr
-from arca_control.wire import Endpoint
+from arca_control.protocol import errors
+from arca_control.protocol.codec import _HEADER, HEADER, decode, decode_with_construct, encode, encode_with_construct
+from arca_control.protocol.messages import AcceptOk, ConnectionEnd, Hello, Listen, ListenErr
+from arca_control.protocol.wire import Endpoint
 
 from .strategies import messages
 

@@ -21,7 +21,7 @@ import trio
 import trio.testing
 
 import arca_control
-from arca_control import errors
+from arca_control.protocol import errors
 
 from .conftest import blocking_client, fd_count, rss_bytes, settle, tcp_server
 

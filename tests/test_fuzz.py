@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from arca_control import codec, errors
-from arca_control.messages import REGISTRY, Accept
+from arca_control.protocol import codec, errors
+from arca_control.protocol.messages import REGISTRY, Accept
 
 TOOLS = Path(__file__).resolve().parent.parent / "tools"
 TOOL = TOOLS / "fuzz_frames.py"

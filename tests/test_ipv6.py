@@ -9,8 +9,8 @@ import socket
 import pytest
 import trio
 
-from arca_control.addresses import ip_endpoint as _endpoint
-from arca_control.wire import Endpoint
+from arca_control.protocol.addresses import ip_endpoint as _endpoint
+from arca_control.protocol.wire import Endpoint
 
 from .conftest import read_all
 

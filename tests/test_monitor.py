@@ -15,10 +15,10 @@ import pytest
 import trio
 
 import arca_control
-from arca_control import errors
-from arca_control.channel import socketpair
-from arca_control.codec import decode, encode
-from arca_control.messages import (
+from arca_control.protocol import errors
+from arca_control.protocol.channel import socketpair
+from arca_control.protocol.codec import decode, encode
+from arca_control.protocol.messages import (
     Accept,
     AcceptErr,
     Cancel,
@@ -31,7 +31,7 @@ from arca_control.messages import (
     Listen,
     ListenOk,
 )
-from arca_control.wire import Endpoint
+from arca_control.protocol.wire import Endpoint
 
 from .conftest import LOOPBACK_RULES, read_all
 

@@ -129,7 +129,7 @@ async def test_abort_reaches_another_guest_stream_as_an_error(session):
 
 
 async def test_options_on_unknown_targets(session):
-    from arca_control.wire import OptionTarget
+    from arca_control.protocol.wire import OptionTarget
 
     with pytest.raises(OSError) as caught:
         await session._get_option(OptionTarget.CONNECTION, 999, socket.SOL_SOCKET, socket.SO_KEEPALIVE)

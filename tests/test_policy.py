@@ -9,7 +9,7 @@ import pytest
 import trio
 
 import arca_control
-from arca_control.wire import Endpoint
+from arca_control.protocol.wire import Endpoint
 from arca_monitor.policy import Kind, Policy, parse_rule
 
 from .conftest import LOOPBACK_RULES, blocking_client

@@ -3,9 +3,9 @@
 PROTOCOL.md holds two kinds of fenced blocks:
 
 * ```vector: a Python expression (evaluated in the namespace of
-  ``arca_control.messages``) and, on the next line, the frame in hex.
+  ``arca_control.protocol.messages``) and, on the next line, the frame in hex.
   ``decode`` must give the expression's value and ``encode`` the bytes.
-* ```malformed: the name of an exception class from ``arca_control.errors``
+* ```malformed: the name of an exception class from ``arca_control.protocol.errors``
   and the input in hex. ``decode`` must raise exactly that class, and the
   incremental ``FrameDecoder`` must raise some ``ProtocolError``.
 
@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from arca_control import errors, messages
-from arca_control.codec import FrameDecoder, decode, encode
+from arca_control.protocol import errors, messages
+from arca_control.protocol.codec import FrameDecoder, decode, encode
 
 SPEC = Path(__file__).resolve().parent.parent / "PROTOCOL.md"
 BLOCK = re.compile(r"^```(vector|malformed)\n(.*?)\n```$", re.MULTILINE | re.DOTALL)

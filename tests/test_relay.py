@@ -7,7 +7,7 @@ import socket
 import pytest
 import trio
 
-from arca_control.messages import Endpoint
+from arca_control.protocol.messages import Endpoint
 from arca_monitor.relay import Connection, RelayEngine, make_pipe_channel, make_socket_channel
 
 

@@ -8,7 +8,7 @@ import pytest
 import trio
 
 import arca_control
-from arca_control.wire import Endpoint
+from arca_control.protocol.wire import Endpoint
 
 from .conftest import LOOPBACK_RULES
 from .dns_server import dns_server
@@ -109,7 +109,7 @@ async def test_connect_by_name_tries_each_address(tmp_path):
 
 
 async def test_bad_literals_and_pending_lookups_keep_the_rules(tmp_path):
-    from arca_control.messages import Resolve
+    from arca_control.protocol.messages import Resolve
 
     async with dns_server(ZONE, silent={"slow.internal"}) as (_, port, _server):
         args = (*monitor_args(port, tmp_path), "--max-in-flight", "2")
@@ -127,7 +127,7 @@ async def test_bad_literals_and_pending_lookups_keep_the_rules(tmp_path):
                 with pytest.raises(BlockingIOError):
                     await session.resolve("v4.internal")
                 # A request reusing a pending lookup's id is refused (EBUSY).
-                from arca_control.codec import encode
+                from arca_control.protocol.codec import encode
                 await session._channel.send_bytes(encode(Resolve(request_id=request.request_id, name="x.internal")))
                 nursery.cancel_scope.cancel()
             assert await session.resolve("127.0.0.1")

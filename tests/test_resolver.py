@@ -15,7 +15,7 @@ import socket
 import pytest
 import trio
 
-from arca_control.wire import Endpoint
+from arca_control.protocol.wire import Endpoint
 from arca_monitor.resolver import (
     DEFAULT_NEGATIVE_TTL,
     EAI_ADDRFAMILY,

@@ -14,7 +14,7 @@ import trio
 import trio.testing
 
 import arca_control
-from arca_control.messages import Accept, CloseListener
+from arca_control.protocol.messages import Accept, CloseListener
 
 from .conftest import blocking_client, read_all, tcp_server, until_refused
 

@@ -12,7 +12,7 @@ import pytest
 import trio
 
 import arca_control
-from arca_control.wire import Capability
+from arca_control.protocol.wire import Capability
 
 from .conftest import blocking_client, read_all, tcp_server
 

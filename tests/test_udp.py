@@ -19,8 +19,9 @@ import termios
 import pytest
 import trio
 
-from arca_control.datagram import ArcaDatagramSocket, encode_endpoint
-from arca_control.wire import Endpoint
+from arca_control.datagram import ArcaDatagramSocket
+from arca_control.protocol.records import encode_endpoint
+from arca_control.protocol.wire import Endpoint
 from arca_monitor.udp import DatagramRelay, make_channel_pair
 
 from .conftest import monitor_socket
@@ -485,7 +486,7 @@ async def test_udp_errors_and_close(session):
     with pytest.raises(OSError) as caught:
         await session.udp_bind(*taken.local)
     assert caught.value.errno == errno.EADDRINUSE
-    from arca_control.messages import UdpClose
+    from arca_control.protocol.messages import UdpClose
 
     with pytest.raises(OSError) as caught:
         await session._call(UdpClose, socket_id=999)

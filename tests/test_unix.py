@@ -9,7 +9,7 @@ import socket
 import pytest
 import trio
 
-from arca_control.wire import Endpoint
+from arca_control.protocol.wire import Endpoint
 
 from .conftest import LOOPBACK_RULES, read_all
 

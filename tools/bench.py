@@ -47,10 +47,10 @@ from dataclasses import asdict, dataclass, field
 import trio
 
 import arca_control
-from arca_control import wire
-from arca_control.codec import decode, encode
-from arca_control.messages import REGISTRY, ControlEvent, payload_fields
-from arca_control.wire import Capability, Endpoint
+from arca_control.protocol import wire
+from arca_control.protocol.codec import decode, encode
+from arca_control.protocol.messages import REGISTRY, ControlEvent, payload_fields
+from arca_control.protocol.wire import Capability, Endpoint
 
 HOST = "127.0.0.1"
 MB = 1e6  # throughput is in MB/s, 10^6 bytes per second

@@ -40,13 +40,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from arca_control import codec, errors, wire
-from arca_control.messages import (
+from arca_control.protocol import codec, errors, wire
+from arca_control.protocol.messages import (
     REGISTRY, Abort, Accept, AcceptErr, AcceptOk, Cancel, CloseListener, CloseListenerOk, Connect, ConnectErr,
     ConnectionEnd, ControlEvent, ControlRequest, Error, Hello, HelloOk, Listen, ListenErr, ListenOk,
     GetOption, Message, Resolve, ResolveOk, SetOption, Stats, StatsOk, UdpBind, UdpClose, payload_fields,
 )
-from arca_control.wire import DEFAULT_MAX_PAYLOAD, HEADER_SIZE, LENGTH_FIELD_MAX, Capability, Endpoint, FamilyFilter, ListenFlags, OptionTarget, SockType
+from arca_control.protocol.wire import DEFAULT_MAX_PAYLOAD, HEADER_SIZE, LENGTH_FIELD_MAX, Capability, Endpoint, FamilyFilter, ListenFlags, OptionTarget, SockType
 
 HEADER = struct.Struct("<BHI")  # type, length, request_id: PROTOCOL.md section 2
 KNOWN_ERRNOS = sorted(errno.errorcode)

@@ -19,8 +19,8 @@ from __future__ import annotations
 import array
 import os
 import socket
-from dataclasses import dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import trio
 

@@ -14,8 +14,8 @@ decoded message is always a valid one.
 from __future__ import annotations
 
 import enum
-import functools
 import errno
+import functools
 import ipaddress
 import os
 import socket

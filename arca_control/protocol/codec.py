@@ -8,7 +8,7 @@ of a payload goes unread.
 ``decode`` is the untrusted-input path. It checks the header against the
 buffer and the size limit before any payload is parsed (by ``fastpath``,
 which holds to the construct schema byte for byte), and it raises
-:class:`~arca_control.errors.RemoteProtocolError` (a subclass naming the cause)
+:class:`~arca_control.protocol.errors.RemoteProtocolError` (a subclass naming the cause)
 for every malformed input, never ``struct.error``, ``KeyError`` or any other
 exception. The invariant a fuzzer checks: ``decode(data)`` either raises
 ``ProtocolError`` or returns a message with ``encode(msg) == data``.
