@@ -210,6 +210,15 @@ class Policy:
         return any(address in rule.network for rule in rules)
 
     def check_unix(self, path: str) -> None:
+        """A Listen, Connect or UdpBind on the AF_UNIX ``path``, under an ``--allow-unix`` directory.
+
+        The unnamed endpoint ("") is no place at all: it cannot be bound or
+        connected to, so it is EINVAL whatever the rules say, never a denial.
+        """
+        if not path:
+            raise OSError(errno.EINVAL, "an unnamed AF_UNIX address cannot be bound or connected to")
+        if not os.path.isabs(path):  # the wire allows none, but commonpath would raise ValueError
+            raise OSError(errno.EINVAL, f"an AF_UNIX path must be absolute, not {path!r}")
         path = os.path.normpath(path)
         for rule in self.rules.get(Kind.UNIX, []):
             if os.path.commonpath([rule.text, path]) == rule.text:

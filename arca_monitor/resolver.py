@@ -30,6 +30,10 @@ Decisions, and why:
   address gives a SOCK_STREAM entry and then a SOCK_DGRAM one, as getaddrinfo.
 * A hosts-file entry for the name answers alone when it has an address of a
   family asked for; otherwise DNS is asked, as glibc does.
+* A name the hosts file lists, with addresses of another family only, is
+  EAI_NODATA when DNS has no address for it either (or is off), not
+  EAI_NONAME: the name is known. A DNS name is known when its server
+  answers NODATA rather than NXDOMAIN.
 * The cache holds one entry per (name, record type), at most ``cache_size``,
   least recently used evicted first. An answer is kept for the smallest TTL of
   its records (CNAMEs included), at most MAX_TTL. "No such name" (NXDOMAIN)
@@ -380,12 +384,16 @@ class Resolver:
         return names
 
     async def _addresses(self, name: str, families: tuple[int, ...]) -> list[tuple[int, str]]:
-        if self._hosts is not None:
-            entries = self._hosts.get().by_name.get(name, ())
-            found = [entry for entry in entries if entry[0] in families]
-            if found:
-                return _in_order(found)
+        entries = self._hosts.get().by_name.get(name, []) if self._hosts is not None else []
+        found = [entry for entry in entries if entry[0] in families]
+        if found:
+            return _in_order(found)
+        # The hosts file knows the name, with addresses of another family only:
+        # whatever DNS says, the name exists, so the answer is at worst EAI_NODATA.
+        known = bool(entries)
         if not self.dns:
+            if known:
+                raise ResolveError(EAI_NODATA, f"{_shown(name)}: no address of the family asked for in the hosts file")
             raise ResolveError(socket.EAI_NONAME, f"{_shown(name)}: not in the hosts file, and DNS is off")
 
         rdtypes = [_RDTYPE_OF_FAMILY[family] for family in families]
@@ -405,8 +413,12 @@ class Resolver:
         if found:
             # One family answering is enough, even if the other failed.
             return _in_order(found)
-        # "No such name" settles it; "no records of that type" only if every type said so.
+        # "No such name" settles it, unless the hosts file knows the name: then it
+        # has no address of the family asked for. "No records of that type" only if
+        # every type said so.
         failures = {outcomes[rdtype].eai: outcomes[rdtype] for rdtype in reversed(rdtypes)}
+        if known and socket.EAI_NONAME in failures:
+            raise ResolveError(EAI_NODATA, f"{_shown(name)}: no address of the family asked for")
         for eai in (socket.EAI_NONAME, socket.EAI_FAIL, socket.EAI_AGAIN, EAI_NODATA):
             if eai in failures:
                 raise ResolveError(eai, f"{_shown(name)}: {failures[eai].message}")
