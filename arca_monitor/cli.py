@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
+import functools
 import logging
 import resource
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 import trio
 
-from .config import Config, option_name
 from .audit import AuditLog
+from .config import Config, option_name
 from .policy import Kind, Policy
 from .resolver import Resolver
-from .server import serve_fd, serve_path
+from .server import bind_path, serve_fd, serve_path
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
 
 log = logging.getLogger("arca_monitor")
 
@@ -100,11 +106,11 @@ def raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-async def _until_signalled(serve, *args) -> None:
+async def _until_signalled(serve: Callable[[], Awaitable[None]]) -> None:
     """Run ``serve`` until SIGTERM or SIGINT, then close every session and exit 0."""
     async with trio.open_nursery() as nursery:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            nursery.start_soon(serve, *args)
+            nursery.start_soon(serve)
             async for signum in signals:
                 log.info("%s: shutting down", signal.Signals(signum).name)
                 nursery.cancel_scope.cancel()
@@ -133,11 +139,21 @@ def main(argv: list[str] | None = None) -> int:
         audit = AuditLog(args.audit_log)
     except (ValueError, OSError) as exc:
         parser().error(str(exc))
+    bound = None
+    if args.fd is None:
+        # Bound before anything runs, so that a path already taken (EEXIST: not a
+        # socket; EADDRINUSE: another monitor serves it) is one line and status 1.
+        try:
+            bound = bind_path(args.socket)
+        except OSError as exc:
+            log.error("--socket %s: %s (%s)", args.socket, exc.strerror or exc, errno.errorcode.get(exc.errno or 0, "?"))
+            return 1
     try:
         if args.fd is not None:
             trio.run(serve_fd, args.fd, config, resolver, policy, audit)
         else:
-            trio.run(_until_signalled, serve_path, args.socket, config, resolver, policy, audit)
+            serve = functools.partial(serve_path, args.socket, config, resolver, policy, audit, bound=bound)
+            trio.run(_until_signalled, serve)
     except KeyboardInterrupt:
         log.info("interrupted")
     except OSError as exc:

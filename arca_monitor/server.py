@@ -65,10 +65,14 @@ async def serve_path(
     policy: Policy,
     audit: AuditLog,
     *,
+    bound: socket.socket | None = None,
     task_status=trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve one session per guest that connects to ``path``, until cancelled."""
-    listener = trio.socket.from_stdlib_socket(bind_path(path))
+    """Serve one session per guest that connects to ``path``, until cancelled.
+
+    ``bound`` is the socket :func:`bind_path` made for ``path``, if the caller bound it already.
+    """
+    listener = trio.socket.from_stdlib_socket(bind_path(path) if bound is None else bound)
     log.info("serving on %s", path)
     try:
         async with trio.open_nursery() as nursery:

@@ -7,14 +7,34 @@ also checks that PROTOCOL.md states what the monitor does.
 
 from __future__ import annotations
 
+import array
 import errno
+import os
+import signal
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trio
 
-from arca_control.protocol.messages import Connect, ConnectErr, Error, Listen, ListenErr, Resolve, ResolveErr, UdpBind
+import arca_control
+from arca_control.protocol.codec import decode, encode
+from arca_control.protocol.messages import (
+    Connect,
+    ConnectErr,
+    ConnectionEnd,
+    ConnectOk,
+    Error,
+    Listen,
+    ListenErr,
+    Message,
+    Resolve,
+    ResolveErr,
+    UdpBind,
+)
 from arca_control.protocol.wire import Endpoint, FamilyFilter, GaiError
 from arca_monitor.resolver import EAI_NODATA, ResolveError, Resolver
 
@@ -118,3 +138,103 @@ def test_the_spec_gives_einval_for_the_unnamed_unix_endpoint():
     assert "unnamed AF_UNIX endpoint" in rows[0]
     for request in ("Listen", "Connect", "UdpBind"):
         assert request in rows[0]
+
+
+# Item 12: small gaps, each stated and each held by the code.
+
+
+def _descriptor_messages(raw: RawMonitor) -> tuple[Message, list[list[int]]]:
+    """The next frame and, for each control message beside it, the descriptors it carries."""
+    space = socket.CMSG_SPACE(4 * array.array("i").itemsize)
+    data, ancillary, _, _ = raw.sock.recvmsg(70000, space)
+    groups = []
+    for level, kind, payload in ancillary:
+        assert (level, kind) == (socket.SOL_SOCKET, socket.SCM_RIGHTS)
+        fds = array.array("i")
+        fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+        groups.append(list(fds))
+    return decode(data), groups
+
+
+def test_descriptors_come_in_one_scm_rights_and_shutdown_of_tx_is_a_half_close(monitor, tmp_path):
+    raw = spawn(monitor, tmp_path)
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        server.settimeout(10)
+        raw.send(encode(Connect(request_id=2, endpoint=Endpoint(*server.getsockname()[:2]))))
+        reply, groups = _descriptor_messages(raw)
+        assert isinstance(reply, ConnectOk)
+        assert [len(group) for group in groups] == [2]  # one SCM_RIGHTS, rx read end then tx write end
+        rx_fd, tx_fd = groups[0]
+        peer, _ = server.accept()
+    with peer, socket.socket(fileno=tx_fd) as tx, open(rx_fd, "rb", buffering=0) as rx:
+        peer.settimeout(10)
+        tx.sendall(b"up")
+        tx.shutdown(socket.SHUT_WR)  # not a close: the guest keeps tx open
+        received = b""
+        while chunk := peer.recv(100):
+            received += chunk
+        assert received == b"up"  # and then the peer's EOF: the half-close reached it
+        peer.sendall(b"down")  # the other direction still works
+        peer.close()
+        assert rx.read(100) == b"down"
+        end = raw.receive()
+        assert isinstance(end, ConnectionEnd) and end.status == 0
+        assert rx.read(100) == b""
+    raw.finish()
+
+
+def test_the_spec_states_the_small_gaps():
+    text = spec()
+    assert "one `SCM_RIGHTS` control message" in text
+    assert "(`shutdown(SHUT_WR)`, a half-close too" in text
+    assert "the port is little-endian" in text and "port 8080 is `90 1f`" in text
+    assert "exits with status 1 after one line on stderr that names the errno" in text
+    assert "On SIGTERM or SIGINT it closes every session, removes the socket file and exits 0" in text
+    # The example the warning gives is what the codec writes.
+    frame = encode(Listen(request_id=1, endpoint=Endpoint("127.0.0.1", 8080)))
+    assert frame[7:14] == bytes.fromhex("01 7f 00 00 01 90 1f")
+
+
+def _monitor_on(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "arca_monitor", "--socket", str(path)],
+        capture_output=True, text=True, timeout=30, check=False,
+    )
+
+
+def _one_error_line(result: subprocess.CompletedProcess[str], code: str) -> None:
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr  # no traceback
+    assert "Traceback" not in result.stderr and f"({code})" in lines[0]
+
+
+async def test_a_taken_socket_path_is_one_line_and_status_1(tmp_path, socket_monitor):
+    not_a_socket = tmp_path / "file"
+    not_a_socket.write_text("")
+    result = await trio.to_thread.run_sync(_monitor_on, not_a_socket)
+    _one_error_line(result, "EEXIST")
+    assert not_a_socket.read_text() == ""  # left alone
+    served, _ = socket_monitor
+    result = await trio.to_thread.run_sync(_monitor_on, Path(served))
+    _one_error_line(result, "EADDRINUSE")
+    assert os.path.exists(served)  # still the first monitor's
+
+
+async def test_sigterm_removes_the_socket_file(tmp_path):
+    path = tmp_path / "arca.sock"
+    process = await trio.lowlevel.open_process([sys.executable, "-m", "arca_monitor", "--socket", str(path)])
+    try:
+        with trio.fail_after(10):
+            while not path.exists():
+                await trio.sleep(0.02)
+        async with arca_control.attach_session(str(path)) as session:
+            await session.listen("127.0.0.1", 0)
+            process.send_signal(signal.SIGTERM)
+            with trio.fail_after(10):
+                assert await process.wait() == 0
+        assert not path.exists()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
