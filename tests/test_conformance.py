@@ -30,6 +30,7 @@ from arca_control.protocol.messages import (
     Error,
     Listen,
     ListenErr,
+    ListenOk,
     Message,
     Resolve,
     ResolveErr,
@@ -238,3 +239,38 @@ async def test_sigterm_removes_the_socket_file(tmp_path):
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+# Item 5: AF_UNIX needs --allow-unix, and --allow-unix alone drops the loopback default.
+
+
+def test_af_unix_is_denied_by_default(monitor, tmp_path):
+    raw = spawn(monitor, tmp_path)
+    path = Endpoint(str(tmp_path / "guest.sock"), 0)
+    for request, reply_type in ((Listen(request_id=2, endpoint=path), ListenErr),
+                                (Connect(request_id=3, endpoint=path), ConnectErr)):
+        reply = raw.request(request)
+        assert type(reply) is reply_type and reply.errno == errno.EACCES, reply
+        assert "--allow-unix" in reply.message
+    assert not os.path.exists(path.host)
+    raw.finish()
+
+
+def test_allow_unix_alone_drops_the_loopback_default(monitor, tmp_path):
+    raw = spawn(monitor, tmp_path, "--allow-unix", str(tmp_path))
+    listening = raw.request(Listen(request_id=2, endpoint=Endpoint(str(tmp_path / "guest.sock"), 0)))
+    assert isinstance(listening, ListenOk)
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        refused = raw.request(Connect(request_id=3, endpoint=Endpoint(*server.getsockname()[:2])))
+    assert isinstance(refused, ConnectErr) and refused.errno == errno.EACCES and "--allow-connect" in refused.message
+    loopback = raw.request(Listen(request_id=4, endpoint=Endpoint("127.0.0.1", 0)))
+    assert isinstance(loopback, ListenErr) and loopback.errno == errno.EACCES
+    raw.finish()
+
+
+def test_the_spec_says_af_unix_needs_allow_unix():
+    assert "AF_UNIX endpoints reach whatever the monitor's user may open" not in spec()
+    assert "the default policy has none: without `--allow-unix` every AF_UNIX Listen and Connect is denied" in section("3.")
+    policy = section("5a.")
+    assert "The default allows no AF_UNIX endpoint: AF_UNIX needs `--allow-unix`." in policy
+    assert "giving only `--allow-unix` also drops the loopback default" in policy
