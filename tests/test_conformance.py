@@ -28,12 +28,15 @@ from arca_control.protocol.messages import (
     ConnectionEnd,
     ConnectOk,
     Error,
+    Hello,
     Listen,
     ListenErr,
     ListenOk,
     Message,
     Resolve,
     ResolveErr,
+    Stats,
+    StatsOk,
     UdpBind,
 )
 from arca_control.protocol.wire import Endpoint, FamilyFilter, GaiError
@@ -274,3 +277,48 @@ def test_the_spec_says_af_unix_needs_allow_unix():
     policy = section("5a.")
     assert "The default allows no AF_UNIX endpoint: AF_UNIX needs `--allow-unix`." in policy
     assert "giving only `--allow-unix` also drops the loopback default" in policy
+
+
+# Item 6: a second Hello of another version is EPROTONOSUPPORT, and the session goes on.
+
+
+def test_a_second_hello_of_another_version(monitor, tmp_path):
+    raw = spawn(monitor, tmp_path)
+    frame = bytearray(encode(Hello(request_id=2)))
+    frame[7] = 2  # the version field, after the header
+    raw.send(bytes(frame))
+    reply = raw.receive()
+    assert isinstance(reply, Error) and reply.request_id == 2 and reply.errno == errno.EPROTONOSUPPORT
+    second = raw.request(Hello(request_id=3))
+    assert isinstance(second, Error) and second.errno == errno.EPROTO
+    assert isinstance(raw.request(Stats(request_id=4)), StatsOk)  # the session went on
+    raw.finish()
+
+
+def test_the_spec_says_what_a_second_hello_of_another_version_gets():
+    assert "A later second Hello gets `Error` EPROTO, or EPROTONOSUPPORT if it is of another version too" in section("4.")
+    assert "as a second Hello it does not (section 4)" in section("6.")
+
+
+# Item 7: an event from the guest is EBADMSG with a nonzero id, and ends the session unanswered with id 0.
+
+
+def test_an_event_from_the_guest(monitor, tmp_path):
+    raw = spawn(monitor, tmp_path)
+    event = bytearray(encode(ConnectionEnd(request_id=0, connection_id=1, status=0)))
+    event[3:7] = (9).to_bytes(4, "little")
+    raw.send(bytes(event))
+    reply = raw.receive()
+    assert isinstance(reply, Error) and reply.request_id == 9 and reply.errno == errno.EBADMSG
+    assert isinstance(raw.request(Stats(request_id=4)), StatsOk)  # the session went on
+    raw.send(encode(ConnectionEnd(request_id=0, connection_id=1, status=0)))
+    assert raw.receive() is None  # closed, with no reply
+    raw.finish()
+
+
+def test_the_spec_says_what_an_event_from_the_guest_gets():
+    errors = section("6.")
+    assert "reply or event from the guest" not in errors
+    assert "An event sent by the guest never gets EPROTO." in errors
+    assert "answered `Error` EBADMSG under that id; with id 0 it decodes, but there is nobody to answer" in errors
+    assert "An event sent by the guest with id 0" in section("4.")
