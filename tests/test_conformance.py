@@ -8,6 +8,7 @@ also checks that PROTOCOL.md states what the monitor does.
 from __future__ import annotations
 
 import array
+import dataclasses
 import errno
 import os
 import signal
@@ -23,6 +24,8 @@ import trio
 import arca_control
 from arca_control.protocol.codec import decode, encode
 from arca_control.protocol.messages import (
+    Accept,
+    AcceptOk,
     Connect,
     ConnectErr,
     ConnectionEnd,
@@ -44,6 +47,7 @@ from arca_monitor.resolver import EAI_NODATA, ResolveError, Resolver
 
 from .dns_server import dns_server
 from .test_monitor import RawMonitor
+from .test_protocol_md import NAMESPACE, VECTORS
 
 SPEC_PATH = Path(__file__).resolve().parent.parent / "PROTOCOL.md"
 UNNAMED = Endpoint("", 0)
@@ -322,3 +326,37 @@ def test_the_spec_says_what_an_event_from_the_guest_gets():
     assert "An event sent by the guest never gets EPROTO." in errors
     assert "answered `Error` EBADMSG under that id; with id 0 it decodes, but there is nobody to answer" in errors
     assert "An event sent by the guest with id 0" in section("4.")
+
+
+# Item 8: the dual-stack AcceptOk vector shows what the monitor sends.
+
+
+def _dual_stack_vector() -> AcceptOk:
+    for expression, data in VECTORS:
+        message = decode(data)
+        if isinstance(message, AcceptOk) and message.peer.host.startswith("::ffff:"):
+            assert message == eval(expression, dict(NAMESPACE))
+            return message
+    raise AssertionError("PROTOCOL.md has no AcceptOk vector for a dual-stack listener")
+
+
+def test_the_dual_stack_accept_vector_is_what_the_monitor_sends(monitor, tmp_path):
+    raw = spawn(monitor, tmp_path)
+    listening = raw.request(Listen(request_id=2, endpoint=Endpoint("::", 0)))
+    assert isinstance(listening, ListenOk)
+    raw.send(encode(Accept(request_id=3, listener_id=listening.listener_id)))
+    with socket.create_connection(("127.0.0.1", listening.local.port), timeout=10):
+        live, groups = _descriptor_messages(raw)
+        for fd in (fd for group in groups for fd in group):
+            os.close(fd)
+    assert isinstance(live, AcceptOk)
+    vector = _dual_stack_vector()
+    # Ids and ports are the session's own; the addresses and their forms must be the vector's.
+    assert live == dataclasses.replace(
+        vector,
+        request_id=live.request_id,
+        connection_id=live.connection_id,
+        local=Endpoint(vector.local.host, live.local.port),
+        peer=Endpoint(vector.peer.host, live.peer.port),
+    )
+    raw.finish()
