@@ -11,6 +11,7 @@ import array
 import dataclasses
 import errno
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -360,3 +361,16 @@ def test_the_dual_stack_accept_vector_is_what_the_monitor_sends(monitor, tmp_pat
         peer=Endpoint(vector.peer.host, live.peer.port),
     )
     raw.finish()
+
+
+# Item 9: the EAI table lists all twelve codes with their numbers.
+
+
+def test_the_eai_table_lists_every_code_with_its_number():
+    rows = re.findall(r"\| (\d+) +\| `(EAI_[A-Z]+)` +\|", SPEC_PATH.read_text(encoding="utf-8"))
+    table = {int(value): name for value, name in rows}
+    assert len(rows) == len(table) == 12
+    assert table == {code.value: f"EAI_{code.name}" for code in GaiError}
+    # And they are Linux's own numbers, negated.
+    for value, name in table.items():
+        assert -getattr(socket, name) == value
