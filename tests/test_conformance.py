@@ -39,11 +39,12 @@ from arca_control.protocol.messages import (
     Message,
     Resolve,
     ResolveErr,
+    ResolveOk,
     Stats,
     StatsOk,
     UdpBind,
 )
-from arca_control.protocol.wire import Endpoint, FamilyFilter, GaiError
+from arca_control.protocol.wire import Endpoint, FamilyFilter, GaiError, SockType
 from arca_monitor.resolver import EAI_NODATA, ResolveError, Resolver
 
 from .dns_server import dns_server
@@ -374,3 +375,28 @@ def test_the_eai_table_lists_every_code_with_its_number():
     # And they are Linux's own numbers, negated.
     for value, name in table.items():
         assert -getattr(socket, name) == value
+
+
+# Item 10: ResolveOk carries at most 255 answers, the first ones in order.
+
+
+def test_resolve_ok_keeps_the_first_255_answers(monitor, tmp_path):
+    v4 = [f"10.0.{i // 250}.{i % 250 + 1}" for i in range(250)]
+    v6 = [f"2001:db8::{i + 1:x}" for i in range(10)]
+    hosts = tmp_path / "hosts"
+    # IPv4 lines first in the file: the answers still put IPv6 first.
+    hosts.write_text("".join(f"{address} many.test\n" for address in v4 + v6))
+    raw = spawn(monitor, tmp_path, "--no-dns", "--hosts-file", str(hosts))
+    stream = raw.request(Resolve(request_id=2, name="many.test", port=80, socktype=SockType.STREAM))
+    assert isinstance(stream, ResolveOk)
+    assert [endpoint.host for _, endpoint in stream.addresses] == (v6 + v4)[:255]
+    both = raw.request(Resolve(request_id=3, name="many.test", port=80))
+    assert isinstance(both, ResolveOk)
+    expected = [(kind, host) for host in v6 + v4 for kind in (SockType.STREAM, SockType.DGRAM)][:255]
+    assert [(kind, endpoint.host) for kind, endpoint in both.addresses] == expected
+    raw.finish()
+
+
+def test_the_spec_says_how_many_answers_resolve_ok_carries():
+    names = section("5.")
+    assert "A ResolveOk carries at most 255 answers (its count is a u8): of more, the first 255 in this order are kept" in names
