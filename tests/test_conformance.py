@@ -400,3 +400,24 @@ def test_resolve_ok_keeps_the_first_255_answers(monitor, tmp_path):
 def test_the_spec_says_how_many_answers_resolve_ok_carries():
     names = section("5.")
     assert "A ResolveOk carries at most 255 answers (its count is a u8): of more, the first 255 in this order are kept" in names
+
+
+# Item 11: error texts are free-form; only the errno is the contract.
+
+
+def test_a_refused_connect_keeps_the_vectors_errno_not_its_text(monitor, tmp_path):
+    vector = next(decode(data) for _, data in VECTORS if isinstance(decode(data), ConnectErr))
+    raw = spawn(monitor, tmp_path)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # bound, never listening: refused
+        live = raw.request(Connect(request_id=4, endpoint=Endpoint("127.0.0.1", port)))
+    assert isinstance(live, ConnectErr) and live.errno == vector.errno == errno.ECONNREFUSED
+    raw.finish()
+
+
+def test_the_spec_says_error_texts_are_free_form():
+    errors = section("6.")
+    assert "is free-form, for people" in errors
+    assert "Only the errno (a ResolveErr's `eai`) is the contract: a guest must never parse or compare the text." in errors
+    assert "Error texts in the vectors are examples only" in section("7.")
