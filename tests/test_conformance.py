@@ -421,3 +421,31 @@ def test_the_spec_says_error_texts_are_free_form():
     assert "is free-form, for people" in errors
     assert "Only the errno (a ResolveErr's `eai`) is the contract: a guest must never parse or compare the text." in errors
     assert "Error texts in the vectors are examples only" in section("7.")
+
+
+# Item 13: a reused pending id gets Error EBUSY first, and the pending request's own reply after.
+
+
+def test_a_reused_pending_id_gets_two_replies(monitor, tmp_path):
+    raw = spawn(monitor, tmp_path)
+    listening = raw.request(Listen(request_id=2, endpoint=Endpoint("127.0.0.1", 0)))
+    assert isinstance(listening, ListenOk)
+    raw.send(encode(Accept(request_id=5, listener_id=listening.listener_id)))
+    busy = raw.request(Accept(request_id=5, listener_id=listening.listener_id))
+    assert isinstance(busy, Error) and busy.request_id == 5 and busy.errno == errno.EBUSY
+    with socket.create_connection(listening.local, timeout=10):
+        accepted, groups = _descriptor_messages(raw)
+        for fd in (fd for group in groups for fd in group):
+            os.close(fd)
+    # The first Accept's own reply, under the same id.
+    assert isinstance(accepted, AcceptOk) and accepted.request_id == 5
+    # The second Accept was forgotten: a second client is not taken for it.
+    with socket.create_connection(listening.local, timeout=10):
+        assert isinstance(raw.request(Stats(request_id=6)), StatsOk)
+    raw.finish()
+
+
+def test_the_spec_states_the_ebusy_rule_and_its_consequence():
+    ids = section("4.")
+    assert "The consequence: that id gets two replies." in ids
+    assert "a pending request's own reply is never an `Error` EBUSY" in ids
