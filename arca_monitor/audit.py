@@ -18,23 +18,35 @@ stdout, which may carry a guest's data. Each line has ``ts`` (Unix time),
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 
 class AuditLog:
-    """Resource handling: owns the file it opened (not stderr); :meth:`close` closes it."""
+    """The audit log, written to ``file``; None is no audit log at all.
 
-    def __init__(self, target: str | None) -> None:
-        self._file: TextIO | None
-        if target is None:
-            self._file = None
-        elif target == "-":
-            self._file = sys.stderr
-        else:
-            self._file = open(target, "a", encoding="utf-8")
+    Resource handling: the log never owns its file; :meth:`to` opens one for
+    the length of a ``with``.
+    """
+
+    def __init__(self, file: TextIO | None) -> None:
+        self._file = file
+
+    @classmethod
+    @contextlib.contextmanager
+    def to(cls, target: str | None) -> Iterator[AuditLog]:
+        """The log ``--audit-log`` asks for: None (none), ``-`` (stderr) or a file, appended to and closed after."""
+        if target is None or target == "-":
+            yield cls(None if target is None else sys.stderr)
+            return
+        with open(target, "a", encoding="utf-8") as file:
+            yield cls(file)
 
     @property
     def enabled(self) -> bool:
@@ -47,6 +59,3 @@ class AuditLog:
         self._file.write(json.dumps(record, default=str) + "\n")
         self._file.flush()
 
-    def close(self) -> None:
-        if self._file is not None and self._file is not sys.stderr:
-            self._file.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import errno
 import functools
@@ -129,16 +130,22 @@ def main(argv: list[str] | None = None) -> int:
         format="arca-monitor[%(process)d] %(levelname)s %(name)s: %(message)s",
     )
     raise_fd_limit()
-    try:
-        given = {kind: getattr(args, f"allow_{kind.value}") for kind in Kind}
-        if args.policy:
-            given = Policy.from_toml(args.policy, given)
-        policy = Policy.build(given)
-        resolver = Resolver(hosts_file=args.hosts_file, nameserver=args.resolver,
-                            dns=not args.no_dns and policy.dns_allowed)
-        audit = AuditLog(args.audit_log)
-    except (ValueError, OSError) as exc:
-        parser().error(str(exc))
+    with contextlib.ExitStack() as owned:
+        try:
+            given = {kind: getattr(args, f"allow_{kind.value}") for kind in Kind}
+            if args.policy:
+                given = Policy.from_toml(args.policy, given)
+            policy = Policy.build(given)
+            resolver = Resolver(hosts_file=args.hosts_file, nameserver=args.resolver,
+                                dns=not args.no_dns and policy.dns_allowed)
+            audit = owned.enter_context(AuditLog.to(args.audit_log))
+        except (ValueError, OSError) as exc:
+            parser().error(str(exc))
+        return _serve(args, config, policy, resolver, audit)
+
+
+def _serve(args: argparse.Namespace, config: Config, policy: Policy, resolver: Resolver, audit: AuditLog) -> int:
+    """Serve as the arguments say, until done (--fd) or signalled (--socket); the exit status."""
     bound = None
     if args.fd is None:
         # Bound before anything runs, so that a path already taken (EEXIST: not a

@@ -12,14 +12,19 @@ from __future__ import annotations
 import dataclasses
 import errno
 from dataclasses import dataclass
+from typing import TypeVar
 
 from arca_control.protocol.wire import DEFAULT_MAX_PAYLOAD, LENGTH_FIELD_MAX
 
 #: Room for every request of this version (the largest, a Resolve, has 260 bytes), with some to spare.
 MIN_PAYLOAD = 512
 
+T = TypeVar("T", int, float)
 
-def setting(default, help: str, *, low, high=None, what: str | None = None, code: int | None = None):
+
+def setting(
+    default: T, help: str, *, low: T, high: T | None = None, what: str | None = None, code: int | None = None
+) -> T:
     """A Config field: its default, its --help text, its valid range and, for a limit, its error."""
     return dataclasses.field(
         default=default, metadata={"help": help, "low": low, "high": high, "what": what, "errno": code}
@@ -75,6 +80,6 @@ def option_name(field_name: str) -> str:
     return field_name.replace("_", "-")
 
 
-def limits() -> list[dataclasses.Field]:
+def limits() -> list[dataclasses.Field[object]]:
     """The per-session limits, for documentation and tests."""
     return [f for f in dataclasses.fields(Config) if f.metadata["errno"] is not None]

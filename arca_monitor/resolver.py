@@ -63,7 +63,7 @@ import os
 import re
 import socket
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 import dns.asyncbackend
 import dns.asyncquery
@@ -76,6 +76,11 @@ import trio
 
 from arca_control.protocol import wire
 from arca_control.protocol.wire import Endpoint
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
+T = TypeVar("T")
 
 #: Linux has both; elsewhere the nearest code.
 EAI_NODATA = getattr(socket, "EAI_NODATA", socket.EAI_NONAME)
@@ -94,12 +99,19 @@ MAX_LABEL_LENGTH = 63
 #: need TCP, small enough that they are not fragmented.
 EDNS_PAYLOAD = 1232
 DNS_PORT = 53
+#: dnspython's trio backend: its sockets are trio sockets, its waits trio checkpoints.
+_TRIO_BACKEND = dns.asyncbackend.get_backend("trio")
 #: How much of a name an error message shows.
 _SHOWN_NAME_LENGTH = 60
 
 _LABEL_CHARACTERS = re.compile(r"[A-Za-z0-9_-]+\Z")
-_RDTYPE_OF_FAMILY = {socket.AF_INET6: dns.rdatatype.AAAA, socket.AF_INET: dns.rdatatype.A}
+_RDTYPE_OF_FAMILY: dict[int, dns.rdatatype.RdataType] = {
+    socket.AF_INET6: dns.rdatatype.AAAA,
+    socket.AF_INET: dns.rdatatype.A,
+}
 _FAMILY_OF_RDTYPE = {rdtype: family for family, rdtype in _RDTYPE_OF_FAMILY.items()}
+#: The cache's and the flights' key: a name and one record type.
+_Key = tuple[str, dns.rdatatype.RdataType]
 
 
 class ResolveError(Exception):
@@ -147,7 +159,7 @@ class _HostsTable:
     by_host: dict[str, set[str]] = field(default_factory=dict)
 
 
-class _WatchedFile:
+class _WatchedFile(Generic[T]):
     """A file's parsed contents, parsed again whenever the file changes or appears.
 
     The file is stat()ed on every :meth:`get`; inode and size are compared as
@@ -155,14 +167,14 @@ class _WatchedFile:
     timestamp granularity keeps the old mtime.
     """
 
-    def __init__(self, path: str, parse: Callable[[str], object], empty: object) -> None:
+    def __init__(self, path: str, parse: Callable[[str], T], empty: T) -> None:
         self.path = path
         self._parse = parse
         self._empty = empty
-        self._key: tuple | None = None
+        self._key: tuple[int, int, int] | None = None
         self._value = empty
 
-    def get(self):
+    def get(self) -> T:
         try:
             status = os.stat(self.path)
             key = (status.st_ino, status.st_mtime_ns, status.st_size)
@@ -277,12 +289,7 @@ def parse_resolv_conf(path: str) -> list[tuple[str, int]]:
     return [(server, DNS_PORT) for server in config.nameservers if isinstance(server, str)]
 
 
-def _trio_backend():
-    """dnspython's trio backend: its sockets are trio sockets, its waits trio checkpoints."""
-    return dns.asyncbackend.get_backend("trio")
-
-
-def _in_order(addresses) -> list[tuple[int, str]]:
+def _in_order(addresses: Iterable[tuple[int, str]]) -> list[tuple[int, str]]:
     """IPv6 first, then IPv4, each in the order given, without duplicates."""
     unique = list(dict.fromkeys(addresses))
     return [a for a in unique if a[0] == socket.AF_INET6] + [a for a in unique if a[0] == socket.AF_INET]
@@ -322,11 +329,12 @@ class Resolver:
         self._nameserver = nameserver
         self._hosts = _WatchedFile(hosts_file, parse_hosts, _HostsTable()) if hosts_file else None
         # Read lazily: a Resolver given a nameserver, or with DNS off, never reads it.
-        self._resolv_conf = _WatchedFile("/etc/resolv.conf", parse_resolv_conf, [])
-        # (Not dns.asyncbackend here: the ``dns`` argument hides the module.)
-        self._backend = _trio_backend()
-        self._cache: collections.OrderedDict[tuple[str, int], _CacheEntry] = collections.OrderedDict()
-        self._flights: dict[tuple[str, int], _Flight] = {}
+        self._resolv_conf: _WatchedFile[list[tuple[str, int]]] = _WatchedFile(
+            "/etc/resolv.conf", parse_resolv_conf, []
+        )
+        self._backend = _TRIO_BACKEND
+        self._cache: collections.OrderedDict[_Key, _CacheEntry] = collections.OrderedDict()
+        self._flights: dict[_Key, _Flight] = {}
 
     async def resolve(
         self, name: str, port: int | None = None, family: int = 0, type: int = 0
@@ -335,6 +343,8 @@ class Resolver:
 
         ``family`` 0 means IPv6 and IPv4, ``type`` 0 means SOCK_STREAM and SOCK_DGRAM.
         """
+        families: tuple[int, ...]
+        types: tuple[int, ...]
         if family == 0:
             families = (socket.AF_INET6, socket.AF_INET)
         elif family in (socket.AF_INET, socket.AF_INET6):
@@ -397,9 +407,9 @@ class Resolver:
             raise ResolveError(socket.EAI_NONAME, f"{_shown(name)}: not in the hosts file, and DNS is off")
 
         rdtypes = [_RDTYPE_OF_FAMILY[family] for family in families]
-        outcomes: dict[int, _Outcome] = {}
+        outcomes: dict[dns.rdatatype.RdataType, _Outcome] = {}
 
-        async def look_up(rdtype: int) -> None:
+        async def look_up(rdtype: dns.rdatatype.RdataType) -> None:
             outcomes[rdtype] = await self._look_up(name, rdtype)
 
         if len(rdtypes) == 1:
@@ -424,7 +434,7 @@ class Resolver:
                 raise ResolveError(eai, f"{_shown(name)}: {failures[eai].message}")
         raise AssertionError(f"no outcome explains {failures!r}")
 
-    async def _look_up(self, name: str, rdtype: int) -> _Outcome:
+    async def _look_up(self, name: str, rdtype: dns.rdatatype.RdataType) -> _Outcome:
         """The outcome for one record type: from the cache, a query under way, or a new query."""
         key = (name, rdtype)
         while True:
@@ -451,7 +461,7 @@ class Resolver:
             del self._flights[key]
             flight.done.set()
 
-    def _remember(self, key: tuple[str, int], outcome: _Outcome, ttl: float) -> None:
+    def _remember(self, key: _Key, outcome: _Outcome, ttl: float) -> None:
         if self.cache_size == 0:
             return
         # A TTL of 0 is kept too (expired at once): names_for still learns the name.
@@ -465,7 +475,7 @@ class Resolver:
             return [self._nameserver]
         return self._resolv_conf.get()
 
-    async def _query(self, name: str, rdtype: int) -> tuple[_Outcome, float | None]:
+    async def _query(self, name: str, rdtype: dns.rdatatype.RdataType) -> tuple[_Outcome, float | None]:
         """Ask the nameservers: the outcome, and how long it may be cached (None: not at all)."""
         nameservers = self._nameservers()
         if not nameservers:
@@ -516,12 +526,16 @@ class Resolver:
                     )
                 return response
             except OSError as error:
-                raise _NoReply(f"no reply from the nameserver: {os.strerror(error.errno) if error.errno else error}")
+                why = os.strerror(error.errno) if error.errno else error
+                raise _NoReply(f"no reply from the nameserver: {why}") from error
         raise _NoReply(f"no reply from the nameserver in {self.timeout:g} s")
 
 
-def _read_response(response: dns.message.Message, rdtype: int) -> tuple[_Outcome, float | None]:
+def _read_response(response: dns.message.Message, rdtype: dns.rdatatype.RdataType) -> tuple[_Outcome, float | None]:
     """The outcome of a parsed reply, and how long it may be cached."""
+    if not isinstance(response, dns.message.QueryMessage):
+        # A reply to a query always parses as one; anything else answered another kind of question.
+        return _Outcome(eai=socket.EAI_FAIL, message="malformed reply (not a query response)"), None
     rcode = response.rcode()
     if rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
         return _Outcome(eai=socket.EAI_FAIL, message=f"the nameserver answered {dns.rcode.to_text(rcode)}"), None

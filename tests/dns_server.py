@@ -87,7 +87,7 @@ class DNSServer:
         # Records in zone order (dnspython would shuffle them), so tests can check the order kept.
         return response.to_wire(want_shuffle=False)
 
-    def _answer(self, response: dns.message.Message, qname: dns.name.Name, rdtype: int) -> None:
+    def _answer(self, response: dns.message.Message, qname: dns.name.Name, rdtype: dns.rdatatype.RdataType) -> None:
         name = qname
         for _ in range(MAX_CNAME_CHAIN):
             records = self.zone.get(_key(name))
@@ -123,7 +123,7 @@ class DNSServer:
 
 
 @asynccontextmanager
-async def dns_server(zone: dict | None = None, **options):
+async def dns_server(zone: dict[str, list[tuple[str, str, int]]] | None = None, **options):
     """``(host, port, server)`` of a :class:`DNSServer` running on 127.0.0.1, kernel-chosen port."""
     server = DNSServer(zone or {}, **options)
     with trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
