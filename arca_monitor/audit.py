@@ -18,6 +18,7 @@ stdout, which may carry a guest's data. Each line has ``ts`` (Unix time),
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 import sys
@@ -44,13 +45,15 @@ class AuditLog:
     """Resource handling: owns the file it opened (not stderr); :meth:`close` closes it."""
 
     def __init__(self, target: str | None) -> None:
-        self._file: TextIO | None
-        if target is None:
-            self._file = None
-        elif target == "-":
+        self._file: TextIO | None = None
+        # What close() closes: the file opened here (never stderr), handed over by pop_all() as contextlib's docs do.
+        self._owned = contextlib.ExitStack()
+        if target == "-":
             self._file = sys.stderr
-        else:
-            self._file = open(target, "a", encoding="utf-8")
+        elif target is not None:
+            with contextlib.ExitStack() as stack:
+                self._file = stack.enter_context(open(target, "a", encoding="utf-8"))
+                self._owned = stack.pop_all()
 
     @property
     def enabled(self) -> bool:
@@ -64,5 +67,4 @@ class AuditLog:
         self._file.flush()
 
     def close(self) -> None:
-        if self._file is not None and self._file is not sys.stderr:
-            self._file.close()
+        self._owned.close()

@@ -34,7 +34,7 @@ import functools
 import itertools
 import socket
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, Self
 
 import trio
 
@@ -93,7 +93,7 @@ class Slot:
             self._release()
             self._release = None
 
-    def __enter__(self) -> Slot:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -39,8 +39,8 @@ from __future__ import annotations
 import collections
 import errno
 import types
-from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from . import codec, errors
 from .core import CANCELLABLE, SessionState
@@ -69,7 +69,17 @@ from .messages import (
     error_reply_for,
     fit_text,
 )
-from .wire import DEFAULT_MAX_PAYLOAD, LENGTH_FIELD_MAX, PROTOCOL_VERSION, SUPPORTED_CAPABILITIES, Capability, OptionTarget
+from .wire import (
+    DEFAULT_MAX_PAYLOAD,
+    LENGTH_FIELD_MAX,
+    PROTOCOL_VERSION,
+    SUPPORTED_CAPABILITIES,
+    Capability,
+    OptionTarget,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 
 @dataclass(frozen=True)
