@@ -49,14 +49,17 @@ from arca_control.protocol.wire import ListenFlags
 from . import net
 from .audit import shown
 from .broker import Broker, Connecting, Held
+from .channels import make_pipe_channel, make_socket_channel
+from .connection import Connection
 from .listeners import Listener
-from .relay import Connection, RelayEngine, make_pipe_channel, make_socket_channel
 
 if TYPE_CHECKING:
     import socket
     from collections.abc import Awaitable, Callable, Sequence
 
     from arca_control.protocol.messages import ControlReply, ControlRequest, Listen
+
+    from .relay import RelayEngine
 
     #: The session's send: every reply goes out through it (and its core).
     Send = Callable[[ControlReply, Sequence[int]], Awaitable[None]]
