@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 from dataclasses import dataclass
+from typing import TypeVar
 
 from arca_control.protocol.wire import DEFAULT_MAX_PAYLOAD, LENGTH_FIELD_MAX
 
@@ -19,7 +20,11 @@ from arca_control.protocol.wire import DEFAULT_MAX_PAYLOAD, LENGTH_FIELD_MAX
 MIN_PAYLOAD = 512
 
 
-def setting(default, help: str, *, low, high=None, what: str | None = None, code: int | None = None):
+#: A setting's type: a count or a number of seconds.
+N = TypeVar("N", int, float)
+
+
+def setting(default: N, help: str, *, low: N, high: N | None = None, what: str | None = None, code: int | None = None) -> N:
     """A Config field: its default, its --help text, its valid range and, for a limit, its error."""
     return dataclasses.field(
         default=default, metadata={"help": help, "low": low, "high": high, "what": what, "errno": code}
@@ -75,6 +80,6 @@ def option_name(field_name: str) -> str:
     return field_name.replace("_", "-")
 
 
-def limits() -> list[dataclasses.Field]:
+def limits() -> list[dataclasses.Field[object]]:
     """The per-session limits, for documentation and tests."""
     return [f for f in dataclasses.fields(Config) if f.metadata["errno"] is not None]
