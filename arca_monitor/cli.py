@@ -8,14 +8,18 @@ import logging
 import resource
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 import trio
 
-from .config import Config, option_name
 from .audit import AuditLog
+from .config import Config, option_name
 from .policy import Kind, Policy
 from .resolver import Resolver
 from .server import serve_fd, serve_path
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
 
 log = logging.getLogger("arca_monitor")
 
@@ -100,7 +104,7 @@ def raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-async def _until_signalled(serve, *args) -> None:
+async def _until_signalled(serve: Callable[..., Awaitable[None]], *args: object) -> None:
     """Run ``serve`` until SIGTERM or SIGINT, then close every session and exit 0."""
     async with trio.open_nursery() as nursery:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

@@ -18,8 +18,11 @@ import trio
 from arca_control.protocol import wire
 from arca_control.protocol.wire import Endpoint
 
+#: A socket address as Python's sockets take it: (host, port), (host, port, flowinfo, scope id), or a path.
+SockAddr = tuple[str, int] | tuple[str, int, int, int] | str
 
-def sockaddr_of(endpoint: Endpoint) -> tuple[socket.AddressFamily, tuple | str]:
+
+def sockaddr_of(endpoint: Endpoint) -> tuple[socket.AddressFamily, SockAddr]:
     """The socket family and address for an endpoint; EAFNOSUPPORT for anything but an IP literal or a path."""
     host, port = endpoint
     if wire.is_unix_path(host):
@@ -35,7 +38,7 @@ def sockaddr_of(endpoint: Endpoint) -> tuple[socket.AddressFamily, tuple | str]:
     return socket.AF_INET6, (socket.inet_ntop(socket.AF_INET6, packed), port, 0, scope_id)
 
 
-def endpoint_of(sockaddr: tuple) -> Endpoint:
+def endpoint_of(sockaddr: tuple[object, ...]) -> Endpoint:
     return Endpoint.from_sockaddr(sockaddr)
 
 
@@ -136,19 +139,19 @@ def start_connection(endpoint: Endpoint) -> tuple[socket.socket, bool]:
         raise
 
 
-async def finish_connection(sock: socket.socket, timeout: float) -> None:
+async def finish_connection(sock: socket.socket, seconds: float) -> None:
     """Wait for a connect begun by :func:`start_connection`. Raises OSError: ETIMEDOUT, ...
 
     Resource handling: the caller still owns ``sock`` and closes it on failure.
     """
-    with trio.move_on_after(timeout) as scope:
+    with trio.move_on_after(seconds) as scope:
         await trio.lowlevel.wait_writable(sock)
     if scope.cancelled_caught:
-        raise OSError(errno.ETIMEDOUT, f"no answer within {timeout:g} s")
+        raise OSError(errno.ETIMEDOUT, f"no answer within {seconds:g} s")
     _raise_connect_error(sock, None)
 
 
-def _raise_connect_error(sock: socket.socket, address: tuple | None) -> None:
+def _raise_connect_error(sock: socket.socket, address: SockAddr | None) -> None:
     code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
     if code:
         raise OSError(code, "connect failed")

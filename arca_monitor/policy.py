@@ -26,8 +26,11 @@ import errno
 import ipaddress
 import os
 import tomllib
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
 
 
 class Kind(enum.Enum):
@@ -207,7 +210,7 @@ class Policy:
         address = ipaddress.ip_address(host.split("%")[0])
         if address.version == 6 and address.ipv4_mapped:
             address = address.ipv4_mapped
-        return any(address in rule.network for rule in rules)
+        return any(rule.network is not None and address in rule.network for rule in rules)
 
     def check_unix(self, path: str) -> None:
         path = os.path.normpath(path)
@@ -221,4 +224,4 @@ def _show(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-__all__ = ["Denied", "Kind", "Policy", "Rule", "parse_rule", "DEFAULT_RULES"]
+__all__ = ["DEFAULT_RULES", "Denied", "Kind", "Policy", "Rule", "parse_rule"]

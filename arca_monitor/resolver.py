@@ -59,7 +59,7 @@ import os
 import re
 import socket
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 import dns.asyncbackend
 import dns.asyncquery
@@ -72,6 +72,9 @@ import trio
 
 from arca_control.protocol import wire
 from arca_control.protocol.wire import Endpoint
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
 
 #: Linux has both; elsewhere the nearest code.
 EAI_NODATA = getattr(socket, "EAI_NODATA", socket.EAI_NONAME)
@@ -94,8 +97,10 @@ DNS_PORT = 53
 _SHOWN_NAME_LENGTH = 60
 
 _LABEL_CHARACTERS = re.compile(r"[A-Za-z0-9_-]+\Z")
-_RDTYPE_OF_FAMILY = {socket.AF_INET6: dns.rdatatype.AAAA, socket.AF_INET: dns.rdatatype.A}
-_FAMILY_OF_RDTYPE = {rdtype: family for family, rdtype in _RDTYPE_OF_FAMILY.items()}
+_RDTYPE_OF_FAMILY: dict[int, dns.rdatatype.RdataType] = {socket.AF_INET6: dns.rdatatype.AAAA, socket.AF_INET: dns.rdatatype.A}
+_FAMILY_OF_RDTYPE: dict[int, int] = {rdtype: family for family, rdtype in _RDTYPE_OF_FAMILY.items()}
+#: What a watched file parses to.
+T = TypeVar("T")
 
 
 class ResolveError(Exception):
@@ -143,7 +148,7 @@ class _HostsTable:
     by_host: dict[str, set[str]] = field(default_factory=dict)
 
 
-class _WatchedFile:
+class _WatchedFile(Generic[T]):
     """A file's parsed contents, parsed again whenever the file changes or appears.
 
     The file is stat()ed on every :meth:`get`; inode and size are compared as
@@ -151,14 +156,14 @@ class _WatchedFile:
     timestamp granularity keeps the old mtime.
     """
 
-    def __init__(self, path: str, parse: Callable[[str], object], empty: object) -> None:
+    def __init__(self, path: str, parse: Callable[[str], T], empty: T) -> None:
         self.path = path
         self._parse = parse
         self._empty = empty
-        self._key: tuple | None = None
+        self._key: tuple[int, int, int] | None = None
         self._value = empty
 
-    def get(self):
+    def get(self) -> T:
         try:
             status = os.stat(self.path)
             key = (status.st_ino, status.st_mtime_ns, status.st_size)
@@ -273,12 +278,11 @@ def parse_resolv_conf(path: str) -> list[tuple[str, int]]:
     return [(server, DNS_PORT) for server in config.nameservers if isinstance(server, str)]
 
 
-def _trio_backend():
-    """dnspython's trio backend: its sockets are trio sockets, its waits trio checkpoints."""
-    return dns.asyncbackend.get_backend("trio")
+#: dnspython's trio backend: its sockets are trio sockets, its waits trio checkpoints (dnspython keeps one of each).
+_TRIO_BACKEND = dns.asyncbackend.get_backend("trio")
 
 
-def _in_order(addresses) -> list[tuple[int, str]]:
+def _in_order(addresses: Iterable[tuple[int, str]]) -> list[tuple[int, str]]:
     """IPv6 first, then IPv4, each in the order given, without duplicates."""
     unique = list(dict.fromkeys(addresses))
     return [a for a in unique if a[0] == socket.AF_INET6] + [a for a in unique if a[0] == socket.AF_INET]
@@ -318,9 +322,8 @@ class Resolver:
         self._nameserver = nameserver
         self._hosts = _WatchedFile(hosts_file, parse_hosts, _HostsTable()) if hosts_file else None
         # Read lazily: a Resolver given a nameserver, or with DNS off, never reads it.
-        self._resolv_conf = _WatchedFile("/etc/resolv.conf", parse_resolv_conf, [])
-        # (Not dns.asyncbackend here: the ``dns`` argument hides the module.)
-        self._backend = _trio_backend()
+        self._resolv_conf: _WatchedFile[list[tuple[str, int]]] = _WatchedFile("/etc/resolv.conf", parse_resolv_conf, [])
+        self._backend = _TRIO_BACKEND
         self._cache: collections.OrderedDict[tuple[str, int], _CacheEntry] = collections.OrderedDict()
         self._flights: dict[tuple[str, int], _Flight] = {}
 
@@ -331,6 +334,8 @@ class Resolver:
 
         ``family`` 0 means IPv6 and IPv4, ``type`` 0 means SOCK_STREAM and SOCK_DGRAM.
         """
+        families: tuple[int, ...]
+        types: tuple[int, ...]
         if family == 0:
             families = (socket.AF_INET6, socket.AF_INET)
         elif family in (socket.AF_INET, socket.AF_INET6):
@@ -466,7 +471,7 @@ class Resolver:
             for server in nameservers:
                 if server in failed:
                     continue
-                query = dns.message.make_query(name, rdtype, use_edns=0, payload=EDNS_PAYLOAD)
+                query = dns.message.make_query(name, dns.rdatatype.RdataType.make(rdtype), use_edns=0, payload=EDNS_PAYLOAD)
                 try:
                     response = await self._ask(query, server)
                 except _NoReply as error:
@@ -504,7 +509,7 @@ class Resolver:
                     )
                 return response
             except OSError as error:
-                raise _NoReply(f"no reply from the nameserver: {os.strerror(error.errno) if error.errno else error}")
+                raise _NoReply(f"no reply from the nameserver: {os.strerror(error.errno) if error.errno else error}") from None
         raise _NoReply(f"no reply from the nameserver in {self.timeout:g} s")
 
 
@@ -513,6 +518,8 @@ def _read_response(response: dns.message.Message, rdtype: int) -> tuple[_Outcome
     rcode = response.rcode()
     if rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
         return _Outcome(eai=socket.EAI_FAIL, message=f"the nameserver answered {dns.rcode.to_text(rcode)}"), None
+    if not isinstance(response, dns.message.QueryMessage):  # what a reply to a query parses to
+        return _Outcome(eai=socket.EAI_FAIL, message="malformed reply (not a query's)"), None
     try:
         chain = response.resolve_chaining()
     except dns.exception.DNSException as error:
