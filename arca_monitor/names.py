@@ -21,7 +21,8 @@ from .resolver import ResolveError
 if TYPE_CHECKING:
     from arca_control.protocol.messages import Resolve
 
-    from .broker import Broker, Slot
+    from .broker import Broker
+    from .inflight import Slot
     from .tcp import Send, Start
 
 _FAMILIES = {FamilyFilter.ANY: 0, FamilyFilter.IPV4: socket.AF_INET, FamilyFilter.IPV6: socket.AF_INET6}

@@ -48,9 +48,10 @@ from arca_control.protocol.wire import ListenFlags
 
 from . import net
 from .audit import shown
-from .broker import Broker, Connecting, Held
+from .broker import Broker, Held
 from .channels import make_pipe_channel, make_socket_channel
 from .connection import Connection
+from .inflight import Connecting
 from .listeners import Listener
 
 if TYPE_CHECKING:

@@ -16,8 +16,9 @@ import trio
 
 from arca_control.protocol.wire import Endpoint
 from arca_monitor.audit import AuditLog
-from arca_monitor.broker import Broker, Connecting, Held
+from arca_monitor.broker import Broker, Held
 from arca_monitor.config import Config
+from arca_monitor.inflight import Connecting
 from arca_monitor.policy import Denied, Kind, Policy
 from arca_monitor.resolver import Resolver
 
