@@ -519,10 +519,10 @@ async def test_udp_bind_to_an_af_unix_endpoint_is_refused_for_what_it_is(session
     """Not EACCES from the default policy (which has no unix rule): the monitor cannot do it at all."""
     from arca_control.protocol.messages import UdpBind
 
-    with pytest.raises(OSError) as caught:
+    with pytest.raises(OSError, match="UDP needs an IP address") as caught:
         await session._call(UdpBind, endpoint=Endpoint(str(tmp_path / "datagrams.sock"), 0))
     assert caught.value.errno == errno.EAFNOSUPPORT
-    with pytest.raises(OSError) as caught:
+    with pytest.raises(OSError, match="UDP needs an IP address") as caught:
         await session._call(UdpBind, endpoint=Endpoint("", 0))  # an unnamed one
     assert caught.value.errno == errno.EINVAL
     assert not list(tmp_path.iterdir())
