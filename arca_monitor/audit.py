@@ -19,6 +19,7 @@ stdout, which may carry a guest's data. Each line has ``ts`` (Unix time),
 from __future__ import annotations
 
 import contextlib
+import enum
 import json
 import sys
 import time
@@ -26,6 +27,21 @@ from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+
+from arca_control.protocol.wire import Endpoint
+
+
+def shown(value: object) -> object:
+    """A field as the audit log writes it: endpoints as host:port (or the path), enums by name."""
+    if isinstance(value, Endpoint):
+        if value.is_unix:
+            return value.host
+        return f"[{value.host}]:{value.port}" if ":" in value.host else f"{value.host}:{value.port}"
+    if isinstance(value, enum.Enum):
+        return value.name
+    if isinstance(value, tuple):
+        return [shown(item) for item in value]
+    return value
 
 
 class AuditLog:

@@ -14,11 +14,16 @@ import logging
 import select
 import socket
 from collections import deque
-from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import trio
 
-from arca_control.protocol.messages import Accept, AcceptErr, ControlReply, Endpoint
+from arca_control.protocol.messages import AcceptErr, Endpoint
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from arca_control.protocol.messages import Accept, ControlReply
 
 log = logging.getLogger("arca_monitor.listeners")
 
@@ -99,7 +104,7 @@ class Listener:
                 while not self._waiting:
                     self._wakeup = trio.Event()
                     await self._wakeup.wait()
-            if self.closed:
+            if self._wait_scope.cancel_called:  # by close(), meanwhile
                 return
             if not _pending(self.sock):
                 # Nothing waiting in the kernel's queue: wait for a connection.
@@ -119,7 +124,7 @@ class Listener:
                     continue
                 # EMFILE, ENFILE, ENOBUFS, ...: the waiting guest hears about it.
                 request = self._waiting.popleft()
-                await self._reply(AcceptErr.make(request.request_id, exc.errno, f"accept: {exc.strerror}"))
+                await self._reply(AcceptErr.make(request.request_id, exc.errno or errno.EIO, f"accept: {exc.strerror}"))
                 continue
             try:
                 peer = Endpoint.from_sockaddr(conn.getpeername())

@@ -13,6 +13,8 @@ from __future__ import annotations
 import errno
 import socket
 
+from arca_control.protocol.messages import GetOption, OptionValue, SetOption
+
 #: Options a guest may set, for the socket kinds they make sense on.
 SETTABLE: dict[tuple[int, int], str] = {
     (socket.SOL_SOCKET, socket.SO_KEEPALIVE): "SO_KEEPALIVE",
@@ -52,3 +54,12 @@ def get_option(sock: socket.socket, level: int, name: int) -> int:
     if (level, name) not in READABLE:
         raise OSError(errno.ENOPROTOOPT, f"option ({level}, {name}) is not one the monitor reads")
     return sock.getsockopt(level, name)
+
+
+def answer(request: SetOption | GetOption, sock: socket.socket) -> OptionValue:
+    """The reply to an option request on ``sock``: the value set and read back, or read. Raises OSError."""
+    if isinstance(request, SetOption):
+        value = set_option(sock, request.level, request.name, request.value)
+    else:
+        value = get_option(sock, request.level, request.name)
+    return OptionValue(request_id=request.request_id, value=value & 0xFFFFFFFF)

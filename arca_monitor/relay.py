@@ -11,9 +11,10 @@ other two ends and relays:
   (then the socket is shut down for writing) or the socket fails.
 
 Downstream bytes move with splice(2), so they never enter user space.
-Upstream bytes are copied through one buffer per session: copying from a
-socket into TCP costs less than splicing a pipe into TCP here (measured in
-docs/PERFORMANCE.md). Buffering is bounded by the pipe and socket buffers
+Upstream bytes are copied through one buffer for the whole monitor: copying
+from a socket into TCP costs less than splicing a pipe into TCP here (measured
+in docs/PERFORMANCE.md). The channels are made in ``channels``; a connection,
+and moving one chunk of it, are in ``connection``. Buffering is bounded by the pipe and socket buffers
 (and, upstream, by the bytes a full TCP socket did not take, which wait in
 the connection): when the guest stops reading, the rx pipe fills, the monitor
 stops reading the socket, and TCP flow control pushes back on the peer.
@@ -42,200 +43,31 @@ guest is SHUT_WR on the monitor's end, a dead upstream is SHUT_RD.
 
 from __future__ import annotations
 
-import enum
+import contextlib
 import errno
-import fcntl
 import logging
 import math
-import os
 import select
 import socket
 import struct
 import time
-from collections.abc import Awaitable, Callable
-from typing import NamedTuple
+from typing import TYPE_CHECKING
 
 import trio
 
-from arca_control.protocol.channel import close_fds
-from arca_control.protocol.messages import ConnectionEnd, Endpoint
+from arca_control.protocol.messages import ConnectionEnd
+
+from .connection import Connection, GuestGone, Wait, close_fd, copy_down, copy_up, readable_now, shutdown, splice_down
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
 
 log = logging.getLogger("arca_monitor.relay")
 
-PIPE_SIZE = 1 << 20
-SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 #: Moves (splices or copies) per ready fd per round: enough to amortise a round, few enough to stay fair.
 SPLICES_PER_TURN = 4
 IN, OUT = select.EPOLLIN, select.EPOLLOUT
 ERR = select.EPOLLERR | select.EPOLLHUP
-#: The copy buffer, one for the whole monitor: every session's relay runs in the one trio
-#: thread and copies a chunk with no checkpoint between its read and its write, and bytes
-#: a sink did not take are copied out (pending_*) before anyone reads again.
-#: 1 MiB: a quarter of that nearly halved upload speed (docs/PERFORMANCE.md).
-COPY_SIZE = 1 << 20
-_COPY_BUFFER = bytearray(COPY_SIZE)
-_COPY_VIEW = memoryview(_COPY_BUFFER)
-#: Each guest-side AF_UNIX socket's send buffer.
-CHANNEL_BUFFER = 1 << 20
-#: A socket-channel write that fails these way means the guest's end is gone.
-GUEST_GONE = (errno.EPIPE, errno.ECONNRESET)
-
-
-class Wait(enum.Enum):
-    """What one direction of a connection waits for."""
-
-    SOURCE = "source readable"
-    SINK = "sink writable"
-    DONE = "done"
-
-
-def make_pipe() -> tuple[int, int]:
-    """A close-on-exec pipe, grown to PIPE_SIZE where the limits allow."""
-    read_end, write_end = os.pipe2(os.O_CLOEXEC)
-    try:
-        fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-    except OSError:
-        # Over pipe-max-size or the per-user pipe budget: the default size works, only slower.
-        pass
-    return read_end, write_end
-
-
-class DataChannel(NamedTuple):
-    """A connection's channel to the guest: the monitor's two ends, and what the guest gets."""
-
-    #: Where downstream bytes go, and where upstream bytes come from.
-    rx_write: int
-    tx_read: int
-    guest_fds: list[int]
-    #: True for the socket channel (one AF_UNIX stream socket), False for an rx pipe and a tx socket.
-    is_socket: bool
-
-
-def make_pipe_channel() -> DataChannel:
-    """The default channel: the guest gets the rx pipe's read end and the tx socket's write end.
-
-    tx is a one-way AF_UNIX stream socket, not a pipe: it behaves as one (the
-    guest closing it is EOF, the monitor closing it makes the guest's writes
-    fail with EPIPE), and copying from it into TCP beats splicing a pipe into
-    TCP on this kernel (docs/PERFORMANCE.md, "upload").
-    """
-    rx_read, rx_write = make_pipe()
-    try:
-        tx_read, tx_write = _one_way_socket()
-    except OSError:
-        close_fds([rx_read, rx_write])
-        raise
-    return DataChannel(rx_write, tx_read, [rx_read, tx_write], is_socket=False)
-
-
-def _one_way_socket() -> tuple[int, int]:
-    """(the monitor's read end, the guest's write end) of an AF_UNIX stream socketpair."""
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        _grow_send_buffer(theirs)
-        ours.setblocking(False)
-    except OSError:
-        ours.close()
-        theirs.close()
-        raise
-    return ours.detach(), theirs.detach()
-
-
-def make_socket_channel() -> DataChannel:
-    """An AF_UNIX stream socketpair: the guest gets one end, the monitor two fds of the other."""
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        for end in (ours, theirs):
-            _grow_send_buffer(end)
-        ours.setblocking(False)
-        second = fcntl.fcntl(ours.fileno(), fcntl.F_DUPFD_CLOEXEC, 0)
-    except OSError:
-        ours.close()
-        theirs.close()
-        raise
-    return DataChannel(ours.detach(), second, [theirs.detach()], is_socket=True)
-
-
-def _grow_send_buffer(sock: socket.socket) -> None:
-    # An AF_UNIX stream socket queues what it sends on the receiver, counted against the
-    # sender's SO_SNDBUF: the default (~208 KiB) costs a wakeup per 200 KiB.
-    for option in (getattr(socket, "SO_SNDBUFFORCE", 32), socket.SO_SNDBUF):
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, option, CHANNEL_BUFFER)
-            return
-        except OSError:
-            continue
-
-
-def _shutdown(fd: int, how: int) -> None:
-    if fd < 0:
-        return  # already closed (an Abort came first)
-    sock = socket.socket(fileno=fd)
-    try:
-        sock.shutdown(how)
-    except OSError:
-        pass  # already shut down, or the guest's end is gone: nothing left to tell
-    finally:
-        sock.detach()
-
-
-def _rest(data: bytes | memoryview, moved: int) -> bytes:
-    """What a sink did not take, copied out of the shared buffer before the next read reuses it."""
-    return bytes(data[moved:]) if moved < len(data) else b""
-
-
-class GuestGone(Exception):
-    """The guest closed its end of the downstream."""
-
-
-def _readable_now(fd: int) -> bool:
-    poller = select.poll()
-    poller.register(fd, select.POLLIN)
-    return bool(poller.poll(0))
-
-
-def _close(fd: int) -> None:
-    try:
-        os.close(fd)
-    except OSError:
-        pass
-
-
-class Connection:
-    """One relayed connection: the socket, the monitor's two channel ends, and where each direction is."""
-
-    __slots__ = (
-        "connection_id", "sock", "sock_fd", "local", "peer", "rx_write", "tx_read",
-        "down", "up", "announced", "end_status", "write_error", "bytes_up", "bytes_down", "opened",
-        "is_socket", "pending_down", "pending_up",
-    )
-
-    def __init__(self, connection_id: int, sock: socket.socket, local: Endpoint, peer: Endpoint,
-                 channel: DataChannel) -> None:
-        self.connection_id = connection_id
-        self.sock = sock
-        self.sock_fd = sock.fileno()
-        self.local = local
-        self.peer = peer
-        self.rx_write = channel.rx_write
-        self.tx_read = channel.tx_read
-        self.is_socket = channel.is_socket
-        #: Bytes read but not yet taken by a full sink, per direction (downstream: socket channel only).
-        self.pending_down = b""
-        self.pending_up = b""
-        self.down = Wait.SOURCE
-        self.up = Wait.SOURCE
-        #: The guest has its ConnectionReady: its ConnectionEnd may follow.
-        self.announced = False
-        #: The downstream's status, while its ConnectionEnd waits to be sent.
-        self.end_status: int | None = None
-        #: The errno of a failed write to the socket: it may have used up the
-        #: socket's pending error, so the read side would see a plain EOF.
-        self.write_error = 0
-        #: Bytes moved guest -> peer and peer -> guest, and when it opened (for the audit log).
-        self.bytes_up = 0
-        self.bytes_down = 0
-        self.opened = time.monotonic()
 
 
 class RelayEngine:
@@ -261,7 +93,6 @@ class RelayEngine:
         self._registered: dict[int, int] = {}
         self._owners: dict[int, Connection] = {}
         self.connections: dict[int, Connection] = {}
-        self._buffer, self._view = _COPY_BUFFER, _COPY_VIEW
         # At most one end per connection is ever queued, so this is bounded by the connections.
         self._ends_in, self._ends_out = trio.open_memory_channel[Connection](math.inf)
 
@@ -305,7 +136,7 @@ class RelayEngine:
         conn.sock.close()
         for fd in (conn.rx_write, conn.tx_read):
             if fd >= 0:
-                _close(fd)
+                close_fd(fd)
         conn.rx_write = conn.tx_read = -1
         conn.down = conn.up = Wait.DONE
         self.connections.pop(conn.connection_id, None)
@@ -316,7 +147,7 @@ class RelayEngine:
         for conn in list(self.connections.values()):
             for fd in (conn.rx_write, conn.tx_read):
                 if fd >= 0:
-                    _close(fd)
+                    close_fd(fd)
             conn.sock.close()
             self._closed(conn, "session ended")
         self.connections.clear()
@@ -345,10 +176,10 @@ class RelayEngine:
     def _pump_down(self, conn: Connection) -> None:
         for _ in range(SPLICES_PER_TURN):
             try:
-                moved = self._copy_down(conn) if conn.is_socket else self._splice(conn.sock_fd, conn.rx_write)
+                moved = copy_down(conn) if conn.is_socket else splice_down(conn)
             except BlockingIOError:
                 # EAGAIN does not say which side is blocked; ask the source.
-                conn.down = Wait.SINK if _readable_now(conn.sock_fd) else Wait.SOURCE
+                conn.down = Wait.SINK if readable_now(conn.sock_fd) else Wait.SOURCE
                 return
             except GuestGone:
                 self._finish_down(conn, reader_gone=True)
@@ -370,7 +201,7 @@ class RelayEngine:
     def _pump_up(self, conn: Connection) -> None:
         for _ in range(SPLICES_PER_TURN):
             try:
-                moved = self._copy_up(conn)
+                moved = copy_up(conn)
             except BlockingIOError:
                 conn.up = Wait.SOURCE  # a full socket keeps what it did not take in pending_up
                 return
@@ -393,58 +224,6 @@ class RelayEngine:
                 conn.up = Wait.SINK
                 return
         conn.up = Wait.SOURCE
-
-    # --- moving one chunk: each returns the bytes the sink took, raises EOFError at the
-    # --- source's EOF, BlockingIOError when a side must be waited for, GuestGone when the
-    # --- guest's downstream end is closed, and OSError for the TCP socket's failures.
-
-    @staticmethod
-    def _splice(source: int, sink: int) -> int:
-        try:
-            moved = os.splice(source, sink, PIPE_SIZE, flags=SPLICE_FLAGS)
-        except BrokenPipeError:
-            # Only the pipe can be broken: downstream, the guest closed rx.
-            raise GuestGone from None
-        if moved == 0:
-            raise EOFError
-        return moved
-
-    def _copy_down(self, conn: Connection) -> int:
-        data = conn.pending_down
-        if not data:
-            count = conn.sock.recv_into(self._buffer)
-            if count == 0:
-                raise EOFError
-            data = self._view[:count]
-        try:
-            moved = os.write(conn.rx_write, data)
-        except BlockingIOError:
-            moved = 0
-        except OSError as exc:
-            if exc.errno in GUEST_GONE:
-                raise GuestGone from None
-            raise
-        conn.pending_down = _rest(data, moved)
-        return moved
-
-    def _copy_up(self, conn: Connection) -> int:
-        data = conn.pending_up
-        if not data:
-            try:
-                count = os.readv(conn.tx_read, [self._buffer])
-            except BlockingIOError:
-                raise
-            except OSError:
-                count = 0  # ECONNRESET: the guest closed with bytes unread; its writes are over
-            if count == 0:
-                raise EOFError
-            data = self._view[:count]
-        try:
-            moved = conn.sock.send(data)
-        except BlockingIOError:
-            moved = 0
-        conn.pending_up = _rest(data, moved)
-        return moved
 
     # --- endings ---------------------------------------------------------------------------
 
@@ -473,18 +252,18 @@ class RelayEngine:
         self._unregister(conn.tx_read)
         if conn.is_socket:
             # Closing one of two fds of the socket would not be seen: refuse the guest's writes.
-            _shutdown(conn.tx_read, socket.SHUT_RD)
+            shutdown(conn.tx_read, socket.SHUT_RD)
             conn.pending_up = b""
-        _close(conn.tx_read)
+        close_fd(conn.tx_read)
         self._owners.pop(conn.tx_read, None)
         conn.tx_read = -1
         self._forget_if_done(conn)
 
     def _close_rx(self, conn: Connection) -> None:
         if conn.is_socket:
-            _shutdown(conn.rx_write, socket.SHUT_WR)  # the guest's EOF, whatever the other fd does
+            shutdown(conn.rx_write, socket.SHUT_WR)  # the guest's EOF, whatever the other fd does
             conn.pending_down = b""
-        _close(conn.rx_write)
+        close_fd(conn.rx_write)
         self._owners.pop(conn.rx_write, None)
         conn.rx_write = -1
         self._forget_if_done(conn)
@@ -504,8 +283,8 @@ class RelayEngine:
 
     async def _send_ends(self) -> None:
         async for conn in self._ends_out:
-            if conn.connection_id not in self.connections:
-                continue  # the session closed it meanwhile
+            if conn.connection_id not in self.connections or conn.end_status is None:
+                continue  # the session closed it meanwhile (a queued connection always has its status)
             await self._send_event(ConnectionEnd(connection_id=conn.connection_id, status=conn.end_status))
             # Only now may rx close: the guest, at EOF, waits for this status. Unless an
             # Abort (or the session closing) came while the event was being sent: then it is closed.
@@ -538,7 +317,5 @@ class RelayEngine:
 
     def _unregister(self, fd: int) -> None:
         if self._registered.pop(fd, None) is not None:
-            try:
+            with contextlib.suppress(OSError):
                 self._epoll.unregister(fd)
-            except OSError:
-                pass

@@ -28,12 +28,16 @@ import os
 import shutil
 import signal
 import subprocess
-import sysconfig
 import sys
+import sysconfig
 import tempfile
 import time
+from typing import TYPE_CHECKING
 
 from arca_control.protocol import launch
+
+if TYPE_CHECKING:
+    import types
 
 #: How arca-run says that it could not isolate the command (as a shell says "cannot execute").
 CANNOT_ISOLATE = 126
@@ -64,7 +68,7 @@ def isolation_prefix() -> list[str] | None:
     return None
 
 
-def start_monitor(path: str, options: list[str]) -> subprocess.Popen:
+def start_monitor(path: str, options: list[str]) -> subprocess.Popen[bytes]:
     monitor = subprocess.Popen([sys.executable, "-m", "arca_monitor", "--socket", path, *options])
     deadline = time.monotonic() + MONITOR_START_TIMEOUT
     while not os.path.exists(path):
@@ -138,7 +142,7 @@ def run_guest(prefix: list[str], command: list[str], path: str, transparent: boo
         return 127
     forwarded = {}
 
-    def forward(signum, _frame):
+    def forward(signum: int, _frame: types.FrameType | None) -> None:
         guest.send_signal(signum)
 
     for signum in (signal.SIGINT, signal.SIGTERM):

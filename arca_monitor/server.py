@@ -7,19 +7,23 @@ raise, so one guest cannot take down the monitor or another guest's session.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import socket
 import stat
+from typing import TYPE_CHECKING
 
 import trio
 
-from .audit import AuditLog
-from .config import Config
-from .policy import Policy
-from .resolver import Resolver
 from .session import MonitorSession
+
+if TYPE_CHECKING:
+    from .audit import AuditLog
+    from .config import Config
+    from .policy import Policy
+    from .resolver import Resolver
 
 log = logging.getLogger("arca_monitor.server")
 
@@ -66,7 +70,7 @@ async def serve_path(
     audit: AuditLog,
     *,
     bound: socket.socket | None = None,
-    task_status=trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve one session per guest that connects to ``path``, until cancelled.
 
@@ -88,10 +92,8 @@ async def serve_path(
                 nursery.start_soon(_run_session, conn.detach(), config, resolver, policy, audit)
     finally:
         listener.close()
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(path)
-        except OSError:
-            pass
 
 
 async def _run_session(fd: int, config: Config, resolver: Resolver, policy: Policy, audit: AuditLog) -> None:

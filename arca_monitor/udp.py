@@ -55,6 +55,9 @@ from arca_control.protocol.wire import AddressFamily, Endpoint
 
 log = logging.getLogger("arca_monitor.udp")
 
+#: An IP socket address as Python's sockets give and take it: (host, port), or (host, port, flowinfo, scope id).
+SockAddr = tuple[str, int] | tuple[str, int, int, int]
+
 #: Datagrams moved per direction before yielding to other tasks, so a flood cannot starve the monitor.
 DATAGRAMS_PER_TURN = 64
 #: Errors the kernel reports on a UDP socket for an earlier datagram (mostly from ICMP).
@@ -114,7 +117,7 @@ class DatagramRelay:
         #: The errno of the latest outbound drop (0: none yet).
         self.last_error = 0
         # The last source and its endpoint bytes: datagrams tend to come from one peer in a row.
-        self._last_source: tuple | None = None
+        self._last_source: SockAddr | None = None
         self._last_header = b""
 
     def __repr__(self) -> str:
@@ -167,7 +170,7 @@ class DatagramRelay:
             self._deliver(view, count, source)
         return False
 
-    def _deliver(self, view: memoryview, count: int, source: tuple) -> None:
+    def _deliver(self, view: memoryview, count: int, source: SockAddr) -> None:
         header = self._source_header(source)
         start = MAX_ENDPOINT - len(header)
         view[start:MAX_ENDPOINT] = header
@@ -184,7 +187,7 @@ class DatagramRelay:
             return
         self.received += 1
 
-    def _source_header(self, source: tuple) -> bytes:
+    def _source_header(self, source: SockAddr) -> bytes:
         if source != self._last_source:
             self._last_header = encode_endpoint(Endpoint.from_sockaddr(source))
             self._last_source = source
@@ -244,7 +247,7 @@ class DatagramRelay:
             self.sent += 1
             return
 
-    def _sockaddr(self, family: int, destination: Endpoint) -> tuple:
+    def _sockaddr(self, family: int, destination: Endpoint) -> SockAddr:
         """The numeric address ``sendto`` takes for ``destination`` on this socket.
 
         Decided by the family byte, not by the host's text: an endpoint of any

@@ -149,3 +149,22 @@ def test_bad_rules_are_a_usage_error():
     result = subprocess.run([sys.executable, "-m", "arca_monitor", "--fd", "0", "--allow-connect", "10.0.0.0/99"],
                             capture_output=True, text=True, timeout=20)
     assert result.returncode == 2 and "bad" in result.stderr
+
+
+async def test_what_cannot_be_done_at_all_is_refused_before_the_policy():
+    import errno
+
+    from arca_control.protocol.messages import Connect, Listen
+    from arca_control.protocol.wire import ListenFlags
+
+    async with arca_control.open_session("--allow-listen", "[::1]:*") as session:  # no IPv4 rule, no unix rule
+        with pytest.raises(OSError, match="V6ONLY") as caught:  # on an IPv4 listener: EINVAL, whatever the rules
+            await session._call(Listen, endpoint=Endpoint("127.0.0.1", 0), flags=ListenFlags.V6ONLY)
+        assert caught.value.errno == errno.EINVAL
+        for request in (Listen, Connect):  # an unnamed AF_UNIX address can be neither bound nor connected to
+            with pytest.raises(OSError, match="unnamed AF_UNIX") as caught:
+                await session._call(request, endpoint=Endpoint("", 0))
+            assert caught.value.errno == errno.EINVAL
+        with pytest.raises(PermissionError):  # what can be done is still the policy's to deny
+            await session.listen("127.0.0.1", 0)
+        assert (await session.stats())["denials"] == 1

@@ -8,7 +8,9 @@ import pytest
 import trio
 
 from arca_control.protocol.messages import Endpoint
-from arca_monitor.relay import Connection, RelayEngine, make_pipe_channel, make_socket_channel
+from arca_monitor.channels import make_pipe_channel, make_socket_channel
+from arca_monitor.connection import Connection
+from arca_monitor.relay import RelayEngine
 
 
 @pytest.mark.parametrize("make_channel", [make_pipe_channel, make_socket_channel], ids=["pipes", "socket"])

@@ -513,3 +513,16 @@ async def test_udp_bind_time_options(session):
     assert await plain.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR) == 1
     for sock in (first, second, plain):
         await sock.aclose()
+
+
+async def test_udp_bind_to_an_af_unix_endpoint_is_refused_for_what_it_is(session, tmp_path):
+    """Not EACCES from the default policy (which has no unix rule): the monitor cannot do it at all."""
+    from arca_control.protocol.messages import UdpBind
+
+    with pytest.raises(OSError, match="UDP needs an IP address") as caught:
+        await session._call(UdpBind, endpoint=Endpoint(str(tmp_path / "datagrams.sock"), 0))
+    assert caught.value.errno == errno.EAFNOSUPPORT
+    with pytest.raises(OSError, match="UDP needs an IP address") as caught:
+        await session._call(UdpBind, endpoint=Endpoint("", 0))  # an unnamed one
+    assert caught.value.errno == errno.EINVAL
+    assert not list(tmp_path.iterdir())
