@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import socket
 import socketserver
 import sys
 import threading
+from collections.abc import Awaitable, Callable
 from contextlib import contextmanager
 
 import pytest
@@ -99,6 +101,23 @@ def rss_bytes(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     raise RuntimeError(f"no VmRSS for {pid}")
+
+
+async def wait_until(
+    condition: Callable[[], bool | Awaitable[bool]], *, seconds: float = 5.0, interval: float = 0.02
+) -> None:
+    """Wait until ``condition()`` (a function, or an async one) holds; ``trio.TooSlowError`` after ``seconds``.
+
+    For what no event of ours can signal: a file the monitor makes or removes, its
+    descriptors and counters, a port it frees, work finishing in the session's own
+    background tasks. So it is polled.
+    """
+    with trio.fail_after(seconds):
+        while True:
+            result = condition()
+            if await result if inspect.isawaitable(result) else result:
+                return
+            await trio.sleep(interval)
 
 
 async def settle(measure, target, *, seconds: float = 5.0, interval: float = 0.02):

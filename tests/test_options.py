@@ -116,7 +116,7 @@ async def test_abort_resets_the_peer(session):
     got, how = await trio.to_thread.run_sync(read_until_reset)
     assert how == "reset"
     peer.close()
-    assert stream.connection_id not in session._ends
+    assert stream not in session.streams
 
 
 async def test_abort_reaches_another_guest_stream_as_an_error(session):
@@ -131,6 +131,10 @@ async def test_abort_reaches_another_guest_stream_as_an_error(session):
 async def test_options_on_unknown_targets(session):
     from arca_control.protocol.wire import OptionTarget
 
+    from arca_control.protocol.messages import GetOption
+
     with pytest.raises(OSError) as caught:
-        await session._get_option(OptionTarget.CONNECTION, 999, socket.SOL_SOCKET, socket.SO_KEEPALIVE)
+        await session.request(
+            GetOption(target=OptionTarget.CONNECTION, target_id=999, level=socket.SOL_SOCKET, name=socket.SO_KEEPALIVE)
+        )
     assert caught.value.errno == errno.EBADF

@@ -80,7 +80,7 @@ async def test_port_zero_is_checked_against_the_port_the_kernel_chose():
         # socket is closed again and the request denied.
         with pytest.raises(PermissionError):
             await session.listen("127.0.0.1", 0)
-        assert not any(True for _ in session._listeners)
+        assert not session.listeners
 
 
 async def test_name_rules_follow_what_the_monitor_resolved(tmp_path):

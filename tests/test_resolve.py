@@ -118,9 +118,10 @@ async def test_bad_literals_and_pending_lookups_keep_the_rules(tmp_path):
             with pytest.raises(socket.gaierror):
                 await session.resolve("fe80::1%nosuchif0")
             async with trio.open_nursery() as nursery:
-                request, frame = session._core.send(Resolve, name="slow.internal")
-                await session._channel.send_bytes(frame)
-                session._core.cancel(request.request_id)
+                # Staged below the session: a lookup it gives up on without a word to the monitor.
+                request, frame = session.core.send(Resolve(name="slow.internal"))
+                await session.channel.send_bytes(frame)
+                session.core.cancel(request.request_id)
                 nursery.start_soon(_expect_again, session)
                 await trio.sleep(0.2)
                 # Two lookups pending: the in-flight limit applies to them too.
@@ -128,7 +129,7 @@ async def test_bad_literals_and_pending_lookups_keep_the_rules(tmp_path):
                     await session.resolve("v4.internal")
                 # A request reusing a pending lookup's id is refused (EBUSY).
                 from arca_control.protocol.codec import encode
-                await session._channel.send_bytes(encode(Resolve(request_id=request.request_id, name="x.internal")))
+                await session.channel.send_bytes(encode(Resolve(request_id=request.request_id, name="x.internal")))
                 nursery.cancel_scope.cancel()
             assert await session.resolve("127.0.0.1")
             assert session.process.returncode is None

@@ -16,7 +16,7 @@ import trio.testing
 import arca_control
 from arca_control.protocol.messages import Accept, CloseListener
 
-from .conftest import blocking_client, read_all, tcp_server, until_refused
+from .conftest import blocking_client, read_all, tcp_server, until_refused, wait_until
 
 BIG = 64 * 1024 * 1024
 
@@ -284,13 +284,13 @@ async def test_bad_hosts_and_ports_are_refused_before_sending(session):
 
 async def test_accept_on_an_unknown_listener(session):
     with pytest.raises(OSError) as caught:
-        await session._call(Accept, listener_id=4242)
+        await session.request(Accept(listener_id=4242))
     assert caught.value.errno == errno.EBADF
 
 
 async def test_close_an_unknown_listener(session):
     with pytest.raises(OSError) as caught:
-        await session._call(CloseListener, listener_id=4242)
+        await session.request(CloseListener(listener_id=4242))
     assert caught.value.errno == errno.EBADF
 
 
@@ -353,8 +353,8 @@ async def test_cancelled_connect_is_withdrawn(session, stalled_address):
     # The monitor withdrew the connect and answered it (ECANCELED), which the
     # session consumed as a late reply.
     with trio.fail_after(5):
-        while session._core._abandoned:
-            await trio.sleep(0.01)
+        await session.settled()
+    assert not session.core.abandoned
     # The session is still fine afterwards.
     listener = await session.listen("127.0.0.1", 0)
     stream = await session.connect(*listener.local)
@@ -442,16 +442,19 @@ async def test_a_cancelled_listen_leaves_no_port_bound(session):
         await trio.testing.wait_all_tasks_blocked()  # sent, and waiting for ListenOk
         nursery.cancel_scope.cancel()
     with trio.fail_after(5):
-        while session._core._abandoned:  # until the late ListenOk has come
-            await trio.sleep(0.01)
-        # It made the session close that listener again.
-        while True:
-            try:
-                socket.create_server(("127.0.0.1", port)).close()
-                break
-            except OSError:
-                await trio.sleep(0.02)
-    assert not session._core._pending
+        await session.settled()  # until the late ListenOk has come
+    assert not session.core.abandoned
+
+    # It made the session close that listener again.
+    def port_is_free() -> bool:
+        try:
+            socket.create_server(("127.0.0.1", port)).close()
+        except OSError:
+            return False
+        return True
+
+    await wait_until(port_is_free)
+    assert not session.core.pending
 
 
 async def test_a_small_monitor_payload_limit_still_works():
@@ -468,30 +471,32 @@ async def test_a_small_monitor_payload_limit_still_works():
 async def test_a_late_accept_ok_goes_to_the_next_accept(session):
     """The Cancel crossed the AcceptOk on the wire: the connection waits in the guest's backlog."""
     listener = await session.listen("127.0.0.1", 0)
-    request, frame = session._core.send(Accept, listener_id=listener.listener_id)
-    await session._channel.send_bytes(frame)
-    session._core.cancel(request.request_id)  # gave up; the monitor answers before the Cancel lands
+    # Staged below the session: it sends the Accept, then gives up on it as if its Cancel had
+    # crossed the AcceptOk (a real Cancel would reach the monitor first here).
+    request, frame = session.core.send(Accept(listener_id=listener.listener_id))
+    await session.channel.send_bytes(frame)
+    session.core.cancel(request.request_id)  # gave up; the monitor answers before the Cancel lands
     client = await trio.to_thread.run_sync(blocking_client, listener.local)
     with trio.fail_after(5):
-        while not listener.backlog:
-            await trio.sleep(0.01)
+        await session.settled()
+    assert len(listener.backlog) == 1
     stream = await listener.accept()
     assert stream.peer == client.getsockname()
     await stream.send_all(b"kept")
     assert await trio.to_thread.run_sync(client.recv, 10) == b"kept"
     await stream.aclose()
     # And a late connection is closed with its listener, never leaked.
-    request, frame = session._core.send(Accept, listener_id=listener.listener_id)
-    await session._channel.send_bytes(frame)
-    session._core.cancel(request.request_id)
+    request, frame = session.core.send(Accept(listener_id=listener.listener_id))
+    await session.channel.send_bytes(frame)
+    session.core.cancel(request.request_id)
     second = await trio.to_thread.run_sync(blocking_client, listener.local)
     with trio.fail_after(5):
-        while not listener.backlog:
-            await trio.sleep(0.01)
+        await session.settled()
+    assert len(listener.backlog) == 1
     await listener.aclose()
     second.settimeout(5)
     assert await trio.to_thread.run_sync(second.recv, 10) == b""
-    assert not session._streams
+    assert not session.streams
     client.close()
     second.close()
 
@@ -519,9 +524,7 @@ async def test_prefetching_listener_serves_and_closes_cleanly(session):
                 assert await read_all(client) == b"n%d" % i
         nursery.cancel_scope.cancel()
     # Fetched-ahead connections went with the listener; the port is closed in the monitor.
-    with trio.fail_after(5):
-        while session._streams:
-            await trio.sleep(0.01)
+    await wait_until(lambda: not session.streams)
     await until_refused(listener.local)
 
 

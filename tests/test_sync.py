@@ -459,11 +459,11 @@ def test_a_monitor_that_never_answers_times_out(tmp_path, monkeypatch):
 def test_a_portal_call_from_the_portal_thread_is_refused(s):
     def inner(trio_session):
         async def nested():
-            return s._portal.call(lambda trio_session: trio_session.stats())
+            return s.portal.call(lambda trio_session: trio_session.stats())
         return nested()
 
     with pytest.raises(RuntimeError):
-        s._portal.call(inner)
+        s.portal.call(inner)
 
 
 def test_getaddrinfo_of_a_name_has_the_stdlibs_shape(s):

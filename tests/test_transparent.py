@@ -18,6 +18,7 @@ import sys
 import textwrap
 import urllib.request
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import pytest
 import trustme
@@ -26,6 +27,9 @@ import arca_control
 from arca_control import transparent
 
 from .conftest import closed_port, serving
+
+if TYPE_CHECKING:
+    from arca_control.session import SessionStats
 
 RUN = [sys.executable, "-m", "arca_monitor.run", "--transparent", "--no-dns"]
 
@@ -53,8 +57,10 @@ def http_server(context: ssl.SSLContext | None = None):
         yield f"{scheme}://127.0.0.1:{server.server_address[1]}"
 
 
-def stats() -> dict:
-    return transparent._session.stats()
+def stats() -> SessionStats:
+    session = transparent.current_session()
+    assert session is not None
+    return session.stats()
 
 
 def test_install_routes_urllib_and_http_client_and_uninstall_restores():

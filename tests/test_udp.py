@@ -489,7 +489,7 @@ async def test_udp_errors_and_close(session):
     from arca_control.protocol.messages import UdpClose
 
     with pytest.raises(OSError) as caught:
-        await session._call(UdpClose, socket_id=999)
+        await session.request(UdpClose(socket_id=999))
     assert caught.value.errno == errno.EBADF
     # Closing the guest's end ends the monitor's socket: the port is free again.
     await taken.aclose()
