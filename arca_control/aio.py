@@ -30,7 +30,7 @@ from .portal import Portal, discard_result
 from .session import ArcaSession, SessionStats
 from .session import open_session as _open_trio_session
 from .stream import ArcaListener
-from .sync import Address, AddrInfo, accept, close_listener, connect, getaddrinfo, sockaddr, stats
+from .sync import AddrInfo, IPAddress, accept, close_listener, connect, getaddrinfo, ip_sockaddr, stats
 
 if TYPE_CHECKING:
     import concurrent.futures
@@ -160,10 +160,10 @@ class Session:
 class _Address:
     """What ``Server.sockets`` holds: the bound address, as ``getsockname()`` gives it."""
 
-    def __init__(self, address: Address) -> None:
+    def __init__(self, address: IPAddress) -> None:
         self._address = address
 
-    def getsockname(self) -> Address:
+    def getsockname(self) -> IPAddress:
         return self._address
 
     def __repr__(self) -> str:
@@ -194,7 +194,7 @@ class Server:
         self._idle = asyncio.Event()
         self._idle.set()
         #: The bound address, with the kernel's port for port 0, as ``server.sockets[0].getsockname()``.
-        self.sockets = (_Address(sockaddr(listener.local)),)
+        self.sockets = (_Address(ip_sockaddr(listener.local)),)
 
     def get_loop(self) -> asyncio.AbstractEventLoop:
         return self._loop

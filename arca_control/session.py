@@ -167,6 +167,8 @@ class ArcaSession:
         self._datagrams: dict[int, ArcaDatagramSocket] = {}
         # Tasks waiting in settled(), woken when a late reply has been handled.
         self._late_handled = trio.lowlevel.ParkingLot()
+        # Late listeners being closed in the monitor.
+        self._orphans = 0
         self._broken: BaseException | None = None
         #: The monitor's HelloOk: its version, capabilities and payload limit.
         self.monitor: HelloOk | None = None
@@ -343,9 +345,9 @@ class ArcaSession:
 
     async def settled(self) -> None:
         """Wait until every request given up (a cancelled accept, connect or listen) has had
-        its late reply, and what came with it has been kept or closed (a late listener's
-        close is under way); return at once if there is none."""
-        while self._core.abandoned and self._broken is None:
+        its late reply, and what came with it has been kept or closed (a late listener
+        closed in the monitor too); return at once if there is none."""
+        while (self._core.abandoned or self._orphans) and self._broken is None:
             await self._late_handled.park()
         await trio.lowlevel.checkpoint()
 
@@ -472,6 +474,7 @@ class ArcaSession:
             self._ends.pop(action.reply.connection_id, None)
             close_fds(action.fds)
         elif isinstance(action, CloseOrphanListener):
+            self._orphans += 1
             self._nursery.start_soon(self._close_orphan_listener, action.listener_id)
         else:
             if action.connection_id is not None:
@@ -483,6 +486,9 @@ class ArcaSession:
             await self.request(CloseListener(listener_id=listener_id))
         except (OSError, trio.ClosedResourceError) as exc:
             log.debug("closing orphan listener %d: %s", listener_id, exc)
+        finally:
+            self._orphans -= 1
+            self._late_handled.unpark_all()
 
     async def _send(self, frame: bytes) -> None:
         """Send a request's frame. Once this returns, the frame is on its way.

@@ -300,9 +300,9 @@ class Listener:
         self._portal = portal
         self._listener = listener
 
-    def getsockname(self) -> Address:
+    def getsockname(self) -> IPAddress:
         """The address really bound (the kernel's port for port 0)."""
-        return sockaddr(self._listener.local)
+        return ip_sockaddr(self._listener.local)
 
     def accept(self) -> tuple[ArcaSocket, Address]:
         """Wait for the next connection: ``(socket, peer address)``, as ``socket.accept`` gives."""

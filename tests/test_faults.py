@@ -67,6 +67,7 @@ async def test_guest_killed_mid_transfer_releases_everything_within_a_second(soc
         guest = await trio.lowlevel.open_process(
             [sys.executable, "-c", KILLED_GUEST, path, *map(str, address)], stdout=subprocess.PIPE
         )
+        assert guest.stdout is not None
         port = int((await guest.stdout.receive_some(100)).split()[0])
         with trio.fail_after(10):
             await transfer_started.wait()
@@ -121,6 +122,7 @@ async def test_monitor_killed_fails_every_pending_call_within_a_second(stalled_a
             # Until every task waits: the writer's buffers all the way to the idle peer are full.
             await trio.testing.wait_all_tasks_blocked(cushion=0.2)
             killed_at = trio.current_time()
+            assert session.process is not None
             session.process.kill()
             # Each call fails within the second, or is cancelled then and missing from outcomes.
             nursery.cancel_scope.deadline = killed_at + 1
