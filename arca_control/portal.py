@@ -50,9 +50,15 @@ START_TIMEOUT = 30.0
 _thread_state = threading.local()
 
 
+def current_portal() -> Portal | None:
+    """The portal whose thread this is (code it runs calls back into it so), or None."""
+    portal = getattr(_thread_state, "portal", None)
+    return portal if isinstance(portal, Portal) else None
+
+
 def in_portal_thread() -> bool:
     """Whether the caller is a portal's own thread, which must never wait on a portal."""
-    return bool(getattr(_thread_state, "portal", False))
+    return current_portal() is not None
 
 
 class Portal:
@@ -128,7 +134,7 @@ class Portal:
     # --- in the session's thread ---------------------------------------------------------
 
     def _run(self) -> None:
-        _thread_state.portal = True
+        _thread_state.portal = self
         try:
             trio.run(self._main)
         except BaseException as exc:  # the thread must not die silently: the caller waits on _ready
@@ -147,7 +153,6 @@ class Portal:
             guard.start_soon(self._watchdog, guard.cancel_scope)
             async with self._opener() as session, trio.open_nursery() as nursery:
                 self.session, self._nursery = session, nursery
-                session.portal = self
                 self._token = trio.lowlevel.current_trio_token()
                 self._ready.set_result(None)
                 await stop.wait()

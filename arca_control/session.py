@@ -71,8 +71,6 @@ from .stream import ArcaListener, ArcaStream, EndStatus
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
-    from .portal import Portal
-
 log = logging.getLogger("arca_control")
 
 R = TypeVar("R", bound=ControlReply)
@@ -174,8 +172,6 @@ class ArcaSession:
         self.monitor: HelloOk | None = None
         #: The monitor process, when ``open_session`` spawned it.
         self.process: trio.Process | None = None
-        #: The Portal running this session in a thread of its own, if one does (sync, aio).
-        self.portal: Portal | None = None
 
     # --- public API -------------------------------------------------------------
 

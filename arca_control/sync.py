@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, NamedTuple, Self, overload
 
 import trio
 
-from .portal import Portal
+from .portal import Portal, current_portal
 from .protocol import errors
 from .session import ArcaSession, SessionStats
 from .session import open_session as _open_trio_session
@@ -219,7 +219,7 @@ async def connect(
             stream = await session.connect(host, port, timeout=timeout, family=family)
     except trio.TooSlowError:
         raise TimeoutError(f"connecting to {host}:{port} timed out") from None
-    return socket_from(stream, session.portal)
+    return socket_from(stream, current_portal())
 
 
 _PROTOCOL_OF = {socket.SOCK_STREAM: socket.IPPROTO_TCP, socket.SOCK_DGRAM: socket.IPPROTO_UDP}
@@ -331,7 +331,7 @@ async def stats(session: ArcaSession) -> SessionStats:
 
 async def accept(session: ArcaSession, listener: ArcaListener) -> ArcaSocket:
     """The next connection on ``listener``, as a socket (in the session's thread)."""
-    return socket_from(await listener.accept(), session.portal)
+    return socket_from(await listener.accept(), current_portal())
 
 
 async def close_listener(session: ArcaSession, listener: ArcaListener) -> None:
