@@ -12,6 +12,10 @@ Three kinds of message, told apart by the type byte's range:
   request it answers;
 * ``ControlEvent`` (0xC0-0xFF), monitor to guest, unsolicited, request id 0.
 
+A request names the replies that answer it (``class Listen(ControlRequest[ListenOk])``
+with ``FAILURE = ListenErr``), so the replies are defined first; ``REPLIES``,
+which the cores check every reply against, is built from those declarations.
+
 Messages are plain data: the file descriptors that travel beside a
 ``ConnectionReady`` reply are not part of them (see ``channel.py``).
 """
@@ -332,7 +336,7 @@ class ControlRequest(Message, Generic[Ok]):
     FAILURE: ClassVar[type[ControlReply]] = Error
     request_id: int = 0
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
+    def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
         cls.SUCCESS = _declared_success(cls)
 
