@@ -20,12 +20,13 @@ from .protocol.errors import (
     ProtocolError,
     RemoteProtocolError,
 )
+from .protocol.wire import PROTOCOL_VERSION, Endpoint
 from .session import ArcaSession, attach_session, open_session
 from .stream import ArcaListener, ArcaStream
 from .transparent import install, uninstall
-from .protocol.wire import PROTOCOL_VERSION, Endpoint
 
 __all__ = [
+    "PROTOCOL_VERSION",
     "ArcaError",
     "ArcaListener",
     "ArcaSession",
@@ -34,7 +35,6 @@ __all__ = [
     "FrameDecoder",
     "LocalProtocolError",
     "MonitorGone",
-    "PROTOCOL_VERSION",
     "ProtocolError",
     "RemoteProtocolError",
     "attach_session",

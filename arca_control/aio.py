@@ -20,19 +20,30 @@ subclasses with the real errno, ``socket.gaierror``, ``TimeoutError``.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import errno
 import logging
-import socket
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Self, TypeVar, TypeVarTuple
 
 from .portal import Portal, discard_result
+from .session import ArcaSession, SessionStats
 from .session import open_session as _open_trio_session
 from .stream import ArcaListener
-from .sync import _accept, _address, _stats, connect, getaddrinfo
+from .sync import AddrInfo, IPAddress, accept, close_listener, connect, getaddrinfo, ip_sockaddr, stats
+
+if TYPE_CHECKING:
+    import concurrent.futures
+    import socket
+    from collections.abc import AsyncIterator, Awaitable, Callable
+    from ssl import SSLContext
+    from typing import TypeAlias
+
+    #: What asyncio calls with a connection's reader and writer.
+    ConnectedCallback: TypeAlias = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None] | None]
+
+T = TypeVar("T")
+Args = TypeVarTuple("Args")
 
 log = logging.getLogger("arca_control.aio")
 
@@ -53,11 +64,11 @@ class Session:
         host: str,
         port: int,
         *,
-        ssl: Any = None,
+        ssl: bool | SSLContext | None = None,
         server_hostname: str | None = None,
         limit: int = LIMIT,
         ssl_handshake_timeout: float | None = None,
-        timeout: float | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 -- it bounds the monitor's connect, in another thread
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """Like ``asyncio.open_connection``: connect through the monitor, then (with ``ssl``) handshake.
 
@@ -79,11 +90,11 @@ class Session:
 
     async def start_server(
         self,
-        client_connected_cb: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None] | None],
+        client_connected_cb: ConnectedCallback,
         host: str | None = None,
         port: int = 0,
         *,
-        ssl: Any = None,
+        ssl: SSLContext | None = None,
         backlog: int = 100,
         limit: int = LIMIT,
         ssl_handshake_timeout: float | None = None,
@@ -98,7 +109,7 @@ class Session:
         has no IPv6. ``reuse_port`` sets SO_REUSEPORT before the bind.
         """
 
-        async def listen(session):
+        async def listen(session: ArcaSession) -> ArcaListener:
             if host is not None:
                 return await session.listen(host, port, backlog=backlog, reuse_port=reuse_port)
             try:
@@ -114,20 +125,20 @@ class Session:
             await server.start_serving()
         return server
 
-    async def getaddrinfo(self, host, port, *, family: int = 0, type: int = 0, proto: int = 0,
-                          flags: int = 0) -> list[tuple]:
+    async def getaddrinfo(self, host: str | bytes | None, port: str | bytes | int | None, *, family: int = 0,
+                          type: int = 0, proto: int = 0, flags: int = 0) -> list[AddrInfo]:
         """Like ``loop.getaddrinfo``, with names looked up by the monitor."""
         return await self._call(getaddrinfo, host, port, family, type, proto, flags)
 
-    async def stats(self) -> dict:
+    async def stats(self) -> SessionStats:
         """This session's counters, from the monitor (as ``ArcaSession.stats``)."""
-        return await self._call(_stats)
+        return await self._call(stats)
 
     async def aclose(self) -> None:
         """Close the session (and the monitor it spawned), without blocking the loop."""
         await asyncio.to_thread(self._portal.close)
 
-    async def _call(self, fn, *args):
+    async def _call(self, fn: Callable[[ArcaSession, *Args], Awaitable[T]], *args: *Args) -> T:
         """Run ``fn(session, *args)`` in the session's thread and await it; cancelling withdraws it."""
         future = self._portal.submit(fn, *args)
         try:
@@ -137,11 +148,11 @@ class Session:
             future.add_done_callback(self._discard)
             raise
 
-    def _discard(self, future: concurrent.futures.Future) -> None:
+    def _discard(self, future: concurrent.futures.Future[T]) -> None:
         """What a withdrawn call produced anyway: nobody will use it, so close it."""
-        if not future.cancelled() and future.exception() is None and isinstance(future.result(), ArcaListener):
-            listener = future.result()
-            self._portal.submit(lambda session: listener.aclose())
+        result = future.result() if not future.cancelled() and future.exception() is None else None
+        if isinstance(result, ArcaListener):
+            self._portal.submit(close_listener, result)
         else:
             discard_result(future)
 
@@ -149,10 +160,10 @@ class Session:
 class _Address:
     """What ``Server.sockets`` holds: the bound address, as ``getsockname()`` gives it."""
 
-    def __init__(self, address: tuple) -> None:
+    def __init__(self, address: IPAddress) -> None:
         self._address = address
 
-    def getsockname(self) -> tuple:
+    def getsockname(self) -> IPAddress:
         return self._address
 
     def __repr__(self) -> str:
@@ -167,8 +178,8 @@ class Server:
     ``wait_closed()`` waits for them too (asyncio 3.12's rule).
     """
 
-    def __init__(self, session: Session, listener: ArcaListener, callback, ssl, limit: int,
-                 ssl_handshake_timeout: float | None) -> None:
+    def __init__(self, session: Session, listener: ArcaListener, callback: ConnectedCallback,
+                 ssl: SSLContext | None, limit: int, ssl_handshake_timeout: float | None) -> None:
         self._session = session
         self._listener = listener
         self._callback = callback
@@ -176,14 +187,14 @@ class Server:
         self._limit = limit
         self._ssl_handshake_timeout = ssl_handshake_timeout
         self._loop = asyncio.get_running_loop()
-        self._accepting: asyncio.Task | None = None
+        self._accepting: asyncio.Task[None] | None = None
         self._closed = False
-        self._listener_closed: asyncio.Future | None = None
+        self._listener_closed: asyncio.Future[None] | None = None
         self._connections: set[asyncio.BaseProtocol] = set()
         self._idle = asyncio.Event()
         self._idle.set()
         #: The bound address, with the kernel's port for port 0, as ``server.sockets[0].getsockname()``.
-        self.sockets = (_Address(_address(listener.local)),)
+        self.sockets = (_Address(ip_sockaddr(listener.local)),)
 
     def get_loop(self) -> asyncio.AbstractEventLoop:
         return self._loop
@@ -192,17 +203,15 @@ class Server:
         return self._accepting is not None and not self._accepting.done()
 
     async def start_serving(self) -> None:
-        if self._closed:
-            raise RuntimeError(f"server {self!r} is closed")
-        if self._accepting is None:
-            self._accepting = self._loop.create_task(self._accept_loop())
+        self._start()
         await asyncio.sleep(0)
 
     async def serve_forever(self) -> None:
         """Serve until cancelled; then close the server, as asyncio's does."""
-        await self.start_serving()
+        accepting = self._start()
+        await asyncio.sleep(0)
         try:
-            await asyncio.shield(self._accepting)
+            await asyncio.shield(accepting)
         except asyncio.CancelledError:
             try:
                 self.close()
@@ -216,8 +225,7 @@ class Server:
         self._closed = True
         if self._accepting is not None:
             self._accepting.cancel()
-        self._listener_closed = asyncio.wrap_future(
-            self._session._portal.submit(lambda session: self._listener.aclose()))
+        self._listener_closed = asyncio.wrap_future(self._session._portal.submit(close_listener, self._listener))
 
     async def wait_closed(self) -> None:
         if self._listener_closed is not None:
@@ -229,17 +237,25 @@ class Server:
             await asyncio.gather(self._accepting, return_exceptions=True)
         await self._idle.wait()
 
-    async def __aenter__(self) -> Server:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         self.close()
         await self.wait_closed()
 
+    def _start(self) -> asyncio.Task[None]:
+        """The task that accepts connections, started the first time."""
+        if self._closed:
+            raise RuntimeError(f"server {self!r} is closed")
+        if self._accepting is None:
+            self._accepting = self._loop.create_task(self._accept_loop())
+        return self._accepting
+
     async def _accept_loop(self) -> None:
         while not self._closed:
             try:
-                sock = await self._session._call(_accept, self._listener)
+                sock = await self._session._call(accept, self._listener)
             except OSError as exc:
                 if self._closed or exc.errno == errno.EBADF:
                     return
@@ -273,15 +289,15 @@ class Server:
 class _ServerProtocol(asyncio.StreamReaderProtocol):
     """asyncio's own server-side stream protocol, counted by its server for ``wait_closed``."""
 
-    def __init__(self, server: Server, reader: asyncio.StreamReader, callback) -> None:
+    def __init__(self, server: Server, reader: asyncio.StreamReader, callback: ConnectedCallback) -> None:
         super().__init__(reader, callback, loop=server.get_loop())
         self._server = server
 
-    def connection_made(self, transport) -> None:
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._server._attach(self)
         super().connection_made(transport)
 
-    def connection_lost(self, exc) -> None:
+    def connection_lost(self, exc: Exception | None) -> None:
         self._server._detach(self)
         super().connection_lost(exc)
 

@@ -20,10 +20,15 @@ import errno
 import os
 import socket
 import sys
+from typing import TYPE_CHECKING
 
 import trio
 
 from . import open_session
+
+if TYPE_CHECKING:
+    from .datagram import ArcaDatagramSocket
+    from .stream import ArcaStream
 
 CHUNK = 1 << 16
 
@@ -73,15 +78,15 @@ async def _write_stdout(data: bytes) -> None:
         view = view[written:]
 
 
-async def pipe_stream(stream) -> None:
+async def pipe_stream(stream: ArcaStream) -> None:
     """stdin -> stream (then EOF), stream -> stdout, until both directions are done."""
 
-    async def upstream():
+    async def upstream() -> None:
         while data := await _read_stdin():
             await stream.send_all(data)
         await stream.send_eof()
 
-    async def downstream():
+    async def downstream() -> None:
         while data := await stream.receive_some(CHUNK):
             await _write_stdout(data)
 
@@ -91,11 +96,11 @@ async def pipe_stream(stream) -> None:
     await stream.aclose()
 
 
-async def pipe_datagrams(sock, wait: float) -> None:
+async def pipe_datagrams(sock: ArcaDatagramSocket, wait: float) -> None:
     """stdin -> datagrams to the peer; datagrams from it -> stdout, until stdin ends and ``wait`` passes."""
     async with trio.open_nursery() as nursery:
 
-        async def downstream():
+        async def downstream() -> None:
             while True:
                 await _write_stdout(await sock.recv())
 
@@ -159,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         return FAILED
     except OSError as exc:
         _say(str(exc))
-        return STATUS_BY_ERRNO.get(exc.errno, FAILED)
+        return STATUS_BY_ERRNO.get(exc.errno, FAILED) if exc.errno is not None else FAILED
     except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
         _say(f"connection failed: {exc}")
         return FAILED

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import errno
 import socket
-from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -29,7 +29,12 @@ from .protocol.records import (
     size_channel,
 )
 from .protocol.wire import AddressFamily, Endpoint, ipv6_host, parse_ip
-from .stream import _ConflictDetector
+from .stream import ConflictDetector
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from .handle import Handle
 
 
 def _twin(endpoint: Endpoint) -> Endpoint | None:
@@ -58,8 +63,10 @@ class ArcaDatagramSocket(trio.abc.AsyncResource):
     """A UDP socket in the monitor, reached through a datagram channel.
 
     Resource handling: owns ``channel`` (the guest's end) from construction on;
-    :meth:`aclose` closes it, calls ``on_close(self)`` once, and may be called
-    again. The monitor sees EOF and closes its UDP socket.
+    :meth:`aclose` closes it, releases ``handle`` and calls ``on_close(self)``
+    once, and may be called again. The monitor sees EOF and closes its UDP socket.
+    ``handle`` (which the session gives) carries the socket options; a socket
+    made from a bare channel has none.
 
     Errors: use after :meth:`aclose`, or a send or receive blocked while another
     task closes the socket, raises ``trio.ClosedResourceError``; two tasks
@@ -82,7 +89,7 @@ class ArcaDatagramSocket(trio.abc.AsyncResource):
         local: Endpoint,
         *,
         on_close: Callable[[ArcaDatagramSocket], None] | None = None,
-        options=None,
+        handle: Handle | None = None,
     ) -> None:
         _ensure_room(channel)
         self._sock = trio.socket.from_stdlib_socket(channel)
@@ -92,19 +99,21 @@ class ArcaDatagramSocket(trio.abc.AsyncResource):
         self.dropped_filtered = 0
         self._ipv4_only = parse_ip(local.host)[0] == AddressFamily.IPV4
         self._on_close = on_close
-        #: set(level, name, value) and get(level, name) on the monitor's socket (the session provides them).
-        self._options = options
+        #: The socket in its session (options by socket id), if it has one.
+        self.handle = handle
+        #: The monitor's id for this socket, if it has a handle.
+        self.socket_id = handle.id if handle is not None else None
         self._closed = False
         # One receive at a time, so one buffer serves them all: no allocation per datagram but the payload.
         self._buffer = bytearray(MAX_RECORD)
         self._view = memoryview(self._buffer)
-        self._receive_conflict = _ConflictDetector("another task is receiving on this socket")
+        self._receive_conflict = ConflictDetector("another task is receiving on this socket")
         self._send_lock = trio.StrictFIFOLock()
         self._accepted: frozenset[Endpoint] = frozenset()
         self._peer_header = b""
         self._peer_limit = 0
         # The last destination of sendto and its (endpoint bytes, payload limit): replies go to one peer in a row.
-        self._last_address: object = None
+        self._last_address: tuple[str, int] | None = None
         self._last_target: tuple[bytes, int] = (b"", 0)
 
     def __repr__(self) -> str:
@@ -212,6 +221,8 @@ class ArcaDatagramSocket(trio.abc.AsyncResource):
             self._closed = True
             # trio's close wakes tasks blocked on the channel with ClosedResourceError.
             self._sock.close()
+            if self.handle is not None:
+                self.handle.release()
             if self._on_close is not None:
                 self._on_close(self)
         await trio.lowlevel.checkpoint()
@@ -222,13 +233,17 @@ class ArcaDatagramSocket(trio.abc.AsyncResource):
 
     async def setsockopt(self, level: int, name: int, value: int | bool) -> int:
         """Set an option on the monitor's UDP socket; returns the value the kernel reports after."""
-        self._check_open()
-        return await self._options.set(level, name, value)
+        return await self._options().set_option(level, name, value)
 
     async def getsockopt(self, level: int, name: int) -> int:
         """An option's value on the monitor's UDP socket."""
+        return await self._options().get_option(level, name)
+
+    def _options(self) -> Handle:
         self._check_open()
-        return await self._options.get(level, name)
+        if self.handle is None:
+            raise OSError(errno.EOPNOTSUPP, "this socket was made from a bare channel: no monitor socket has its options")
+        return self.handle
 
     def _check_open(self) -> None:
         if self._closed:

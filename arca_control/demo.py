@@ -18,12 +18,16 @@ import hashlib
 import os
 import shutil
 import socket
-import sys
 import threading
+from typing import TYPE_CHECKING
 
 import trio
 
 from . import open_session
+
+if TYPE_CHECKING:
+    from .session import ArcaSession
+    from .stream import ArcaListener
 
 ECHO_BYTES = 1 << 20
 
@@ -59,7 +63,7 @@ async def fetch(url: str) -> bytes:
     return b"".join(chunks).split(b"\r\n\r\n", 1)[-1]
 
 
-async def serve_one_request(listener) -> None:
+async def serve_one_request(listener: ArcaListener) -> None:
     stream = await listener.accept()
     async with stream:
         request = b""
@@ -77,7 +81,7 @@ async def serve_one_request(listener) -> None:
         print(f"guest: answered with {len(head) + len(body)} bytes")
 
 
-async def echo_through(session, address: tuple[str, int]) -> None:
+async def echo_through(session: ArcaSession, address: tuple[str, int]) -> None:
     stream = await session.connect(*address)
     payload = os.urandom(ECHO_BYTES)
     received = bytearray()
@@ -101,10 +105,13 @@ async def echo_through(session, address: tuple[str, int]) -> None:
 
 async def run() -> None:
     echo_server, echo_thread = start_echo_server()
-    echo_address = echo_server.getsockname()
+    echo_host, echo_port = echo_server.getsockname()[:2]
+    echo_address = (str(echo_host), int(echo_port))
     print(f"outside: echo server on {echo_address[0]}:{echo_address[1]}")
     async with open_session() as session:
-        print(f"guest: session open, monitor pid {session.process.pid}, protocol v{session.monitor.version}")
+        pid = session.process.pid if session.process is not None else "(attached)"
+        version = session.monitor.version if session.monitor is not None else "?"
+        print(f"guest: session open, monitor pid {pid}, protocol v{version}")
         listener = await session.listen("127.0.0.1", 0)
         url = f"http://{listener.local[0]}:{listener.local[1]}/"
         print(f"guest: listening on {listener.local[0]}:{listener.local[1]} (port chosen by the kernel)")
@@ -124,4 +131,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

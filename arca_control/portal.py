@@ -25,19 +25,24 @@ from __future__ import annotations
 import concurrent.futures
 import errno
 import logging
+import socket
 import threading
-from collections.abc import Awaitable, Callable
-from contextlib import AbstractAsyncContextManager
-from typing import Any, TypeVar
+from contextlib import suppress
+from typing import TYPE_CHECKING, TypeVar, TypeVarTuple
 
 import trio
 
 from .protocol.errors import error_from_errno
 from .session import ArcaSession, open_session
 
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+    from contextlib import AbstractAsyncContextManager
+
 log = logging.getLogger("arca_control.portal")
 
 T = TypeVar("T")
+Args = TypeVarTuple("Args")
 
 #: How long ``start`` waits for the monitor's handshake.
 START_TIMEOUT = 30.0
@@ -45,9 +50,15 @@ START_TIMEOUT = 30.0
 _thread_state = threading.local()
 
 
+def current_portal() -> Portal | None:
+    """The portal whose thread this is (code it runs calls back into it so), or None."""
+    portal = getattr(_thread_state, "portal", None)
+    return portal if isinstance(portal, Portal) else None
+
+
 def in_portal_thread() -> bool:
     """Whether the caller is a portal's own thread, which must never wait on a portal."""
-    return getattr(_thread_state, "portal", False)
+    return current_portal() is not None
 
 
 class Portal:
@@ -60,7 +71,8 @@ class Portal:
         self._token: trio.lowlevel.TrioToken | None = None
         self._nursery: trio.Nursery | None = None
         self._stop: trio.Event | None = None
-        self._scopes: dict[concurrent.futures.Future, trio.CancelScope] = {}
+        # The cancel scope of each running task, by its future.
+        self._scopes: dict[object, trio.CancelScope] = {}
         self.session: ArcaSession | None = None
 
     def start(self) -> None:
@@ -73,7 +85,7 @@ class Portal:
             self.close()
             raise
 
-    def submit(self, fn: Callable[..., Awaitable[T]], *args: Any) -> concurrent.futures.Future[T]:
+    def submit(self, fn: Callable[[ArcaSession, *Args], Awaitable[T]], *args: *Args) -> concurrent.futures.Future[T]:
         """Run ``fn(session, *args)`` in the session's thread; its outcome lands on the future."""
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
         if self._token is None or not self._ready.done() or self._ready.exception() is not None:
@@ -85,7 +97,7 @@ class Portal:
             future.set_exception(error_from_errno(errno.EBADF, "the arca session is closed"))
         return future
 
-    def call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+    def call(self, fn: Callable[[ArcaSession, *Args], Awaitable[T]], *args: *Args) -> T:
         """``submit`` and wait for the result; an interrupt (Ctrl-C) withdraws the task."""
         if in_portal_thread():
             raise RuntimeError("a portal call from the portal's own thread would wait on itself")
@@ -98,22 +110,18 @@ class Portal:
                 future.add_done_callback(discard_result)
             raise
 
-    def cancel(self, future: concurrent.futures.Future) -> None:
+    def cancel(self, future: concurrent.futures.Future[T]) -> None:
         """Withdraw a submitted task: its future ends cancelled, unless it had already finished."""
         if future.cancel() or self._token is None:
             return  # never started
-        try:
+        with suppress(trio.RunFinishedError):  # the session is over: the task is gone with it
             self._token.run_sync_soon(self._cancel_task, future)
-        except trio.RunFinishedError:
-            pass  # the session is over: the task is gone with it
 
     def close(self) -> None:
         """Close the session (and the monitor it spawned), and wait for the thread."""
         if self._token is not None and self._stop is not None:
-            try:
+            with suppress(trio.RunFinishedError):
                 self._token.run_sync_soon(self._stop.set)
-            except trio.RunFinishedError:
-                pass
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(START_TIMEOUT + 10)
 
@@ -121,12 +129,12 @@ class Portal:
         """In a forked child: close our copy of the control channel, so that the parent's
         session ends when the parent ends it (the child's copy would keep it open)."""
         if self.session is not None:
-            self.session._channel.close_after_fork()
+            self.session.forget_after_fork()
 
     # --- in the session's thread ---------------------------------------------------------
 
     def _run(self) -> None:
-        _thread_state.portal = True
+        _thread_state.portal = self
         try:
             trio.run(self._main)
         except BaseException as exc:  # the thread must not die silently: the caller waits on _ready
@@ -138,17 +146,16 @@ class Portal:
             self._ready.set_exception(TimeoutError(f"the arca monitor did not answer within {START_TIMEOUT:g} s"))
 
     async def _main(self) -> None:
-        self._stop = trio.Event()
+        stop = self._stop = trio.Event()
         async with trio.open_nursery() as guard:
             # A monitor that takes the connection and never answers Hello must not hang
             # the caller (in transparent mode: every program, at startup).
             guard.start_soon(self._watchdog, guard.cancel_scope)
             async with self._opener() as session, trio.open_nursery() as nursery:
                 self.session, self._nursery = session, nursery
-                session.portal = self
                 self._token = trio.lowlevel.current_trio_token()
                 self._ready.set_result(None)
-                await self._stop.wait()
+                await stop.wait()
                 nursery.cancel_scope.cancel()
             guard.cancel_scope.cancel()
 
@@ -157,21 +164,32 @@ class Portal:
         if not self._ready.done():
             guard.cancel()
 
-    def _start_task(self, future: concurrent.futures.Future, fn, args) -> None:
-        if self._nursery is None or self._stop.is_set():
+    def _start_task(
+        self,
+        future: concurrent.futures.Future[T],
+        fn: Callable[[ArcaSession, *Args], Awaitable[T]],
+        args: tuple[*Args],
+    ) -> None:
+        if self._nursery is None or self.session is None or self._stop is None or self._stop.is_set():
             if future.set_running_or_notify_cancel():
                 future.set_exception(error_from_errno(errno.EBADF, "the arca session is closed"))
             return
-        self._nursery.start_soon(self._task, future, fn, args)
+        self._nursery.start_soon(self._task, self.session, future, fn, args)
 
-    async def _task(self, future: concurrent.futures.Future, fn, args) -> None:
+    async def _task(
+        self,
+        session: ArcaSession,
+        future: concurrent.futures.Future[T],
+        fn: Callable[[ArcaSession, *Args], Awaitable[T]],
+        args: tuple[*Args],
+    ) -> None:
         if not future.set_running_or_notify_cancel():
             return  # cancelled before it started
         try:
             with trio.CancelScope() as scope:
                 self._scopes[future] = scope
                 try:
-                    result = await fn(self.session, *args)
+                    result = await fn(session, *args)
                 except trio.ClosedResourceError as exc:
                     future.set_exception(error_from_errno(errno.EBADF, str(exc) or "the arca session is closed"))
                 except Exception as exc:
@@ -188,16 +206,16 @@ class Portal:
                 else:
                     future.set_exception(error_from_errno(errno.EBADF, "the arca session closed"))
 
-    def _cancel_task(self, future: concurrent.futures.Future) -> None:
+    def _cancel_task(self, future: concurrent.futures.Future[T]) -> None:
         scope = self._scopes.get(future)
         if scope is not None:
             scope.cancel()
 
 
-def discard_result(future: concurrent.futures.Future) -> None:
-    """What a withdrawn call produced anyway: nobody will use it, so close it."""
+def discard_result(future: concurrent.futures.Future[T]) -> None:
+    """What a withdrawn call produced anyway: nobody will use it, so close it (a socket)."""
     if future.cancelled() or future.exception() is not None:
         return
     result = future.result()
-    if hasattr(result, "close") and not hasattr(result, "aclose"):
-        result.close()  # a socket
+    if isinstance(result, socket.socket):
+        result.close()

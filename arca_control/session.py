@@ -25,36 +25,34 @@ import math
 import os
 import socket
 import sys
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
+from typing import TYPE_CHECKING, TypedDict, TypeVar
 
 import trio
 
 from .datagram import ArcaDatagramSocket
+from .handle import Handle
 from .protocol import codec, errors
 from .protocol.addresses import ip_endpoint, unix_endpoint
 from .protocol.channel import ControlChannel, close_fds, socketpair
-from .protocol.client import ClientCore, LateReply, Reply
+from .protocol.client import ClientCore, CloseOrphanListener, Discard, KeepAccepted, LateAction, Reply
 from .protocol.launch import MONITOR_ENV
 from .protocol.messages import (
     FAILURES,
     REGISTRY,
-    Abort,
+    REPLIES,
     Accept,
-    AcceptOk,
     CloseListener,
     Connect,
     ConnectionEnd,
     ConnectionReady,
+    ControlReply,
     ControlRequest,
-    GetOption,
     Hello,
     HelloOk,
     Listen,
-    ListenOk,
     MessageType,
     Resolve,
-    SetOption,
     Stats,
     UdpBind,
 )
@@ -70,8 +68,12 @@ from .protocol.wire import (
 )
 from .stream import ArcaListener, ArcaStream, EndStatus
 
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+
 log = logging.getLogger("arca_control")
 
+R = TypeVar("R", bound=ControlReply)
 
 #: How long a spawned monitor gets to exit after its session closes.
 MONITOR_EXIT_GRACE = 5.0
@@ -88,18 +90,19 @@ _FAMILY_FILTERS = {0: FamilyFilter.ANY, socket.AF_INET: FamilyFilter.IPV4, socke
 _SOCK_TYPES = {0: SockType.ANY, socket.SOCK_STREAM: SockType.STREAM, socket.SOCK_DGRAM: SockType.DGRAM}
 
 
-class _DatagramOptions:
-    """Socket options of one UDP socket, through its session."""
+class SessionStats(TypedDict):
+    """``ArcaSession.stats()``: what the session holds now and has done so far."""
 
-    def __init__(self, session: ArcaSession, socket_id: int) -> None:
-        self._session = session
-        self._socket_id = socket_id
-
-    async def set(self, level: int, name: int, value: int) -> int:
-        return await self._session._set_option(OptionTarget.DATAGRAM, self._socket_id, level, name, value)
-
-    async def get(self, level: int, name: int) -> int:
-        return await self._session._get_option(OptionTarget.DATAGRAM, self._socket_id, level, name)
+    listeners: int
+    connections: int
+    datagram_sockets: int
+    bytes_up: int
+    bytes_down: int
+    denials: int
+    #: Requests received, by message type name.
+    requests: dict[str, int]
+    #: Error replies sent, by errno name.
+    errors: dict[str, int]
 
 
 class _Waiter:
@@ -111,26 +114,64 @@ class _Waiter:
         self.outcome = outcome
         self.event.set()
 
+    def result(self) -> Reply:
+        """The reply delivered, or raise the error delivered instead."""
+        if isinstance(self.outcome, Reply):
+            return self.outcome
+        raise self.outcome if self.outcome is not None else RuntimeError("nothing was delivered yet")
+
+
+class _Link:
+    """What a session gives each of its handles and listeners (``handle.Link``, ``stream.Connections``)."""
+
+    def __init__(self, session: ArcaSession) -> None:
+        self._session = session
+
+    @property
+    def closed(self) -> bool:
+        return self._session.closed
+
+    async def request(self, request: ControlRequest[R]) -> tuple[R, list[int]]:
+        return await self._session.request(request)
+
+    def release(self, handle: Handle) -> None:
+        self._session._release(handle)
+
+    async def accept(self, handle: Handle) -> ArcaStream:
+        reply, fds = await self._session.request(Accept(listener_id=handle.id))
+        return self._session._stream_from(reply, fds)
+
+    def start_soon(self, fn: Callable[[], Awaitable[None]]) -> None:
+        self._session._nursery.start_soon(fn)
+
 
 class ArcaSession:
-    """One control channel to a monitor. Build it with ``open_session`` or ``attach_session``."""
+    """One control channel to a monitor. Build it with ``open_session`` or ``attach_session``.
 
-    def __init__(self, channel: ControlChannel) -> None:
+    ``nursery`` runs the session's own background work (the reply reader,
+    prefetching accepts, closing late listeners) and ends with it.
+    """
+
+    def __init__(self, channel: ControlChannel, nursery: trio.Nursery) -> None:
         self._channel = channel
+        self._nursery = nursery
         self._core = ClientCore()
+        self._link = _Link(self)
         self._waiters: dict[int, _Waiter] = {}
         self._ends: dict[int, EndStatus] = {}
+        # What the session has open, by the monitor's id: closed with it.
+        self._streams: dict[int, ArcaStream] = {}
         self._listeners: dict[int, ArcaListener] = {}
-        self._streams: set[ArcaStream] = set()
-        self._datagrams: set[ArcaDatagramSocket] = set()
+        self._datagrams: dict[int, ArcaDatagramSocket] = {}
+        # Tasks waiting in settled(), woken when a late reply has been handled.
+        self._late_handled = trio.lowlevel.ParkingLot()
+        # Late listeners being closed in the monitor.
+        self._orphans = 0
         self._broken: BaseException | None = None
         #: The monitor's HelloOk: its version, capabilities and payload limit.
         self.monitor: HelloOk | None = None
         #: The monitor process, when ``open_session`` spawned it.
         self.process: trio.Process | None = None
-        self._nursery: trio.Nursery | None = None
-        #: The Portal running this session in a thread of its own, if one does (sync, aio).
-        self.portal = None
 
     # --- public API -------------------------------------------------------------
 
@@ -158,11 +199,7 @@ class ArcaSession:
         flags = (ListenFlags.V6ONLY if v6only else ListenFlags(0)) | (
             ListenFlags.REUSEPORT if reuse_port else ListenFlags(0)
         )
-        reply, _ = await self._call(Listen, endpoint=ip_endpoint(host, port), backlog=backlog, flags=flags)
-        assert isinstance(reply, ListenOk)
-        listener = ArcaListener(self, reply.listener_id, reply.local, prefetch)
-        self._listeners[reply.listener_id] = listener
-        return listener
+        return await self._listen(Listen(endpoint=ip_endpoint(host, port), backlog=backlog, flags=flags), prefetch)
 
     async def listen_unix(self, path: str | os.PathLike[str], *, backlog: int = 128, prefetch: int = 0) -> ArcaListener:
         """Listen on an AF_UNIX stream socket at ``path`` (absolute) in the monitor.
@@ -170,15 +207,16 @@ class ArcaSession:
         The monitor removes the socket file when the listener closes.
         Abstract-namespace names are refused.
         """
-        reply, _ = await self._call(Listen, endpoint=unix_endpoint(path), backlog=backlog)
-        listener = ArcaListener(self, reply.listener_id, reply.local, prefetch)
-        self._listeners[reply.listener_id] = listener
-        return listener
+        return await self._listen(Listen(endpoint=unix_endpoint(path), backlog=backlog), prefetch)
 
-    async def connect_unix(self, path: str | os.PathLike[str], *, timeout: float | None = None) -> ArcaStream:
-        """Connect to an AF_UNIX stream socket at ``path`` through the monitor."""
-        timeout_ms = 0 if timeout is None else max(1, math.ceil(timeout * 1000))
-        reply, fds = await self._call(Connect, endpoint=unix_endpoint(path), timeout_ms=timeout_ms)
+    async def connect_unix(
+        self, path: str | os.PathLike[str], *, timeout: float | None = None  # noqa: ASYNC109 (as connect's)
+    ) -> ArcaStream:
+        """Connect to an AF_UNIX stream socket at ``path`` through the monitor.
+
+        ``timeout`` (seconds) bounds the monitor's connect, as in :meth:`connect`.
+        """
+        reply, fds = await self.request(Connect(endpoint=unix_endpoint(path), timeout_ms=_milliseconds(timeout)))
         return self._stream_from(reply, fds)
 
     async def udp_bind(
@@ -195,12 +233,11 @@ class ArcaSession:
                              (reuse_addr, ListenFlags.REUSEADDR)):
             if wanted:
                 flags |= flag
-        reply, fds = await self._call(UdpBind, endpoint=ip_endpoint(host, port), flags=flags)
+        reply, fds = await self.request(UdpBind(endpoint=ip_endpoint(host, port), flags=flags))
         channel = socket.socket(fileno=fds[0])
-        options = _DatagramOptions(self, reply.socket_id)
-        sock = ArcaDatagramSocket(channel, reply.local, on_close=self._datagrams.discard, options=options)
-        sock.socket_id = reply.socket_id
-        self._datagrams.add(sock)
+        handle = Handle(self._link, OptionTarget.DATAGRAM, reply.socket_id)
+        sock = ArcaDatagramSocket(channel, reply.local, handle=handle)
+        self._datagrams[reply.socket_id] = sock
         return sock
 
     async def resolve(
@@ -219,8 +256,8 @@ class ArcaSession:
         if family not in _FAMILY_FILTERS or type not in _SOCK_TYPES:
             raise socket.gaierror(socket.EAI_FAMILY if family not in _FAMILY_FILTERS else socket.EAI_SOCKTYPE,
                                   f"family {family} or type {type} not supported")
-        reply, _ = await self._call(
-            Resolve, name=host, port=port or 0, family=_FAMILY_FILTERS[family], socktype=_SOCK_TYPES[type]
+        reply, _ = await self.request(
+            Resolve(name=host, port=port or 0, family=_FAMILY_FILTERS[family], socktype=_SOCK_TYPES[type])
         )
         return [
             (socket.AF_INET6 if ":" in endpoint.host else socket.AF_INET,
@@ -228,10 +265,10 @@ class ArcaSession:
             for kind, endpoint in reply.addresses
         ]
 
-    async def stats(self) -> dict:
+    async def stats(self) -> SessionStats:
         """This session's counters, from the monitor: what is open, bytes each way,
         requests by type, error replies by errno, and denials by policy."""
-        reply, _ = await self._call(Stats)
+        reply, _ = await self.request(Stats())
         return {
             "listeners": reply.listeners,
             "connections": reply.connections,
@@ -243,7 +280,10 @@ class ArcaSession:
             "errors": {errno.errorcode.get(code, str(code)): count for code, count in reply.errors},
         }
 
-    async def connect(self, host: str, port: int, *, timeout: float | None = None, family: int = 0) -> ArcaStream:
+    async def connect(
+        # The timeout is the monitor's, for each kernel connect (ETIMEDOUT): not a trio deadline.
+        self, host: str, port: int, *, timeout: float | None = None, family: int = 0  # noqa: ASYNC109
+    ) -> ArcaStream:
         """Open a TCP connection through the monitor.
 
         ``host`` is an IP literal, or a name that the monitor resolves; then
@@ -253,7 +293,7 @@ class ArcaSession:
         None uses the monitor's default. ``family`` (AF_INET or AF_INET6) limits
         the addresses a name may give. Cancelling the call withdraws it.
         """
-        timeout_ms = 0 if timeout is None else max(1, math.ceil(timeout * 1000))
+        timeout_ms = _milliseconds(timeout)
         try:
             endpoints = [ip_endpoint(host, port)]
         except ValueError:
@@ -264,139 +304,187 @@ class ArcaSession:
         last_error: OSError | None = None
         for endpoint in endpoints:
             try:
-                reply, fds = await self._call(Connect, endpoint=endpoint, timeout_ms=timeout_ms)
+                reply, fds = await self.request(Connect(endpoint=endpoint, timeout_ms=timeout_ms))
             except (errors.ProtocolError, errors.MonitorGone):
                 raise
             except OSError as exc:
                 last_error = exc
                 continue
             return self._stream_from(reply, fds)
-        assert last_error is not None  # resolve() returns at least one address or raises
+        if last_error is None:  # a ResolveOk with no address at all
+            raise socket.gaierror(socket.EAI_NODATA, f"{host} has no address")
         raise last_error
+
+    async def request(self, request: ControlRequest[R]) -> tuple[R, list[int]]:
+        """Send one request as it is and wait for its reply: the protocol's own level.
+
+        Returns the success reply, typed by the request (a ``Listen`` gives a
+        ``ListenOk``), and the file descriptors that came with it, which are the
+        caller's. A failure reply raises its exception: the stdlib ``OSError``
+        for its errno, ``socket.gaierror`` for a ResolveErr. The request's id is
+        assigned here. Cancelling the call withdraws the request (see ``core``).
+
+        What this opens (a listener, a connection) is the caller's to close; the
+        methods above, which use it, are the API for that.
+        """
+        if not REPLIES[type(request)]:
+            raise errors.LocalProtocolError(
+                f"{type(request).__name__} has no reply; a request is withdrawn by cancelling the call that waits for it"
+            )
+        answer = await self._exchange(request)
+        reply = answer.reply
+        if isinstance(reply, FAILURES):
+            raise reply.exception()
+        if not request.is_success(reply):  # the core lets through only the replies REPLIES lists
+            raise errors.UnexpectedMessage(f"{type(reply).__name__} is no answer to {type(request).__name__}")
+        return reply, answer.fds
+
+    async def settled(self) -> None:
+        """Wait until every request given up (a cancelled accept, connect or listen) has had
+        its late reply, and what came with it has been kept or closed (a late listener
+        closed in the monitor too); return at once if there is none."""
+        while (self._core.abandoned or self._orphans) and self._broken is None:
+            await self._late_handled.park()
+        await trio.lowlevel.checkpoint()
+
+    @property
+    def streams(self) -> tuple[ArcaStream, ...]:
+        """The streams this session has open (closing the session closes them)."""
+        return tuple(self._streams.values())
+
+    @property
+    def listeners(self) -> tuple[ArcaListener, ...]:
+        """The listeners this session has open (closing the session closes them)."""
+        return tuple(self._listeners.values())
+
+    @property
+    def core(self) -> ClientCore:
+        """The protocol state (ids, pending and given-up requests), for tests and tools to read.
+
+        Driving it (``core.send`` with a frame of one's own on :attr:`channel`) is
+        speaking the protocol oneself; a test does it to stage what the session never does.
+        """
+        return self._core
+
+    @property
+    def channel(self) -> ControlChannel:
+        """The control channel to the monitor (see :attr:`core`)."""
+        return self._channel
 
     @property
     def closed(self) -> bool:
         return self._broken is not None
 
     async def aclose(self) -> None:
-        """Close every stream and listener of this session, then the control channel."""
+        """Close every stream, UDP socket and listener of this session, then the control channel."""
         if self._broken is None:
             self._fail(trio.ClosedResourceError("this session is closed"))
-        for stream in list(self._streams):
+        for stream in list(self._streams.values()):
             await stream.aclose()
-        for datagram_socket in list(self._datagrams):
+        for datagram_socket in list(self._datagrams.values()):
             await datagram_socket.aclose()
         for listener in list(self._listeners.values()):
-            listener._closed = True
+            await listener.aclose()  # the session is over: nothing is sent
         self._channel.close()
         await trio.lowlevel.checkpoint()
 
-    # --- used by ArcaListener and ArcaStream --------------------------------------
+    def forget_after_fork(self) -> None:
+        """In a forked child: close this process's copy of the control channel and nothing
+        else, so that the session ends when the parent ends it."""
+        self._channel.close_after_fork()
 
-    async def _accept(self, listener: ArcaListener) -> ArcaStream:
-        reply, fds = await self._call(Accept, listener_id=listener.listener_id)
-        return self._stream_from(reply, fds)
+    # --- what the session opens -----------------------------------------------------
 
-    async def _close_listener(self, listener: ArcaListener) -> None:
-        self._listeners.pop(listener.listener_id, None)
-        if self._broken is None:
-            await self._call(CloseListener, listener_id=listener.listener_id)
+    async def _listen(self, request: Listen, prefetch: int) -> ArcaListener:
+        reply, _ = await self.request(request)
+        handle = Handle(self._link, OptionTarget.LISTENER, reply.listener_id)
+        listener = ArcaListener(handle, self._link, reply.local, prefetch)
+        self._listeners[reply.listener_id] = listener
+        return listener
+
+    def _stream_from(self, reply: ConnectionReady, fds: list[int]) -> ArcaStream:
+        end = self._ends.setdefault(reply.connection_id, EndStatus())
+        handle = Handle(self._link, OptionTarget.CONNECTION, reply.connection_id)
+        stream = ArcaStream(handle, reply.local, reply.peer, fds, end)
+        self._streams[reply.connection_id] = stream
+        return stream
+
+    def _release(self, handle: Handle) -> None:
+        """A stream, listener or UDP socket closed on the guest's side: forget it."""
+        if handle.target is OptionTarget.CONNECTION:
+            self._streams.pop(handle.id, None)
+            self._ends.pop(handle.id, None)
+        elif handle.target is OptionTarget.LISTENER:
+            self._listeners.pop(handle.id, None)
         else:
-            await trio.lowlevel.checkpoint()
-
-    async def _abort(self, stream: ArcaStream) -> None:
-        await self._call(Abort, connection_id=stream.connection_id)
-
-    async def _set_option(self, target: OptionTarget, target_id: int, level: int, name: int, value: int) -> int:
-        if not 0 <= int(value) <= 0x7FFFFFFF:
-            raise ValueError(f"option value {value!r} is out of range")
-        reply, _ = await self._call(SetOption, target=target, target_id=target_id, level=level, name=name,
-                                    value=int(value))
-        return reply.value
-
-    async def _get_option(self, target: OptionTarget, target_id: int, level: int, name: int) -> int:
-        reply, _ = await self._call(GetOption, target=target, target_id=target_id, level=level, name=name)
-        return reply.value
-
-    def _forget_stream(self, stream: ArcaStream) -> None:
-        self._streams.discard(stream)
-        self._ends.pop(stream.connection_id, None)
+            self._datagrams.pop(handle.id, None)
 
     # --- requests and replies -----------------------------------------------------
 
-    async def _call(self, request_type: type[ControlRequest], **fields) -> tuple[object, list[int]]:
-        """Send a request and wait for its reply; raise the reply's error, if it is one."""
+    async def _exchange(self, request: ControlRequest[ControlReply]) -> Reply:
+        """Send a request and wait for its reply, whichever it is."""
         if self._broken is not None:
             await trio.lowlevel.checkpoint()
             raise copy.copy(self._broken)
-        request, frame = self._core.send(request_type, **fields)
+        sent, frame = self._core.send(request)
         waiter = _Waiter()
-        self._waiters[request.request_id] = waiter
+        self._waiters[sent.request_id] = waiter
         try:
             await self._send(frame)
         except BaseException:
             # trio cancels a send only before its syscall: the frame never left.
-            self._waiters.pop(request.request_id, None)
-            self._core.forget(request.request_id)
+            self._waiters.pop(sent.request_id, None)
+            self._core.forget(sent.request_id)
             raise
         try:
             await waiter.event.wait()
         except BaseException:
-            self._abandon(request, waiter)
+            self._abandon(sent.request_id, waiter)
             raise
-        outcome = waiter.outcome
-        if isinstance(outcome, BaseException):
-            raise outcome
-        reply, fds = outcome.reply, outcome.fds
-        if isinstance(reply, FAILURES):
-            raise reply.exception()
-        return reply, fds
+        return waiter.result()
 
-    def _abandon(self, request: ControlRequest, waiter: _Waiter) -> None:
+    def _abandon(self, request_id: int, waiter: _Waiter) -> None:
         """The caller gave up (cancelled): withdraw the request, or keep what already came."""
-        self._waiters.pop(request.request_id, None)
+        self._waiters.pop(request_id, None)
         if isinstance(waiter.outcome, Reply):
             # The reply was delivered but the caller was cancelled before seeing it.
-            self._adopt_late(waiter.outcome.request, waiter.outcome.reply, waiter.outcome.fds)
+            self._carry_out(self._core.unclaimed(waiter.outcome))
             return
-        cancel = self._core.cancel(request.request_id)
+        cancel = self._core.cancel(request_id)
         if cancel is not None and self._broken is None:
             # Best effort, without waiting: a cancelled task cannot wait. If it
             # cannot be sent, the reply still comes, and is handled as late.
-            try:
+            with suppress(OSError):
                 self._channel.send_nowait(codec.encode(cancel))
-            except OSError:
-                pass
 
-    def _adopt_late(self, request: ControlRequest, reply, fds: list[int]) -> None:
-        """A reply nobody waits for: an accepted connection goes to its listener's backlog."""
-        if isinstance(reply, AcceptOk):
-            listener = self._listeners.get(request.listener_id)
+    def _carry_out(self, action: LateAction) -> None:
+        """Do what the core decided for a reply nobody waits for."""
+        if isinstance(action, KeepAccepted):
+            listener = self._listeners.get(action.listener_id)
             if listener is not None and not listener.closed:
                 try:
-                    listener.backlog.append(self._stream_from(reply, fds))
+                    listener.backlog.append(self._stream_from(action.reply, action.fds))
                 except OSError as exc:  # EMFILE: the connection is lost, the session is not
                     log.warning("an accepted connection could not be kept: %s", exc)
                 return
-        if isinstance(reply, ConnectionReady):
-            self._ends.pop(reply.connection_id, None)  # nobody will read this connection
-        elif isinstance(reply, ListenOk):
-            # Nobody will use this listener: close it, or its port stays bound.
-            self._nursery.start_soon(self._close_orphan_listener, reply.listener_id)
-        close_fds(fds)
+            self._ends.pop(action.reply.connection_id, None)
+            close_fds(action.fds)
+        elif isinstance(action, CloseOrphanListener):
+            self._orphans += 1
+            self._nursery.start_soon(self._close_orphan_listener, action.listener_id)
+        else:
+            if action.connection_id is not None:
+                self._ends.pop(action.connection_id, None)  # nobody will read this connection
+            close_fds(action.fds)
 
     async def _close_orphan_listener(self, listener_id: int) -> None:
         try:
-            await self._call(CloseListener, listener_id=listener_id)
+            await self.request(CloseListener(listener_id=listener_id))
         except (OSError, trio.ClosedResourceError) as exc:
             log.debug("closing orphan listener %d: %s", listener_id, exc)
-
-    def _stream_from(self, reply, fds: list[int]) -> ArcaStream:
-        assert isinstance(reply, ConnectionReady) and len(fds) == reply.FDS
-        end = self._ends.setdefault(reply.connection_id, EndStatus())
-        stream = ArcaStream(self, reply.connection_id, reply.local, reply.peer, fds, end)
-        self._streams.add(stream)
-        return stream
+        finally:
+            self._orphans -= 1
+            self._late_handled.unpark_all()
 
     async def _send(self, frame: bytes) -> None:
         """Send a request's frame. Once this returns, the frame is on its way.
@@ -409,8 +497,8 @@ class ArcaSession:
         try:
             await self._channel.send_bytes(frame)
         except (OSError, trio.ClosedResourceError) as exc:
-            self._fail(errors.MonitorGone(f"cannot reach the monitor: {exc}"))
-            raise copy.copy(self._broken) from None
+            reason = self._fail(errors.MonitorGone(f"cannot reach the monitor: {exc}"))
+            raise copy.copy(reason) from None
 
     async def _read_replies(self) -> None:
         """Route every frame from the monitor until the channel closes. Never raises."""
@@ -443,18 +531,20 @@ class ArcaSession:
             end = self._ends.get(event.connection_id)
             if end is not None:
                 end.set(event.status)
-        elif isinstance(event, LateReply):
-            self._adopt_late(event.request, event.reply, event.fds)
         elif isinstance(event, Reply):
             if isinstance(event.reply, ConnectionReady):
                 # Ready for its ConnectionEnd, which may follow before the caller runs.
                 self._ends.setdefault(event.reply.connection_id, EndStatus())
             self._waiters.pop(event.request.request_id).deliver(event)
+        elif isinstance(event, (KeepAccepted, CloseOrphanListener, Discard)):
+            self._carry_out(event)
+            self._late_handled.unpark_all()
 
-    def _fail(self, reason: BaseException) -> None:
-        """The session is over: release every waiter, now and for good."""
+    def _fail(self, reason: BaseException) -> BaseException:
+        """The session is over: release every waiter, now and for good. Returns why it is
+        over (``reason``, or the reason it already was)."""
         if self._broken is not None:
-            return
+            return self._broken
         self._broken = reason
         self._core.close()
         for waiter in self._waiters.values():
@@ -462,10 +552,12 @@ class ArcaSession:
         self._waiters.clear()
         for end in self._ends.values():
             end.set(None)
+        self._late_handled.unpark_all()
+        return reason
 
     async def _handshake(self, socket_channel: bool) -> None:
         wanted = DEFAULT_CAPABILITIES | (Capability.SOCKET_CHANNEL if socket_channel else Capability(0))
-        reply, _ = await self._call(Hello, capabilities=wanted)
+        reply, _ = await self.request(Hello(capabilities=wanted))
         if Capability.TCP not in reply.capabilities:
             raise errors.UnexpectedMessage(f"the monitor does not offer TCP: {reply!r}")
         if socket_channel and Capability.SOCKET_CHANNEL not in reply.capabilities:
@@ -478,12 +570,17 @@ class ArcaSession:
         return self.monitor is not None and Capability.SOCKET_CHANNEL in self.monitor.capabilities
 
 
+def _milliseconds(timeout: float | None) -> int:
+    """A connect timeout as the wire carries it: 0 for the monitor's default, else at least 1 ms."""
+    return 0 if timeout is None else max(1, math.ceil(timeout * 1000))
+
+
 @asynccontextmanager
 async def _run_session(sock: socket.socket, socket_channel: bool = False) -> AsyncIterator[ArcaSession]:
-    session = ArcaSession(ControlChannel(sock, max_payload=LENGTH_FIELD_MAX))
+    channel = ControlChannel(sock, max_payload=LENGTH_FIELD_MAX)
     try:
         async with trio.open_nursery() as nursery:
-            session._nursery = nursery
+            session = ArcaSession(channel, nursery)
             nursery.start_soon(session._read_replies)
             try:
                 await session._handshake(socket_channel)

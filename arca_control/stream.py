@@ -16,6 +16,10 @@ then hands the caller that socket as a plain ``socket.socket``.
 
 An :class:`ArcaListener` is a ``trio.abc.Listener``, so
 ``trio.serve_listeners(handler, [listener])`` works on it.
+
+Both reach their session only through their :class:`~arca_control.handle.Handle`
+(options, abort, close) and, for a listener, its :class:`Connections` (accepted
+streams, and the nursery that fetches them ahead).
 """
 
 from __future__ import annotations
@@ -26,15 +30,17 @@ import os
 import socket
 from collections import deque
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import trio
 
 from .protocol.errors import error_from_errno, stream_failure
-from .protocol.wire import Endpoint, OptionTarget
 
 if TYPE_CHECKING:
-    from .session import ArcaSession
+    from collections.abc import Awaitable, Callable, Iterator
+
+    from .handle import Handle
+    from .protocol.wire import Endpoint
 
 
 #: How long a failed send waits for the monitor to say why the connection failed.
@@ -51,15 +57,15 @@ def _shutdown_write(fd: int) -> None:
         sock.detach()
 
 
-class _ConflictDetector:
-    """Raise BusyResourceError when two tasks use one side of a stream at once."""
+class ConflictDetector:
+    """Raise BusyResourceError when two tasks use one side of a stream (or socket) at once."""
 
     def __init__(self, message: str) -> None:
         self._message = message
         self._held = False
 
     @contextmanager
-    def hold(self):
+    def hold(self) -> Iterator[None]:
         if self._held:
             raise trio.BusyResourceError(self._message)
         self._held = True
@@ -91,17 +97,10 @@ class ArcaStream(trio.abc.HalfCloseableStream):
     to call more than once; :meth:`detach` gives a socket away instead.
     """
 
-    def __init__(
-        self,
-        session: ArcaSession,
-        connection_id: int,
-        local: Endpoint,
-        peer: Endpoint,
-        fds: list[int],
-        end: EndStatus,
-    ) -> None:
-        self.session = session
-        self.connection_id = connection_id
+    def __init__(self, handle: Handle, local: Endpoint, peer: Endpoint, fds: list[int], end: EndStatus) -> None:
+        #: The connection in its session: options and abort by connection id, also after :meth:`detach`.
+        self.handle = handle
+        self.connection_id = handle.id
         self.local = local
         self.peer = peer
         #: True on the socket channel: one AF_UNIX stream socket, not an rx pipe and a tx socket.
@@ -116,8 +115,8 @@ class ArcaStream(trio.abc.HalfCloseableStream):
         self._rx = trio.lowlevel.FdStream(fds[0])
         self._tx = trio.lowlevel.FdStream(fds[1])
         self._end = end
-        self._send_conflict = _ConflictDetector("another task is using this stream for sending")
-        self._receive_conflict = _ConflictDetector("another task is receiving on this stream")
+        self._send_conflict = ConflictDetector("another task is using this stream for sending")
+        self._receive_conflict = ConflictDetector("another task is receiving on this stream")
         self._eof_sent = False
         self._closed = False
 
@@ -207,7 +206,7 @@ class ArcaStream(trio.abc.HalfCloseableStream):
         """Close with a reset: the peer sees ECONNRESET, not EOF; unsent bytes are dropped."""
         self._check_open()
         try:
-            await self.session._abort(self)
+            await self.handle.abort()
         except OSError as exc:
             # Already ended both ways and forgotten by the monitor: nothing left to reset.
             if exc.errno != errno.EBADF:
@@ -218,12 +217,12 @@ class ArcaStream(trio.abc.HalfCloseableStream):
     async def setsockopt(self, level: int, name: int, value: int | bool) -> int:
         """Set an option on the monitor's real socket; returns the value the kernel reports after."""
         self._check_open()
-        return await self.session._set_option(OptionTarget.CONNECTION, self.connection_id, level, name, value)
+        return await self.handle.set_option(level, name, value)
 
     async def getsockopt(self, level: int, name: int) -> int:
         """An option's value on the monitor's real socket."""
         self._check_open()
-        return await self.session._get_option(OptionTarget.CONNECTION, self.connection_id, level, name)
+        return await self.handle.get_option(level, name)
 
     def detach(self) -> socket.socket:
         """Take the connection's socket out of this stream (socket channel only).
@@ -238,7 +237,7 @@ class ArcaStream(trio.abc.HalfCloseableStream):
         with self._send_conflict.hold(), self._receive_conflict.hold():
             sock = socket.socket(fileno=fcntl.fcntl(self._rx.fileno(), fcntl.F_DUPFD_CLOEXEC, 0))
             self._closed = True
-            self.session._forget_stream(self)
+            self.handle.release()
             self._end.set(errno.EBADF)
             self._rx.close()
             self._tx.close()
@@ -248,7 +247,7 @@ class ArcaStream(trio.abc.HalfCloseableStream):
     async def aclose(self) -> None:
         if not self._closed:
             self._closed = True
-            self.session._forget_stream(self)
+            self.handle.release()
             # Wake a receive_some still waiting for the end status.
             self._end.set(errno.EBADF)
         # Close both before the checkpoint: a cancelled aclose must still close everything.
@@ -259,6 +258,18 @@ class ArcaStream(trio.abc.HalfCloseableStream):
     def _check_open(self) -> None:
         if self._closed:
             raise trio.ClosedResourceError("this stream is closed")
+
+
+class Connections(Protocol):
+    """What a listener needs of its session besides its handle."""
+
+    async def accept(self, handle: Handle) -> ArcaStream:
+        """Accept one connection on the listener ``handle`` names: a stream of the session."""
+        ...
+
+    def start_soon(self, fn: Callable[[], Awaitable[None]]) -> None:
+        """Run ``fn`` in the background, in a nursery that ends with the session."""
+        ...
 
 
 class ArcaListener(trio.abc.Listener[ArcaStream]):
@@ -276,12 +287,14 @@ class ArcaListener(trio.abc.Listener[ArcaStream]):
     restarts fetching (so EMFILE backs off the way ``serve_listeners`` wants).
     """
 
-    def __init__(self, session: ArcaSession, listener_id: int, local: Endpoint, prefetch: int = 0) -> None:
-        self.session = session
-        self.listener_id = listener_id
+    def __init__(self, handle: Handle, connections: Connections, local: Endpoint, prefetch: int = 0) -> None:
+        #: The listener in its session: options and close by listener id.
+        self.handle = handle
+        self.listener_id = handle.id
         self.local = local
         self.prefetch = prefetch
         self.backlog: deque[ArcaStream] = deque()
+        self._connections = connections
         self._closed = False
         self._outstanding = 0
         self._errors: deque[BaseException] = deque()
@@ -295,8 +308,7 @@ class ArcaListener(trio.abc.Listener[ArcaStream]):
         return self._closed
 
     async def accept(self) -> ArcaStream:
-        if self._closed:
-            raise trio.ClosedResourceError("this listener is closed")
+        self._check_open()
         if self.backlog:
             await trio.lowlevel.checkpoint()
             self._refill()
@@ -304,7 +316,7 @@ class ArcaListener(trio.abc.Listener[ArcaStream]):
         if self.prefetch:
             return await self._accept_fetched()
         try:
-            return await self.session._accept(self)
+            return await self._connections.accept(self.handle)
         except OSError as exc:
             if self._closed and exc.errno == errno.EBADF:
                 raise trio.ClosedResourceError("this listener was closed") from None
@@ -332,11 +344,11 @@ class ArcaListener(trio.abc.Listener[ArcaStream]):
             and self._outstanding + len(self.backlog) < self.prefetch
         ):
             self._outstanding += 1
-            self.session._nursery.start_soon(self._fetch_one)
+            self._connections.start_soon(self._fetch_one)
 
     async def _fetch_one(self) -> None:
         try:
-            stream = await self.session._accept(self)
+            stream = await self._connections.accept(self.handle)
         except (OSError, trio.ClosedResourceError) as exc:
             if not self._closed:
                 self._errors.append(exc)
@@ -352,12 +364,12 @@ class ArcaListener(trio.abc.Listener[ArcaStream]):
     async def setsockopt(self, level: int, name: int, value: int | bool) -> int:
         """Set an option on the listening socket; returns the value the kernel reports after."""
         self._check_open()
-        return await self.session._set_option(OptionTarget.LISTENER, self.listener_id, level, name, value)
+        return await self.handle.set_option(level, name, value)
 
     async def getsockopt(self, level: int, name: int) -> int:
         """An option's value on the listening socket."""
         self._check_open()
-        return await self.session._get_option(OptionTarget.LISTENER, self.listener_id, level, name)
+        return await self.handle.get_option(level, name)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -371,4 +383,4 @@ class ArcaListener(trio.abc.Listener[ArcaStream]):
         self._arrived.set()  # wake accepts waiting for fetched connections
         while self.backlog:
             await self.backlog.popleft().aclose()
-        await self.session._close_listener(self)
+        await self.handle.close()

@@ -28,17 +28,34 @@ import os
 import socket
 import threading
 from contextlib import nullcontext
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, Self, overload
 
 import trio
 
+from .portal import Portal, current_portal
 from .protocol import errors
-from .portal import Portal
-from .session import ArcaSession, open_session as _open_trio_session
-from .protocol.wire import Endpoint, OptionTarget
+from .session import ArcaSession, SessionStats
+from .session import open_session as _open_trio_session
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
+
+    from .handle import Handle
+    from .protocol.wire import Endpoint
+    from .stream import ArcaListener, ArcaStream
 
 #: The stdlib's own "no timeout given" marker, so that callers passing it along (http.client) mean the same.
-_DEFAULT = socket._GLOBAL_DEFAULT_TIMEOUT
+#: (Not in the stdlib's type stubs, hence read from the module's namespace.)
+DEFAULT_TIMEOUT: object = vars(socket)["_GLOBAL_DEFAULT_TIMEOUT"]
+
+#: An IP address as the stdlib's sockets give it: (host, port), or (host, port, flowinfo, scope id) for IPv6.
+IPAddress = tuple[str, int] | tuple[str, int, int, int]
+#: Any address a relayed connection has: an IP address, or an AF_UNIX path.
+Address = IPAddress | str
+#: One entry of ``getaddrinfo``, as the stdlib types it.
+AddrInfo = tuple[
+    socket.AddressFamily, socket.SocketKind, int, str, tuple[str, int] | tuple[str, int, int, int] | tuple[int, bytes]
+]
 
 
 class ArcaSocket(socket.socket):
@@ -50,36 +67,54 @@ class ArcaSocket(socket.socket):
     allows the options listed in PROTOCOL.md and answers others ENOPROTOOPT.
     """
 
-    def __init__(self, *args: Any, relayed: Relayed | None = None, **kwargs: Any):
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        family: int = -1,
+        type: int = -1,
+        proto: int = -1,
+        fileno: int | None = None,
+        *,
+        relayed: Relayed | None = None,
+    ) -> None:
+        super().__init__(family, type, proto, fileno)
         #: What this socket stands for (None for a plain copy, as ``dup()`` makes).
         self.arca = relayed
         if relayed is not None:
             _remember(self, relayed)
 
-    def getpeername(self):
+    def getpeername(self) -> Address:
         return self.arca.peer if self.arca is not None else super().getpeername()
 
-    def getsockname(self):
+    def getsockname(self) -> Address:
         return self.arca.local if self.arca is not None else super().getsockname()
 
-    def setsockopt(self, level: int, name: int, value: Any, *rest: Any) -> None:
-        if self.arca is not None and self.arca.options is not None and is_tcp_option(level, name, value, rest):
-            self.arca.options.set(level, name, int(value))
+    def setsockopt(self, level: int, name: int, value: int | ReadableBuffer | None, *rest: int) -> None:
+        options = self.arca.options if self.arca is not None else None
+        if options is not None and isinstance(value, int) and is_tcp_option(level, name, value, rest):
+            options.set(level, name, value)
         else:
             super().setsockopt(level, name, value, *rest)
 
-    def getsockopt(self, level: int, name: int, *rest: Any):
-        if self.arca is not None and self.arca.options is not None and is_tcp_option(level, name, 0, rest):
-            return self.arca.options.get(level, name)
-        return super().getsockopt(level, name, *rest)
+    @overload
+    def getsockopt(self, level: int, name: int, /) -> int: ...
+
+    @overload
+    def getsockopt(self, level: int, name: int, buflen: int, /) -> bytes: ...
+
+    def getsockopt(self, level: int, name: int, buflen: int | None = None, /) -> int | bytes:
+        options = self.arca.options if self.arca is not None else None
+        if buflen is not None:
+            return super().getsockopt(level, name, buflen)
+        if options is not None and is_tcp_option(level, name, 0, ()):
+            return options.get(level, name)
+        return super().getsockopt(level, name)
 
 
 class Relayed(NamedTuple):
     """What a relayed connection's socket stands for: its TCP addresses, and its options."""
 
-    local: tuple | str
-    peer: tuple | str
+    local: Address
+    peer: Address
     options: ConnectionOptions | None
 
 
@@ -107,75 +142,99 @@ def relayed(sock: socket.socket) -> Relayed | None:
     return _relayed.get(inode)
 
 
-def is_tcp_option(level: int, name: int, value: Any, rest: tuple) -> bool:
+def is_tcp_option(level: int, name: int, value: object, rest: tuple[object, ...]) -> bool:
     """An integer option that belongs to the TCP socket, not to the AF_UNIX one under it."""
     tcp = level == socket.IPPROTO_TCP or (level == socket.SOL_SOCKET and name == socket.SO_KEEPALIVE)
     return tcp and not rest and isinstance(value, int)
 
 
 class ConnectionOptions:
-    """Socket options of one relayed connection, set in the monitor through a portal."""
+    """Socket options of one relayed connection, set in the monitor through a portal.
 
-    def __init__(self, portal: Portal, connection_id: int) -> None:
+    ``handle`` is the connection's, which outlives the stream the socket was detached from.
+    """
+
+    def __init__(self, portal: Portal, handle: Handle) -> None:
         self._portal = portal
-        self._connection_id = connection_id
+        self._handle = handle
 
     def set(self, level: int, name: int, value: int) -> int:
-        return self._portal.call(_set_option, self._connection_id, level, name, value)
+        return self._portal.call(_set_option, self._handle, level, name, value)
 
     def get(self, level: int, name: int) -> int:
-        return self._portal.call(_get_option, self._connection_id, level, name)
+        return self._portal.call(_get_option, self._handle, level, name)
 
 
-async def _set_option(session: ArcaSession, connection_id: int, level: int, name: int, value: int) -> int:
-    return await session._set_option(OptionTarget.CONNECTION, connection_id, level, name, value)
+async def _set_option(session: ArcaSession, handle: Handle, level: int, name: int, value: int) -> int:
+    return await handle.set_option(level, name, value)
 
 
-async def _get_option(session: ArcaSession, connection_id: int, level: int, name: int) -> int:
-    return await session._get_option(OptionTarget.CONNECTION, connection_id, level, name)
+async def _get_option(session: ArcaSession, handle: Handle, level: int, name: int) -> int:
+    return await handle.get_option(level, name)
 
 
-def _address(endpoint: Endpoint) -> tuple:
-    """An Endpoint as the stdlib gives addresses: (host, port), or (host, port, 0, scope) for IPv6."""
-    if endpoint.is_unix:
-        return endpoint.host
+def ip_sockaddr(endpoint: Endpoint) -> IPAddress:
+    """An IP Endpoint as the stdlib gives addresses: (host, port), or (host, port, 0, scope) for IPv6."""
     if ":" in endpoint.host:
         host, _, scope = endpoint.host.partition("%")
         return (host, endpoint.port, 0, int(scope) if scope.isdigit() else socket.if_nametoindex(scope) if scope else 0)
     return (endpoint.host, endpoint.port)
 
 
-def socket_from(stream) -> ArcaSocket:
-    """The ArcaSocket of a socket-channel stream, which it takes over (in the portal's thread)."""
-    options = ConnectionOptions(stream.session.portal, stream.connection_id) if stream.session.portal else None
+def sockaddr(endpoint: Endpoint) -> Address:
+    """An Endpoint as the stdlib gives addresses: an IP address (``ip_sockaddr``), or an AF_UNIX path."""
+    return endpoint.host if endpoint.is_unix else ip_sockaddr(endpoint)
+
+
+def socket_from(stream: ArcaStream, portal: Portal | None = None) -> ArcaSocket:
+    """The ArcaSocket of a socket-channel stream, which it takes over (in the portal's thread).
+
+    With ``portal`` (the one whose thread this is), its TCP options are set through it.
+    """
+    options = ConnectionOptions(portal, stream.handle) if portal is not None else None
     plain = stream.detach()
     try:
-        relayed = Relayed(_address(stream.local), _address(stream.peer), options)
+        relayed = Relayed(sockaddr(stream.local), sockaddr(stream.peer), options)
         return ArcaSocket(socket.AF_UNIX, socket.SOCK_STREAM, fileno=plain.detach(), relayed=relayed)
     except BaseException:
         plain.close()
         raise
 
 
-def _timeout(timeout: Any) -> float | None:
-    return socket.getdefaulttimeout() if timeout is _DEFAULT else timeout
+def _timeout(timeout: object) -> float | None:
+    if timeout is DEFAULT_TIMEOUT:
+        return socket.getdefaulttimeout()
+    if timeout is None or isinstance(timeout, (int, float)):
+        return timeout
+    raise TypeError(f"a timeout is a number of seconds or None, not {timeout!r}")
 
 
-async def connect(session: ArcaSession, host: str, port: int, timeout: float | None, family: int = 0) -> ArcaSocket:
+async def connect(
+    # The caller waits in another thread: its timeout comes along, to bound the connect here.
+    session: ArcaSession, host: str, port: int, timeout: float | None, family: int = 0  # noqa: ASYNC109
+) -> ArcaSocket:
     """Connect through ``session`` (in its thread): the socket, or the stdlib's error."""
     try:
         with trio.fail_after(timeout) if timeout is not None else nullcontext():
             stream = await session.connect(host, port, timeout=timeout, family=family)
     except trio.TooSlowError:
         raise TimeoutError(f"connecting to {host}:{port} timed out") from None
-    return socket_from(stream)
+    return socket_from(stream, current_portal())
 
 
 _PROTOCOL_OF = {socket.SOCK_STREAM: socket.IPPROTO_TCP, socket.SOCK_DGRAM: socket.IPPROTO_UDP}
 _TYPE_OF = {protocol: kind for kind, protocol in _PROTOCOL_OF.items()}
 
 
-async def getaddrinfo(session: ArcaSession, host, port, family=0, type=0, proto=0, flags=0) -> list[tuple]:
+async def getaddrinfo(
+    session: ArcaSession,
+    host: str | bytes | None,
+    port: str | bytes | int | None,
+    family: int = 0,
+    type: int = 0,
+    proto: int = 0,
+    flags: int = 0,
+) -> list[AddrInfo]:
     """``socket.getaddrinfo``, answered by the monitor (in the session's thread).
 
     A numeric host (or None, with AI_PASSIVE for the wildcard) is answered
@@ -185,41 +244,41 @@ async def getaddrinfo(session: ArcaSession, host, port, family=0, type=0, proto=
     """
     if isinstance(host, bytes):
         host = host.decode("idna")
-    if proto and type and _PROTOCOL_OF.get(type) != proto:
+    if proto and type and _PROTOCOL_OF.get(socket.SocketKind(type)) != proto:
         raise socket.gaierror(socket.EAI_SOCKTYPE, "ai_socktype not supported")
-    type = type or _TYPE_OF.get(proto, 0)
-    port, type = _service(port, type, flags)
+    kind = type or _TYPE_OF.get(proto, 0)
+    number, kind = _service(port, kind, flags)
     if host is None or _is_numeric(host) or flags & socket.AI_NUMERICHOST:
-        return socket.getaddrinfo(host, port, family, type, proto, flags | socket.AI_NUMERICHOST)
-    found = await session.resolve(host, port, family, type)
+        return list(socket.getaddrinfo(host, number, family, kind, proto, flags | socket.AI_NUMERICHOST))
+    found = await session.resolve(host, number, family, kind)
     return [
-        (socket.AddressFamily(fam), socket.SocketKind(kind), _PROTOCOL_OF[kind],
-         host if flags & socket.AI_CANONNAME and number == 0 else "", _address(endpoint))
-        for number, (fam, kind, endpoint) in enumerate(found)
+        (socket.AddressFamily(found_family), socket.SocketKind(found_kind), _PROTOCOL_OF[socket.SocketKind(found_kind)],
+         host if flags & socket.AI_CANONNAME and index == 0 else "", ip_sockaddr(endpoint))
+        for index, (found_family, found_kind, endpoint) in enumerate(found)
     ]
 
 
-def _service(port, type: int, flags: int) -> tuple[int | None, int]:
+def _service(port: str | bytes | int | None, kind: int, flags: int) -> tuple[int | None, int]:
     """A port given as a number, a numeric string or a service name: (port, socket type).
 
-    A name known for one protocol only narrows ``type`` to it, as the stdlib does.
+    A name known for one protocol only narrows ``kind`` to it, as the stdlib does.
     """
     if isinstance(port, bytes):
         port = port.decode()
     if not isinstance(port, str) or port.isdigit():
-        return (int(port) if port is not None else None), type
+        return (int(port) if port is not None else None), kind
     if flags & socket.AI_NUMERICSERV:
         raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
-    kinds = [type] if type else [socket.SOCK_STREAM, socket.SOCK_DGRAM]
-    found = {}
-    for kind in kinds:
+    kinds = [kind] if kind else [socket.SOCK_STREAM, socket.SOCK_DGRAM]
+    found: dict[int, int] = {}
+    for candidate in kinds:
         try:
-            found[kind] = socket.getservbyname(port, "tcp" if kind == socket.SOCK_STREAM else "udp")
+            found[candidate] = socket.getservbyname(port, "tcp" if candidate == socket.SOCK_STREAM else "udp")
         except OSError:
             continue
     if not found:
         raise socket.gaierror(socket.EAI_SERVICE, f"unknown service {port!r}")
-    return next(iter(found.values())), (type or (next(iter(found)) if len(found) == 1 else 0))
+    return next(iter(found.values())), (kind or (next(iter(found)) if len(found) == 1 else 0))
 
 
 def _is_numeric(host: str) -> bool:
@@ -237,40 +296,47 @@ class Listener:
     monitor's socket; connections already accepted stay open.
     """
 
-    def __init__(self, portal: Portal, listener) -> None:
+    def __init__(self, portal: Portal, listener: ArcaListener) -> None:
         self._portal = portal
         self._listener = listener
 
-    def getsockname(self) -> tuple:
+    def getsockname(self) -> IPAddress:
         """The address really bound (the kernel's port for port 0)."""
-        return _address(self._listener.local)
+        return ip_sockaddr(self._listener.local)
 
-    def accept(self) -> tuple[ArcaSocket, tuple]:
+    def accept(self) -> tuple[ArcaSocket, Address]:
         """Wait for the next connection: ``(socket, peer address)``, as ``socket.accept`` gives."""
-        sock = self._portal.call(_accept, self._listener)
+        sock = self._portal.call(accept, self._listener)
         return sock, sock.getpeername()
 
     def close(self) -> None:
         """Close the listener; like a socket's ``close``, it never fails (a closed session closed it)."""
         try:
-            self._portal.call(lambda session: self._listener.aclose())
+            self._portal.call(close_listener, self._listener)
         except OSError as exc:
             if exc.errno != errno.EBADF:
                 raise
 
-    def __enter__(self) -> Listener:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
 
-async def _stats(session: ArcaSession) -> dict:
+async def stats(session: ArcaSession) -> SessionStats:
+    """``session.stats()`` (in the session's thread)."""
     return await session.stats()
 
 
-async def _accept(session: ArcaSession, listener) -> ArcaSocket:
-    return socket_from(await listener.accept())
+async def accept(session: ArcaSession, listener: ArcaListener) -> ArcaSocket:
+    """The next connection on ``listener``, as a socket (in the session's thread)."""
+    return socket_from(await listener.accept(), current_portal())
+
+
+async def close_listener(session: ArcaSession, listener: ArcaListener) -> None:
+    """Close ``listener`` (in the session's thread)."""
+    await listener.aclose()
 
 
 class Session:
@@ -279,8 +345,13 @@ class Session:
     def __init__(self, portal: Portal) -> None:
         self._portal = portal
 
+    @property
+    def portal(self) -> Portal:
+        """The portal whose thread runs this session's trio session."""
+        return self._portal
+
     def create_connection(
-        self, address: tuple[str, int], timeout: Any = _DEFAULT, source_address: Any = None, *,
+        self, address: tuple[str, int], timeout: object = DEFAULT_TIMEOUT, source_address: object = None, *,
         all_errors: bool = False, family: int = 0,
     ) -> ArcaSocket:
         """Like ``socket.create_connection``: a connected socket, with ``timeout`` set on it.
@@ -293,35 +364,47 @@ class Session:
         if source_address is not None:
             raise errors.error_from_errno(errno.EOPNOTSUPP, "arca connects from the monitor's own address: no source_address")
         host, port = address[0], address[1]
-        timeout = _timeout(timeout)
-        sock = self._portal.call(connect, host, port, timeout, family)
-        sock.settimeout(timeout)
+        seconds = _timeout(timeout)
+        sock = self._portal.call(connect, host, port, seconds, family)
+        sock.settimeout(seconds)
         return sock
 
-    def getaddrinfo(self, host, port, family=0, type=0, proto=0, flags=0) -> list[tuple]:
+    def getaddrinfo(
+        self,
+        host: str | bytes | None,
+        port: str | bytes | int | None,
+        family: int = 0,
+        type: int = 0,
+        proto: int = 0,
+        flags: int = 0,
+    ) -> list[AddrInfo]:
         """Like ``socket.getaddrinfo``, with names looked up by the monitor."""
         return self._portal.call(getaddrinfo, host, port, family, type, proto, flags)
 
     def gethostbyname(self, name: str) -> str:
         """Like ``socket.gethostbyname``: the first IPv4 address of ``name``."""
-        return self.getaddrinfo(name, None, socket.AF_INET, socket.SOCK_STREAM)[0][4][0]
+        return str(self.getaddrinfo(name, None, socket.AF_INET, socket.SOCK_STREAM)[0][4][0])
 
     def listen(self, host: str, port: int, *, backlog: int = 128) -> Listener:
         """Listen on ``host:port`` in the monitor (port 0: the kernel chooses)."""
 
-        async def _listen(session: ArcaSession):
+        async def listen(session: ArcaSession) -> ArcaListener:
             return await session.listen(host, port, backlog=backlog)
 
-        return Listener(self._portal, self._portal.call(_listen))
+        return Listener(self._portal, self._portal.call(listen))
 
-    def stats(self) -> dict:
+    def stats(self) -> SessionStats:
         """This session's counters, from the monitor (as ``ArcaSession.stats``)."""
-        return self._portal.call(_stats)
+        return self._portal.call(stats)
+
+    def forget_after_fork(self) -> None:
+        """In a forked child: let go of the parent's session without ending it (``Portal.forget_after_fork``)."""
+        self._portal.forget_after_fork()
 
     def close(self) -> None:
         self._portal.close()
 
-    def __enter__(self) -> Session:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

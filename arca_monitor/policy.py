@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Callable, Iterable, Mapping
 
 
 class Kind(enum.Enum):
@@ -143,7 +143,7 @@ class Policy:
     default: bool = False
 
     @classmethod
-    def build(cls, given: dict[Kind, Iterable[str]]) -> Policy:
+    def build(cls, given: Mapping[Kind, Iterable[str]]) -> Policy:
         """The policy for these rule texts; the default when there are none at all."""
         default = not any(list(texts) for texts in given.values())
         source = {kind: list(texts) for kind, texts in (DEFAULT_RULES if default else given).items()}

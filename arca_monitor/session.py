@@ -47,10 +47,10 @@ from arca_control.protocol.channel import ControlChannel, close_fds
 from arca_control.protocol.messages import (
     Abort,
     Accept,
+    AnyRequest,
     CloseListener,
     Connect,
     ControlEvent,
-    ControlRequest,
     Error,
     GetOption,
     Hello,
@@ -88,13 +88,13 @@ log = logging.getLogger("arca_monitor.session")
 
 _session_numbers = itertools.count(1)
 
-R = TypeVar("R", bound=ControlRequest)
+R = TypeVar("R", bound=AnyRequest)
 
 
-def on(kind: type[R], work: Callable[[R], Awaitable[None]]) -> tuple[type[ControlRequest], Callable[[ControlRequest], Awaitable[None]]]:
+def on(kind: type[R], work: Callable[[R], Awaitable[None]]) -> tuple[type[AnyRequest], Callable[[AnyRequest], Awaitable[None]]]:
     """A dispatch table entry: requests of ``kind`` go to ``work``."""
 
-    async def handle(request: ControlRequest) -> None:
+    async def handle(request: AnyRequest) -> None:
         if not isinstance(request, kind):
             raise TypeError(f"{type(request).__name__} dispatched as {kind.__name__}")
         await work(request)
@@ -212,7 +212,7 @@ class MonitorSession:
         except (OSError, trio.ClosedResourceError) as exc:
             raise SessionClosed(str(exc)) from None
 
-    async def _guarded(self, request: ControlRequest, work: Callable[[], Awaitable[None]]) -> None:
+    async def _guarded(self, request: AnyRequest, work: Callable[[], Awaitable[None]]) -> None:
         """Run the handler for ``request``; turn any failure into its error reply. Audit the outcome."""
         try:
             await work()
@@ -230,7 +230,7 @@ class MonitorSession:
         else:
             self._audit_request(request, "allowed")
 
-    def _audit_request(self, request: ControlRequest, decision: str, **fields: object) -> None:
+    def _audit_request(self, request: AnyRequest, decision: str, **fields: object) -> None:
         if self.broker.auditing:
             named = {f.name: shown(getattr(request, f.name)) for f in payload_fields(type(request))}
             self.broker.record("request", request_id=request.request_id, op=type(request).__name__,
@@ -283,7 +283,7 @@ class MonitorSession:
             log.error("session %d: internal error in the relay: %r", self.number, exc)
         self._cancel()
 
-    def start(self, request: ControlRequest, work: Callable[[], Awaitable[None]]) -> None:
+    def start(self, request: AnyRequest, work: Callable[[], Awaitable[None]]) -> None:
         """Carry out ``request`` in a task of its own, its failure answered and audited as inline ones are."""
         self.spawn(functools.partial(self._guarded, request, work))
 

@@ -58,14 +58,14 @@ if TYPE_CHECKING:
     import socket
     from collections.abc import Awaitable, Callable, Sequence
 
-    from arca_control.protocol.messages import ControlReply, ControlRequest, Listen
+    from arca_control.protocol.messages import AnyRequest, ControlReply, Listen
 
     from .relay import RelayEngine
 
     #: The session's send: every reply goes out through it (and its core).
     Send = Callable[[ControlReply, Sequence[int]], Awaitable[None]]
     #: Run a request's work in a task of its own, its failure answered as the request's error reply.
-    Start = Callable[[ControlRequest, Callable[[], Awaitable[None]]], None]
+    Start = Callable[[AnyRequest, Callable[[], Awaitable[None]]], None]
     #: Run a task in the session's nursery.
     Spawn = Callable[[Callable[[], Awaitable[None]]], None]
 

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import socket
-import socketserver
 import sys
 import threading
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import pytest
 import trio
 
 import arca_control
 
+if TYPE_CHECKING:
+    import socketserver
+    from collections.abc import Awaitable, Callable
 
 #: Rules that give back what the default allows on loopback, for tests that add rules of their own
 #: (any rule replaces the whole default).
@@ -44,14 +48,15 @@ async def read_all(stream) -> bytes:
 async def tcp_server(nursery: trio.Nursery, handler) -> tuple[str, int]:
     """A real trio TCP server on a kernel-chosen loopback port, outside any session."""
     listeners = await nursery.start(functools.partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
-    return listeners[0].socket.getsockname()[:2]
+    host, port = listeners[0].socket.getsockname()[:2]
+    return str(host), int(port)
 
 
 def closed_port() -> int:
     """A loopback port that was just bound and closed: nothing listens there."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+        return int(probe.getsockname()[1])
 
 
 @contextmanager
@@ -101,6 +106,28 @@ def rss_bytes(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for {pid}")
 
 
+def errno_is(code: int) -> Callable[[OSError], bool]:
+    """For ``pytest.raises(OSError, check=errno_is(errno.EBADF))``: the error carries that errno."""
+    return lambda exc: exc.errno == code
+
+
+async def wait_until(
+    condition: Callable[[], bool | Awaitable[bool]], *, seconds: float = 5.0, interval: float = 0.02
+) -> None:
+    """Wait until ``condition()`` (a function, or an async one) holds; ``trio.TooSlowError`` after ``seconds``.
+
+    For what no event of ours can signal: a file the monitor makes or removes, its
+    descriptors and counters, a port it frees, work finishing in the session's own
+    background tasks. So it is polled.
+    """
+    with trio.fail_after(seconds):
+        while True:
+            result = condition()
+            if await result if inspect.isawaitable(result) else result:
+                return
+            await trio.sleep(interval)
+
+
 async def settle(measure, target, *, seconds: float = 5.0, interval: float = 0.02):
     """Poll ``measure()`` until it equals ``target`` or time runs out; return the last value."""
     value = measure()
@@ -116,14 +143,12 @@ async def socket_monitor(tmp_path):
     """A standalone ``arca-monitor --socket PATH``: (path, process)."""
     path = str(tmp_path / "arca.sock")
     process = await trio.lowlevel.open_process([sys.executable, "-m", "arca_monitor", "--socket", path])
-    with trio.fail_after(10):
-        while not os.path.exists(path):
-            await trio.sleep(0.02)
+    await wait_until(lambda: os.path.exists(path), seconds=10)
     yield path, process
     process.terminate()
     with trio.fail_after(10):
         assert await process.wait() == 0  # SIGTERM is a clean shutdown
-    assert not os.path.exists(path)
+    assert not await trio.Path(path).exists()
 
 
 async def until_refused(address, seconds: float = 5.0) -> None:
@@ -139,7 +164,7 @@ async def until_refused(address, seconds: float = 5.0) -> None:
             await trio.sleep(0.02)
 
 
-def monitor_socket(pid: int, local: tuple, kind: str = "tcp") -> socket.socket:
+def monitor_socket(pid: int, local: tuple[str, int] | tuple[str, int, int, int], kind: str = "tcp") -> socket.socket:
     """A duplicate of the monitor's own socket (``kind`` tcp or udp) bound to ``local``, to check it directly.
 
     Finds the socket's inode in /proc/net/{tcp,udp}{,6}, its fd in /proc/PID/fd,

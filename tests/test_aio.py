@@ -12,22 +12,29 @@ import hashlib
 import os
 import socket
 import time
+from typing import TYPE_CHECKING, TypeVar, TypeVarTuple
 
 import pytest
 
 import arca_control.aio
 
-from .conftest import closed_port
+from .conftest import closed_port, errno_is
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+T = TypeVar("T")
+Args = TypeVarTuple("Args")
 
 #: Upper bound, in seconds, on any single wait in this file; a whole test gets TEST_LIMIT.
 WAIT = 10
 TEST_LIMIT = 30
 
 
-def run(coro_fn, *args):
+def run(coro_fn: Callable[[*Args], Awaitable[T]], *args: *Args) -> T:
     """Run ``coro_fn(*args)`` in a fresh event loop, bounded by TEST_LIMIT."""
 
-    async def bounded():
+    async def bounded() -> T:
         return await asyncio.wait_for(coro_fn(*args), TEST_LIMIT)
 
     return asyncio.run(bounded())
@@ -96,7 +103,8 @@ def test_echo_server_and_client_both_through_aio_with_half_close():
 
             server = await s.start_server(handle, "127.0.0.1", 0)
             address = server.sockets[0].getsockname()
-            assert address[0] == "127.0.0.1" and address[1] > 0
+            assert address[0] == "127.0.0.1"
+            assert address[1] > 0
             assert server.is_serving()
 
             payload = os.urandom(300_000)
@@ -148,7 +156,8 @@ def test_open_connection_to_a_plain_asyncio_server():
             reader, writer = await s.open_connection(*address)
             assert writer.get_extra_info("peername") == address
             local = writer.get_extra_info("sockname")
-            assert local[0] == "127.0.0.1" and local[1] not in (0, address[1])
+            assert local[0] == "127.0.0.1"
+            assert local[1] not in (0, address[1])
             payload = os.urandom(1 << 20)
             writer.write(payload)
             received = await asyncio.wait_for(reader.readexactly(len(payload)), WAIT)
@@ -169,17 +178,16 @@ def test_errors_are_oserror_subclasses():
             with pytest.raises(ConnectionRefusedError) as caught:
                 await s.open_connection("127.0.0.1", closed_port())
             assert caught.value.errno == errno.ECONNREFUSED
-            with pytest.raises(socket.gaierror) as caught:
+            with pytest.raises(socket.gaierror) as unknown:
                 await s.open_connection("no-such-host.invalid", 80)
-            assert isinstance(caught.value, OSError)
-            with pytest.raises(socket.gaierror) as caught:
+            assert isinstance(unknown.value, OSError)
+            with pytest.raises(socket.gaierror) as unknown:
                 await s.getaddrinfo("no-such-host.invalid", 80)
-            assert caught.value.errno == socket.EAI_NONAME
+            assert unknown.value.errno == socket.EAI_NONAME
             # Listening on a port already taken: EADDRINUSE.
             taken = await s.start_server(echo_handler, "127.0.0.1", 0)
-            with pytest.raises(OSError) as caught:
+            with pytest.raises(OSError, check=errno_is(errno.EADDRINUSE)):
                 await s.start_server(echo_handler, "127.0.0.1", taken.sockets[0].getsockname()[1])
-            assert caught.value.errno == errno.EADDRINUSE
             taken.close()
             await asyncio.wait_for(taken.wait_closed(), WAIT)
 
@@ -327,9 +335,9 @@ def test_calls_after_the_session_closes_raise_oserror():
         async with plain:
             async with arca_control.aio.open_session("--no-dns") as s:
                 await echo_round_trip(s, address)
-            with pytest.raises(OSError):
+            with pytest.raises(OSError, check=errno_is(errno.EBADF)):
                 await s.open_connection(*address)
-            with pytest.raises(OSError):
+            with pytest.raises(OSError, check=errno_is(errno.EBADF)):
                 await s.start_server(echo_handler, "127.0.0.1", 0)
 
     run(main)

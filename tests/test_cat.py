@@ -10,12 +10,15 @@ import sys
 
 import trio
 
+from .conftest import wait_until
+
 CAT = [sys.executable, "-m", "arca_control.cat", "--monitor-arg=--no-dns"]
 
 
 async def socat_listening(*args: str, pattern: bytes = rb"listening on .*:(\d+)") -> tuple[trio.Process, int]:
     """socat listening on a loopback port; the port it says it got (kernel-chosen for 0)."""
     process = await trio.lowlevel.open_process(["socat", "-d", "-d", *args], stderr=subprocess.PIPE)
+    assert process.stderr is not None
     seen = b""
     with trio.fail_after(10):
         while not (found := re.search(pattern, seen)):
@@ -30,8 +33,8 @@ async def test_64_mib_through_an_echo_peer_with_half_close(tmp_path):
     # The peer echoes everything, and closes after our EOF: the last bytes come back only
     # if arca-cat's stdin EOF reached socat as a FIN (half-close), while stdout kept going.
     peer, port = await socat_listening("TCP4-LISTEN:0,bind=127.0.0.1", "EXEC:cat")
-    with open(source, "rb") as stdin:
-        result = await trio.run_process([*CAT, "connect", "127.0.0.1", str(port)], stdin=stdin,
+    async with await trio.open_file(source, "rb") as stdin:
+        result = await trio.run_process([*CAT, "connect", "127.0.0.1", str(port)], stdin=stdin.wrapped,
                                         capture_stdout=True, capture_stderr=True, check=False)
     await peer.wait()
     assert result.returncode == 0, result.stderr
@@ -44,6 +47,9 @@ async def test_listen_mode_receives_a_file_from_a_real_client(tmp_path):
     source.write_bytes(data)
     cat = await trio.lowlevel.open_process([*CAT, "listen", "127.0.0.1", "0"], stdin=subprocess.PIPE,
                                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert cat.stdin is not None
+    assert cat.stdout is not None
+    assert cat.stderr is not None
     seen = b""
     with trio.fail_after(10):
         while not (found := re.search(rb"listening on 127\.0\.0\.1 port (\d+)", seen)):
@@ -67,7 +73,8 @@ async def test_exit_status_tells_refused(tmp_path):
     probe.close()
     result = await trio.run_process([*CAT, "connect", "127.0.0.1", str(port)], stdin=subprocess.DEVNULL,
                                     capture_stdout=True, capture_stderr=True, check=False)
-    assert result.returncode == 3 and b"refused" in result.stderr.lower()
+    assert result.returncode == 3
+    assert b"refused" in result.stderr.lower()
     usage = await trio.run_process([*CAT, "connect", "127.0.0.1"], check=False, capture_stderr=True)
     assert usage.returncode == 2
 
@@ -75,14 +82,12 @@ async def test_exit_status_tells_refused(tmp_path):
 async def test_unix_and_udp(tmp_path):
     path = str(tmp_path / "peer.sock")
     peer = await trio.lowlevel.open_process(["socat", f"UNIX-LISTEN:{path}", "EXEC:cat"])
-    with trio.fail_after(10):
-        while not os.path.exists(path):
-            await trio.sleep(0.02)
+    await wait_until(lambda: os.path.exists(path), seconds=10)
     source = tmp_path / "small.txt"
     source.write_bytes(b"over a unix socket\n")
-    with open(source, "rb") as stdin:
+    async with await trio.open_file(source, "rb") as stdin:
         result = await trio.run_process([*CAT, f"--monitor-arg=--allow-unix={tmp_path}", "--unix", "connect", path],
-                                        stdin=stdin, capture_stdout=True)
+                                        stdin=stdin.wrapped, capture_stdout=True)
     assert result.stdout == b"over a unix socket\n"
     await peer.wait()
 
@@ -94,9 +99,9 @@ async def test_unix_and_udp(tmp_path):
     port = probe.getsockname()[1]
     probe.close()
     udp_peer, _ = await socat_listening(f"UDP4-RECVFROM:{port},bind=127.0.0.1", "EXEC:cat", pattern=rb"receiving on")
-    with open(source, "rb") as stdin:
+    async with await trio.open_file(source, "rb") as stdin:
         result = await trio.run_process([*CAT, "--udp", "--wait", "1", "connect", "127.0.0.1", str(port)],
-                                        stdin=stdin, capture_stdout=True)
+                                        stdin=stdin.wrapped, capture_stdout=True)
     assert result.stdout == b"over a unix socket\n"
     udp_peer.kill()
     await udp_peer.wait()

@@ -97,8 +97,7 @@ for _path in sources(*PROJECT):
         OWNERS.setdefault(_name, set()).add(module_name(_path))
 
 
-# Until the guest side and the tests stop borrowing private names (work in progress in this change).
-@pytest.mark.parametrize("package", [pytest.param(p, marks=pytest.mark.xfail(p in ("arca_control", "tests"), reason="private names still borrowed", strict=True)) for p in PROJECT])
+@pytest.mark.parametrize("package", [pytest.param(p, marks=pytest.mark.xfail(p in ("arca_control", "tests"), reason="fastpath privates, until the field-type change lands", strict=True)) for p in PROJECT])
 def test_no_module_uses_another_modules_private_names(package: str) -> None:
     """Neither ``from m import _x`` nor ``obj._x`` where ``_x`` belongs to another of our modules."""
     found = []

@@ -16,6 +16,7 @@ from arca_control.protocol.messages import (
     AcceptErr,
     AcceptOk,
     AcceptSocketOk,
+    AnyRequest,
     Cancel,
     CloseListener,
     CloseListenerOk,
@@ -25,7 +26,6 @@ from arca_control.protocol.messages import (
     ConnectionReady,
     ConnectOk,
     ControlReply,
-    ControlRequest,
     Error,
     Hello,
     HelloOk,
@@ -45,7 +45,7 @@ THERE = Endpoint("127.0.0.1", 2)
 ALL = Capability.TCP | Capability.UDP | Capability.SOCKET_CHANNEL
 
 E = TypeVar("E", Incoming, Refuse, Withdraw, Reject)
-R = TypeVar("R", bound=ControlRequest)
+R = TypeVar("R", bound=AnyRequest)
 C = TypeVar("C", bound=ConnectionReady)
 
 

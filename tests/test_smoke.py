@@ -12,4 +12,5 @@ async def test_listen_connect_accept_roundtrip():
         assert await server.receive_some() == b"ping"
         await server.send_all(b"pong")
         assert await client.receive_some() == b"pong"
-        assert server.peer == client.local and client.peer == server.local == listener.local
+        assert server.peer == client.local
+        assert client.peer == server.local == listener.local

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import selectors
@@ -31,9 +32,11 @@ async def echo(stream: trio.SocketStream) -> None:
 
 
 async def test_the_socket_channel_is_asked_for_and_granted(socket_session, session):
-    assert Capability.SOCKET_CHANNEL in socket_session.monitor.capabilities and socket_session.socket_channel
+    assert Capability.SOCKET_CHANNEL in socket_session.monitor.capabilities
+    assert socket_session.socket_channel
     # Not asked for: pipes, as before.
-    assert Capability.SOCKET_CHANNEL not in session.monitor.capabilities and not session.socket_channel
+    assert Capability.SOCKET_CHANNEL not in session.monitor.capabilities
+    assert not session.socket_channel
 
 
 async def test_a_stream_on_the_socket_channel_echoes_and_half_closes(socket_session, nursery):
@@ -89,7 +92,9 @@ async def test_detach_gives_a_real_socket_for_makefile_and_selectors(socket_sess
     stream = await socket_session.connect(*await tcp_server(nursery, echo))
     sock = stream.detach()
     try:
-        assert isinstance(sock, socket.socket) and sock.family == socket.AF_UNIX and sock.gettimeout() is None
+        assert isinstance(sock, socket.socket)
+        assert sock.family == socket.AF_UNIX
+        assert sock.gettimeout() is None
         with pytest.raises(trio.ClosedResourceError):
             await stream.send_all(b"x")
 
@@ -126,7 +131,9 @@ async def test_a_detached_socket_closing_is_the_peers_eof(socket_session, nurser
 
 
 async def test_the_guest_writing_after_the_upstream_failed_gets_an_error(socket_session, nursery):
-    async def reset(server_stream):
+    async def reset(server_stream: trio.SocketStream) -> None:
+        # Once the guest has written: a reset at once can beat the monitor's connect, which fails then.
+        await server_stream.receive_some(1)
         server_stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         server_stream.socket.close()
 
@@ -134,16 +141,14 @@ async def test_the_guest_writing_after_the_upstream_failed_gets_an_error(socket_
     sock = stream.detach()
     sock.settimeout(10)
     try:
-        with pytest.raises(OSError):
+        with pytest.raises(ConnectionError):  # EPIPE, or ECONNRESET
             for _ in range(1000):  # bounded: the monitor refuses writes once the connection is dead
                 sock.sendall(b"x" * 65536)
                 await trio.sleep(0.01)
         # A raw socket sees the reset as EOF, or as ECONNRESET when the monitor closed its
         # end with the guest's last writes unread (PROTOCOL.md section 5).
-        try:
+        with contextlib.suppress(ConnectionResetError):
             assert sock.recv(10) == b""
-        except ConnectionResetError:
-            pass
     finally:
         sock.close()
 
@@ -153,7 +158,8 @@ async def test_accepted_connections_come_as_sockets(socket_session):
     client = await trio.to_thread.run_sync(blocking_client, listener.local[:2])
     try:
         stream = await listener.accept()
-        assert stream.is_socket and stream.peer[1] == client.getsockname()[1]
+        assert stream.is_socket
+        assert stream.peer[1] == client.getsockname()[1]
         sock = stream.detach()
         client.sendall(b"ping")
         assert sock.recv(4) == b"ping"

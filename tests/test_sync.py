@@ -12,24 +12,34 @@ import socketserver
 import threading
 import time
 import urllib.request
+from typing import TYPE_CHECKING, TypeVar, TypeVarTuple
 
 import pytest
 
 import arca_control.sync
 from arca_control.sync import ArcaSocket
 
-from .conftest import closed_port, serving
+from .conftest import closed_port, errno_is, serving
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from arca_control.session import ArcaSession
+    from arca_control.sync import AddrInfo
+
+T = TypeVar("T")
+Args = TypeVarTuple("Args")
 
 #: Upper bound, in seconds, on any single wait in this file.
 WAIT = 10
 HOST_NAME = "arca-test.example"
 
 
-def bounded(fn, *args, timeout: float = WAIT):
+def bounded(fn: Callable[[*Args], T], *args: *Args, timeout: float = WAIT) -> T:
     """``fn(*args)`` in a daemon thread, waited for at most ``timeout`` seconds (so nothing can hang)."""
-    future: concurrent.futures.Future = concurrent.futures.Future()
+    future: concurrent.futures.Future[T] = concurrent.futures.Future()
 
-    def run():
+    def run() -> None:
         try:
             future.set_result(fn(*args))
         except BaseException as exc:
@@ -125,7 +135,7 @@ def s(hosts_file):
         yield session
 
 
-def resolve_requests(session) -> int:
+def resolve_requests(session: arca_control.sync.Session) -> int:
     """How many Resolve requests the monitor has seen from this session."""
     stats = session.stats()
     return stats["requests"].get("Resolve", 0)
@@ -136,11 +146,16 @@ def resolve_requests(session) -> int:
 
 def test_create_connection_echoes_through_a_stdlib_server(s, echo_server):
     with s.create_connection(echo_server, timeout=WAIT) as sock:
-        assert isinstance(sock, ArcaSocket) and isinstance(sock, socket.socket)
+        assert isinstance(sock, ArcaSocket)
+        assert isinstance(sock, socket.socket)
         assert sock.family == socket.AF_UNIX  # the socket channel under the hood
         assert sock.getpeername() == echo_server
-        local_host, local_port = sock.getsockname()
-        assert local_host == "127.0.0.1" and 0 < local_port < 65536 and local_port != echo_server[1]
+        local = sock.getsockname()
+        assert isinstance(local, tuple)
+        local_host, local_port = local[:2]
+        assert local_host == "127.0.0.1"
+        assert 0 < local_port < 65536
+        assert local_port != echo_server[1]
         for payload in (b"x", b"hello arca", os.urandom(200_000)):
             sock.sendall(payload)
             assert recv_exactly(sock, len(payload)) == payload
@@ -184,7 +199,7 @@ def test_create_connection_makefile(s, echo_server):
 
 
 def test_create_connection_rejects_source_address(s, echo_server):
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, check=errno_is(errno.EOPNOTSUPP)):
         s.create_connection(echo_server, timeout=WAIT, source_address=("127.0.0.1", 0))
 
 
@@ -211,7 +226,7 @@ def test_http_client_over_an_arca_socket(s, http_server):
         conn.close()
 
 
-def _arca_opener(session, connects: list):
+def _arca_opener(session: arca_control.sync.Session, connects: list[socket.socket]) -> urllib.request.OpenerDirector:
     """A urllib opener whose HTTP connections are made by ``session``; each connect is recorded."""
 
     class ArcaHTTPConnection(http.client.HTTPConnection):
@@ -228,7 +243,7 @@ def _arca_opener(session, connects: list):
 
 
 def test_urllib_through_the_sync_api(s, http_server):
-    connects: list = []
+    connects: list[socket.socket] = []
     opener = _arca_opener(s, connects)
     port = http_server[1]
     with opener.open(f"http://127.0.0.1:{port}/by-address", timeout=WAIT) as response:
@@ -270,7 +285,7 @@ def test_getaddrinfo_of_an_unknown_name_raises_gaierror(s):
     assert caught.value.errno == socket.EAI_NONAME
     with pytest.raises(socket.gaierror):
         s.gethostbyname("no-such-host.invalid")
-    with pytest.raises(OSError):  # create_connection by that name fails too (gaierror is an OSError)
+    with pytest.raises(socket.gaierror):  # create_connection by that name fails too
         s.create_connection(("no-such-host.invalid", 80), timeout=WAIT)
 
 
@@ -309,7 +324,8 @@ def test_a_name_from_the_monitors_hosts_file(s, echo_server):
 def test_listen_and_accept_a_stdlib_client(s):
     with s.listen("127.0.0.1", 0) as listener:
         host, port = listener.getsockname()
-        assert host == "127.0.0.1" and port > 0
+        assert host == "127.0.0.1"
+        assert port > 0
         for round_ in range(2):
             with socket.create_connection((host, port), timeout=WAIT) as client:
                 conn, peer = bounded(listener.accept)
@@ -375,7 +391,7 @@ def test_eight_threads_connect_and_echo_at_once(s, echo_server):
 def test_eight_threads_getaddrinfo_at_once(s):
     barrier = threading.Barrier(8, timeout=WAIT)
 
-    def work(index: int) -> list:
+    def work(index: int) -> list[list[AddrInfo]]:
         barrier.wait()
         # Each thread asks for its own port, so a reply routed to the wrong caller would show.
         return [s.getaddrinfo(HOST_NAME, 2000 + 10 * index + i, socket.AF_INET, socket.SOCK_STREAM)
@@ -400,19 +416,19 @@ def test_calls_after_the_session_closes_raise_oserror(hosts_file, echo_server):
         listener = session.listen("127.0.0.1", 0)
         listener_address = listener.getsockname()
     try:
-        with pytest.raises(OSError):
+        with pytest.raises(OSError, check=errno_is(errno.EBADF)):
             session.create_connection(echo_server, timeout=WAIT)
-        with pytest.raises(OSError):
+        with pytest.raises(OSError, check=errno_is(errno.EBADF)):
             session.getaddrinfo(HOST_NAME, 80)
-        with pytest.raises(OSError):
+        with pytest.raises(OSError, check=errno_is(errno.EBADF)):
             session.gethostbyname(HOST_NAME)
-        with pytest.raises(OSError):
+        with pytest.raises(OSError, check=errno_is(errno.EBADF)):
             session.listen("127.0.0.1", 0)
-        with pytest.raises(OSError):
+        with pytest.raises(OSError, check=errno_is(errno.EBADF)):
             bounded(listener.accept)
         # The monitor is gone: its listening socket with it, and a socket handed out reads EOF.
         with pytest.raises(ConnectionRefusedError):
-            socket.create_connection(listener_address, timeout=WAIT)
+            socket.create_connection(listener_address[:2], timeout=WAIT)
         sock.settimeout(WAIT)
         assert sock.recv(10) == b""
         session.close()  # closing again is harmless
@@ -423,7 +439,7 @@ def test_calls_after_the_session_closes_raise_oserror(hosts_file, echo_server):
 def test_closing_the_session_releases_a_thread_blocked_in_accept():
     session = arca_control.sync.open_session("--no-dns")
     listener = session.listen("127.0.0.1", 0)
-    outcome = concurrent.futures.Future()
+    outcome: concurrent.futures.Future[BaseException | None] = concurrent.futures.Future()
 
     def accept() -> None:
         try:
@@ -457,13 +473,12 @@ def test_a_monitor_that_never_answers_times_out(tmp_path, monkeypatch):
 
 
 def test_a_portal_call_from_the_portal_thread_is_refused(s):
-    def inner(trio_session):
-        async def nested():
-            return s._portal.call(lambda trio_session: trio_session.stats())
-        return nested()
+    async def inner(trio_session: ArcaSession) -> object:
+        # In the portal's own thread, as every submitted call is.
+        return s.portal.call(lambda trio_session: trio_session.stats())
 
     with pytest.raises(RuntimeError):
-        s._portal.call(inner)
+        s.portal.call(inner)
 
 
 def test_getaddrinfo_of_a_name_has_the_stdlibs_shape(s):

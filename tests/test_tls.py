@@ -15,6 +15,7 @@ import socket
 import ssl
 import struct
 import threading
+from typing import TYPE_CHECKING, TypeVar, TypeVarTuple
 
 import pytest
 import trio
@@ -23,6 +24,16 @@ import trustme
 import arca_control
 import arca_control.aio
 import arca_control.sync
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from arca_control.stream import ArcaStream
+    from arca_control.sync import Address, ArcaSocket
+
+T = TypeVar("T")
+Args = TypeVarTuple("Args")
+Transport = TypeVar("Transport", bound=trio.abc.Stream)
 
 #: Upper bound, in seconds, on any single wait in this file.
 WAIT = 10
@@ -121,7 +132,9 @@ def tls_echo_server(server_ctx):
     server.close()
 
 
-def stdlib_tls_client(address, client_ctx: ssl.SSLContext, payload: bytes) -> tuple[bytes, str, bytes]:
+def stdlib_tls_client(
+    address: tuple[str, int], client_ctx: ssl.SSLContext, payload: bytes
+) -> tuple[bytes, str | None, bytes | None]:
     """A stdlib TLS client (run it in a thread): sends a length-prefixed payload, then reads
     back as many bytes. Returns (what came back, TLS version, the server certificate's DER)."""
     with socket.create_connection(address, timeout=WAIT) as raw, \
@@ -134,7 +147,7 @@ def stdlib_tls_client(address, client_ctx: ssl.SSLContext, payload: bytes) -> tu
 # --- trio ----------------------------------------------------------------------------------
 
 
-async def trio_echo_check(tls: trio.SSLStream, payload: bytes) -> bytes:
+async def trio_echo_check(tls: trio.SSLStream[Transport], payload: bytes) -> bytes:
     """Send ``payload`` while reading its echo, at once (so no buffer can fill); the echo."""
     received = bytearray()
 
@@ -165,7 +178,8 @@ async def test_trio_tls_client_to_a_stdlib_server(socket_channel, tls_echo_serve
             payload = os.urandom(MIB)
             assert digest(await trio_echo_check(tls, payload)) == digest(payload)
             await tls.aclose()
-    assert tls_echo_server.handshakes == 1 and not tls_echo_server.failures
+    assert tls_echo_server.handshakes == 1
+    assert not tls_echo_server.failures
 
 
 @pytest.mark.parametrize("socket_channel", [False, True], ids=["pipes", "socket-channel"])
@@ -175,7 +189,7 @@ async def test_trio_tls_server_through_arca_with_a_stdlib_client(socket_channel,
         listener = await session.listen("127.0.0.1", 0)
         address = (listener.local[0], listener.local[1])
 
-        async def serve():
+        async def serve() -> tuple[trio.SSLStream[ArcaStream], bytes]:
             stream = await listener.accept()
             tls = trio.SSLStream(stream, server_ctx, server_side=True)
             await tls.do_handshake()
@@ -193,9 +207,9 @@ async def test_trio_tls_server_through_arca_with_a_stdlib_client(socket_channel,
 
         with trio.fail_after(WAIT):
             async with trio.open_nursery() as nursery:
-                client = {}
+                client: dict[str, tuple[bytes, str | None, bytes | None]] = {}
 
-                async def run_client():
+                async def run_client() -> None:
                     client["result"] = await trio.to_thread.run_sync(
                         stdlib_tls_client, address, client_ctx, payload, abandon_on_cancel=True)
 
@@ -241,14 +255,14 @@ async def asyncio_echo(reader: asyncio.StreamReader, writer: asyncio.StreamWrite
         writer.close()
 
 
-async def asyncio_echo_check(reader, writer, payload: bytes) -> bytes:
+async def asyncio_echo_check(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, payload: bytes) -> bytes:
     writer.write(payload)
     _, echoed = await asyncio.gather(writer.drain(), reader.readexactly(len(payload)))
     return echoed
 
 
-def run(coro_fn, *args):
-    async def bounded():
+def run(coro_fn: Callable[[*Args], Awaitable[T]], *args: *Args) -> T:
+    async def bounded() -> T:
         return await asyncio.wait_for(coro_fn(*args), 30)
 
     return asyncio.run(bounded())
@@ -262,7 +276,8 @@ def test_asyncio_tls_client_to_a_plain_asyncio_server(server_ctx, client_ctx):
             reader, writer = await asyncio.wait_for(
                 s.open_connection(*address, ssl=client_ctx, server_hostname="localhost"), WAIT)
             ssl_object = writer.get_extra_info("ssl_object")
-            assert ssl_object is not None and ssl_object.server_hostname == "localhost"
+            assert ssl_object is not None
+            assert ssl_object.server_hostname == "localhost"
             assert writer.get_extra_info("peercert")["subjectAltName"][0] == ("DNS", "localhost")
             assert writer.get_extra_info("peername") == address
             payload = os.urandom(MIB)
@@ -357,17 +372,19 @@ def test_tls_socket_addresses_in_transparent_mode(tls_echo_server, client_ctx):
 def test_sync_tls_server_through_arca_with_a_stdlib_client(server_ctx, client_ctx):
     payload = os.urandom(MIB)
     with arca_control.sync.open_session("--no-dns") as s, s.listen("127.0.0.1", 0) as listener:
-        result = {}
+        host, port = listener.getsockname()[:2]
+        echoes: list[tuple[bytes, str | None, bytes | None]] = []
+        failures: list[BaseException] = []
 
-        def client():
+        def client() -> None:
             try:
-                result["ok"] = stdlib_tls_client(listener.getsockname(), client_ctx, payload)
+                echoes.append(stdlib_tls_client((host, port), client_ctx, payload))
             except BaseException as exc:
-                result["error"] = exc
+                failures.append(exc)
 
         thread = threading.Thread(target=client, daemon=True)
         thread.start()
-        accepted = concurrent.futures.Future()
+        accepted: concurrent.futures.Future[tuple[ArcaSocket, Address]] = concurrent.futures.Future()
         threading.Thread(target=lambda: accepted.set_result(listener.accept()), daemon=True).start()
         conn, _ = accepted.result(timeout=WAIT)
         conn.settimeout(WAIT)
@@ -376,8 +393,8 @@ def test_sync_tls_server_through_arca_with_a_stdlib_client(server_ctx, client_ct
             received = recv_exactly(tls, length)
             tls.sendall(received)
             thread.join(WAIT)
-        assert "error" not in result, result.get("error")
-        echoed, _, _ = result["ok"]
+        assert not failures, failures
+        [(echoed, _, _)] = echoes
         assert digest(received) == digest(payload) == digest(echoed)
 
 

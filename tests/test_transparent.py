@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import errno
 import http.client
-import os
 import http.server
+import os
 import socket
 import ssl
 import subprocess
@@ -18,6 +18,7 @@ import sys
 import textwrap
 import urllib.request
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import pytest
 import trustme
@@ -25,7 +26,10 @@ import trustme
 import arca_control
 from arca_control import transparent
 
-from .conftest import closed_port, serving
+from .conftest import closed_port, errno_is, serving
+
+if TYPE_CHECKING:
+    from arca_control.session import SessionStats
 
 RUN = [sys.executable, "-m", "arca_monitor.run", "--transparent", "--no-dns"]
 
@@ -53,8 +57,10 @@ def http_server(context: ssl.SSLContext | None = None):
         yield f"{scheme}://127.0.0.1:{server.server_address[1]}"
 
 
-def stats() -> dict:
-    return transparent._session.stats()
+def stats() -> SessionStats:
+    session = transparent.current_session()
+    assert session is not None
+    return session.stats()
 
 
 def test_install_routes_urllib_and_http_client_and_uninstall_restores():
@@ -76,14 +82,18 @@ def test_install_routes_urllib_and_http_client_and_uninstall_restores():
             sock.connect(("127.0.0.1", port))
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
-            assert sock.getpeername() == ("127.0.0.1", port) and sock.getsockname()[0] == "127.0.0.1"
-            assert sock.family == socket.AF_INET and sock.gettimeout() == 10
+            assert sock.getpeername() == ("127.0.0.1", port)
+            assert sock.getsockname()[0] == "127.0.0.1"
+            assert sock.family == socket.AF_INET
+            assert sock.gettimeout() == 10
             sock.close()
             counters = stats()
-            assert counters["requests"]["Connect"] == 3 and counters["bytes_down"] > 0
+            assert counters["requests"]["Connect"] == 3
+            assert counters["bytes_down"] > 0
             # AF_UNIX and listening sockets pass through untouched.
             a, b = socket.socketpair()
-            a.close(), b.close()
+            a.close()
+            b.close()
         finally:
             arca_control.uninstall()
     assert (socket.create_connection, socket.getaddrinfo, socket.socket.connect) == originals
@@ -109,7 +119,7 @@ def test_errors_and_names_in_transparent_mode(tmp_path):
         arca_control.uninstall()
 
 
-def _run(*args: str, env_extra: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+def _run(*args: str, env_extra: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*RUN, *args], capture_output=True, text=True, timeout=timeout)
 
 
@@ -154,7 +164,8 @@ def test_without_transparent_the_same_program_has_no_network():
         result = subprocess.run([sys.executable, "-m", "arca_monitor.run", "--no-dns", "--", sys.executable, "-c",
                                  "import urllib.request, sys; urllib.request.urlopen(sys.argv[1], timeout=5)", url],
                                 capture_output=True, text=True, timeout=60)
-    assert result.returncode == 1 and "Network is unreachable" in result.stderr
+    assert result.returncode == 1
+    assert "Network is unreachable" in result.stderr
 
 
 def test_the_monitors_policy_still_decides():
@@ -221,9 +232,8 @@ def test_connect_twice_is_eisconn_and_options_set_before_connect_carry_over():
             assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
             assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
             assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 42
-            with pytest.raises(OSError) as caught:
+            with pytest.raises(OSError, check=errno_is(errno.EISCONN)):
                 sock.connect(("127.0.0.1", port))
-            assert caught.value.errno == errno.EISCONN
             sock.close()
         finally:
             arca_control.uninstall()

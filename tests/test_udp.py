@@ -24,7 +24,7 @@ from arca_control.protocol.records import encode_endpoint
 from arca_control.protocol.wire import Endpoint
 from arca_monitor.udp import DatagramRelay, make_channel_pair
 
-from .conftest import monitor_socket
+from .conftest import errno_is, monitor_socket
 
 # socat is the UDP peer that is not our code; `make test` installs it (system-deps).
 assert shutil.which("socat"), "socat is missing: run `make system-deps`"
@@ -66,16 +66,15 @@ def _free_port(host: str) -> int:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_DGRAM) as probe:
         probe.bind((host, 0))
-        return probe.getsockname()[1]
+        return int(probe.getsockname()[1])
 
 
 async def _socat_ready(process: trio.Process, log_path) -> bool:
     """Whether socat bound its port (it says "receiving on" after bind, and exits if bind fails)."""
     with trio.fail_after(5):
         while True:
-            with open(log_path) as log:
-                if "receiving on" in log.read():
-                    return True
+            if "receiving on" in await trio.Path(log_path).read_text():
+                return True
             if process.poll() is not None:
                 return False
             await trio.sleep(0.01)
@@ -90,19 +89,19 @@ async def echo_peer(tmp_path):
     socat does not tell the port it picks for 0, so the test picks one: a port
     just freed on loopback, with a retry should another process take it first.
     """
-    processes = []
+    processes: list[trio.Process] = []
 
     async def start(host: str) -> Endpoint:
         version, bind = ("6", f"[{host}]") if ":" in host else ("4", host)
-        for attempt in range(5):
+        for _ in range(5):
             port = _free_port(host)
             log_path = tmp_path / f"socat-{len(processes)}.log"
-            with open(log_path, "w") as log:
+            async with await trio.open_file(log_path, "w") as log:
                 process = await trio.lowlevel.open_process(
                     ["socat", "-d", "-d", "-T", "5", "-b", "70000",
                      f"UDP{version}-RECVFROM:{port},bind={bind},fork", "PIPE"],
                     stdin=subprocess.DEVNULL,
-                    stderr=log,
+                    stderr=log.wrapped,
                 )
             processes.append(process)
             if await _socat_ready(process, log_path):
@@ -138,7 +137,8 @@ async def _settled(read, seconds: float = 5.0, quiet: float = 0.1):
 def _queued_bytes(sock: socket.socket) -> int:
     """Bytes a socket has sent that its peer has not read yet (SIOCOUTQ)."""
     result = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, struct.pack("i", 0))
-    return struct.unpack("i", result)[0]
+    (count,) = struct.unpack("i", result)
+    return int(count)
 
 
 def _pattern(size: int) -> bytes:
@@ -154,10 +154,8 @@ async def test_boundaries_are_kept(relayed, echo_peer):
     sizes = [1, 1400, 9000]
     for size in sizes:
         await rig.guest.sendto(_pattern(size), echo)
-    replies = []
     with trio.fail_after(5):
-        for _ in sizes:
-            replies.append(await rig.guest.recvfrom())
+        replies = [await rig.guest.recvfrom() for _ in sizes]
     # Each child of socat answers on its own, so the order may change; the boundaries may not.
     assert sorted(len(data) for data, _ in replies) == sizes
     for data, source in replies:
@@ -176,15 +174,15 @@ async def test_largest_ipv4_datagram_round_trip(relayed, echo_peer):
     await rig.guest.sendto(payload, echo)
     with trio.fail_after(5):
         data, source = await rig.guest.recvfrom()
-    assert data == payload and source == echo
+    assert data == payload
+    assert source == echo
 
 
 async def test_oversized_datagram_fails_locally(relayed):
     rig = relayed()
     peer = await _peer()
-    with pytest.raises(OSError) as caught:
+    with pytest.raises(OSError, check=errno_is(errno.EMSGSIZE)):
         await rig.guest.sendto(b"x" * 65_508, peer.getsockname())
-    assert caught.value.errno == errno.EMSGSIZE
     await trio.sleep(0.05)
     assert (rig.relay.sent, rig.relay.dropped_outbound) == (0, 0)
     peer.close()
@@ -198,9 +196,8 @@ async def test_ipv6_round_trip(relayed, echo_peer):
         await rig.guest.sendto(payload, echo)
         with trio.fail_after(5):
             assert await rig.guest.recvfrom() == (payload, echo)
-    with pytest.raises(OSError) as caught:
+    with pytest.raises(OSError, check=errno_is(errno.EMSGSIZE)):
         await rig.guest.sendto(b"x" * 65_528, echo)
-    assert caught.value.errno == errno.EMSGSIZE
 
 
 # --- connect ------------------------------------------------------------------------------------
@@ -244,16 +241,14 @@ async def test_connect_treats_ipv4_mapped_as_the_same_peer(relayed):
 
 async def test_addresses_are_checked_locally(relayed):
     rig = relayed()
-    with pytest.raises(OSError) as caught:
+    with pytest.raises(OSError, check=errno_is(errno.EDESTADDRREQ)):
         await rig.guest.send(b"nowhere")
-    assert caught.value.errno == errno.EDESTADDRREQ
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="not an IP address literal"):
         await rig.guest.sendto(b"x", ("localhost", 9))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="port must be 0-65535"):
         rig.guest.connect("127.0.0.1", 70_000)
-    with pytest.raises(OSError) as caught:
+    with pytest.raises(OSError, check=errno_is(errno.EAFNOSUPPORT)):
         await rig.guest.sendto(b"x", ("::1", 9))
-    assert caught.value.errno == errno.EAFNOSUPPORT
     assert rig.guest.peer is None
 
 
@@ -267,7 +262,7 @@ async def test_unread_datagrams_are_dropped_and_bounded(relayed):
     for sent in range(total):
         await sender.sendto(b"%05d" % sent + b"." * 195, rig.guest.local)
         if sent % 100 == 99:
-            await trio.sleep(0)  # let the relay drain the kernel socket, as it would under load
+            await trio.lowlevel.checkpoint()  # let the relay drain the kernel socket, as it would under load
     relay = rig.relay
     handled = await _settled(lambda: relay.received + relay.dropped_inbound)
     assert relay.dropped_inbound > 0
@@ -321,11 +316,12 @@ async def test_malformed_records_are_dropped(relayed):
 
 async def test_aclose_is_idempotent_and_final(bare_channel):
     _, guest_end, local = bare_channel
-    closed = []
+    closed: list[ArcaDatagramSocket] = []
     guest = ArcaDatagramSocket(guest_end, local, on_close=closed.append)
     await guest.aclose()
     await guest.aclose()
-    assert closed == [guest] and guest.closed
+    assert closed == [guest]
+    assert guest.closed
     uses = [lambda: guest.sendto(b"x", ("127.0.0.1", 9)), lambda: guest.send(b"x"), guest.recvfrom, guest.recv]
     for use in uses:
         with pytest.raises(trio.ClosedResourceError):
@@ -390,7 +386,7 @@ async def test_concurrent_sends_go_out_in_turn(relayed):
     async with trio.open_nursery() as nursery:
         nursery.start_soon(send_some, b"a")
         nursery.start_soon(send_some, b"b")
-    got = set()
+    got: set[bytes] = set()
     with trio.fail_after(5):
         while len(got) < 100:
             got.add((await peer.recvfrom(100))[0])
@@ -423,7 +419,8 @@ async def test_monitor_gone_is_broken(bare_channel):
 async def test_udp_through_a_session_with_a_real_echo_peer(session, echo_peer):
     peer = await echo_peer("127.0.0.1")
     sock = await session.udp_bind("127.0.0.1", 0)
-    assert sock.local.host == "127.0.0.1" and sock.local.port
+    assert sock.local.host == "127.0.0.1"
+    assert sock.local.port
     for size in (1, 1000, 65507):
         await sock.sendto(b"d" * size, peer)
     sizes = set()
@@ -433,9 +430,8 @@ async def test_udp_through_a_session_with_a_real_echo_peer(session, echo_peer):
             assert source == peer
             sizes.add(len(data))
     assert sizes == {1, 1000, 65507}  # boundaries kept, up to the largest IPv4 datagram
-    with pytest.raises(OSError) as caught:
+    with pytest.raises(OSError, check=errno_is(errno.EMSGSIZE)):
         await sock.sendto(b"x" * 65508, peer)
-    assert caught.value.errno == errno.EMSGSIZE
     await sock.aclose()
 
 
@@ -463,7 +459,8 @@ async def test_udp_over_ipv6_and_options(session):
     await sock.sendto(b"six", other.local)
     with trio.fail_after(5):
         data, source = await other.recvfrom()
-    assert data == b"six" and source == sock.local
+    assert data == b"six"
+    assert source == sock.local
     assert await sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1) == 1
     assert await sock.getsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST) == 1
     assert await sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536) == 2 * 65536
@@ -483,14 +480,12 @@ async def test_udp_over_ipv6_and_options(session):
 
 async def test_udp_errors_and_close(session):
     taken = await session.udp_bind("127.0.0.1", 0)
-    with pytest.raises(OSError) as caught:
+    with pytest.raises(OSError, check=errno_is(errno.EADDRINUSE)):
         await session.udp_bind(*taken.local)
-    assert caught.value.errno == errno.EADDRINUSE
     from arca_control.protocol.messages import UdpClose
 
-    with pytest.raises(OSError) as caught:
-        await session._call(UdpClose, socket_id=999)
-    assert caught.value.errno == errno.EBADF
+    with pytest.raises(OSError, check=errno_is(errno.EBADF)):
+        await session.request(UdpClose(socket_id=999))
     # Closing the guest's end ends the monitor's socket: the port is free again.
     await taken.aclose()
     with trio.fail_after(5):
@@ -520,9 +515,9 @@ async def test_udp_bind_to_an_af_unix_endpoint_is_refused_for_what_it_is(session
     from arca_control.protocol.messages import UdpBind
 
     with pytest.raises(OSError, match="UDP needs an IP address") as caught:
-        await session._call(UdpBind, endpoint=Endpoint(str(tmp_path / "datagrams.sock"), 0))
+        await session.request(UdpBind(endpoint=Endpoint(str(tmp_path / "datagrams.sock"), 0)))
     assert caught.value.errno == errno.EAFNOSUPPORT
     with pytest.raises(OSError, match="UDP needs an IP address") as caught:
-        await session._call(UdpBind, endpoint=Endpoint("", 0))  # an unnamed one
+        await session.request(UdpBind(endpoint=Endpoint("", 0)))  # an unnamed one
     assert caught.value.errno == errno.EINVAL
     assert not list(tmp_path.iterdir())

@@ -37,10 +37,9 @@ def ip_endpoint(host: str, port: int) -> Endpoint:
     return Endpoint(canonical, port)
 
 
-def unix_endpoint(path: str | os.PathLike[str]) -> Endpoint:
-    path = os.fspath(path)
-    if isinstance(path, bytes):
-        path = os.fsdecode(path)
+def unix_endpoint(path: str | bytes | os.PathLike[str] | os.PathLike[bytes]) -> Endpoint:
+    """Check an AF_UNIX path the way socket.connect would: absolute, no NUL, short enough."""
+    path = os.fsdecode(path)
     if path.startswith(("\0", "@")):
         raise ValueError(f"abstract-namespace names are refused: {path!r}")
     if not path.startswith("/"):

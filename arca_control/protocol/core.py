@@ -20,8 +20,11 @@ The rules, which the trio session and the monitor rely on:
   other frame with none (``Message.FDS``).
 * Cancel(target) withdraws a pending Accept or Connect. The target still gets
   exactly one reply: ECANCELED if the monitor withdrew it, or the reply it had
-  already sent. Such a late reply is handed back as :class:`LateReply`, so a
-  late connection can be kept (an accepted one goes to its listener's backlog).
+  already sent. The guest may give up on any request; a reply that comes after
+  is late, and what comes with it is kept or closed, never leaked: an accepted
+  connection goes to its listener's backlog, a late listener is closed again,
+  any other connection or socket has its descriptors closed
+  (``client.LateAction``).
 """
 
 from __future__ import annotations

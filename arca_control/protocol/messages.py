@@ -12,6 +12,10 @@ Three kinds of message, told apart by the type byte's range:
   request it answers;
 * ``ControlEvent`` (0xC0-0xFF), monitor to guest, unsolicited, request id 0.
 
+A request names the replies that answer it (``class Listen(ControlRequest[ListenOk])``
+with ``FAILURE = ListenErr``), so the replies are defined first; ``REPLIES``,
+which the cores check every reply against, is built from those declarations.
+
 Messages are plain data: the file descriptors that travel beside a
 ``ConnectionReady`` reply are not part of them (see ``channel.py``).
 """
@@ -22,7 +26,7 @@ import dataclasses
 import enum
 import socket
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, Never, TypeGuard, TypeVar, get_args, get_origin
 
 from . import wire
 from .errors import error_from_errno
@@ -80,14 +84,18 @@ def field(wire_type: Any, **kwargs: Any) -> Any:
 REGISTRY: dict[MessageType, type[Message]] = {}
 
 
-def message(cls: type[Message]) -> type[Message]:
+M = TypeVar("M", bound="type[Message]")
+
+
+def message(cls: M) -> M:
     """Register a message class under its ``TYPE``."""
-    assert cls.TYPE not in REGISTRY, cls
+    if cls.TYPE in REGISTRY:
+        raise ValueError(f"{cls.__name__} and {REGISTRY[cls.TYPE].__name__} have one type byte")
     REGISTRY[cls.TYPE] = cls
     return cls
 
 
-def payload_fields(cls: type[Message]) -> list[dataclasses.Field]:
+def payload_fields(cls: type[Message]) -> list[dataclasses.Field[object]]:
     """The fields of ``cls`` that go into its payload, in wire order."""
     return [f for f in dataclasses.fields(cls) if "wire" in f.metadata]
 
@@ -101,11 +109,6 @@ class Message:
 
 
 @dataclass(frozen=True, kw_only=True)
-class ControlRequest(Message):
-    """Guest to monitor. Every request but Cancel gets exactly one reply."""
-
-
-@dataclass(frozen=True, kw_only=True)
 class ControlReply(Message):
     """Monitor to guest, answering the request with the same id."""
 
@@ -115,140 +118,6 @@ class ControlEvent(Message):
     """Monitor to guest, not asked for; its request id is always 0."""
 
     request_id: int = wire.EVENT_REQUEST_ID
-
-
-# --- requests -----------------------------------------------------------------
-
-
-@message
-@dataclass(frozen=True, kw_only=True)
-class Hello(ControlRequest):
-    """The first request of every session."""
-
-    TYPE = MessageType.HELLO
-    version: int = field(wire.VERSION, default=wire.PROTOCOL_VERSION)
-    capabilities: Capability = field(wire.CAPABILITIES, default=wire.DEFAULT_CAPABILITIES)
-
-
-@message
-@dataclass(frozen=True, kw_only=True)
-class Listen(ControlRequest):
-    """Bind and listen on ``endpoint``; port 0 lets the kernel choose."""
-
-    TYPE = MessageType.LISTEN
-    endpoint: Endpoint = field(wire.ENDPOINT)
-    backlog: int = field(wire.U16, default=128)
-    flags: ListenFlags = field(wire.LISTEN_FLAGS, default=ListenFlags(0))
-
-
-@message
-@dataclass(frozen=True, kw_only=True)
-class Accept(ControlRequest):
-    """Wait for the next connection on a listener."""
-
-    TYPE = MessageType.ACCEPT
-    listener_id: int = field(wire.U32)
-
-
-@message
-@dataclass(frozen=True, kw_only=True)
-class Connect(ControlRequest):
-    """Open a TCP connection. ``timeout_ms`` 0 means the monitor's default."""
-
-    TYPE = MessageType.CONNECT
-    endpoint: Endpoint = field(wire.ENDPOINT)
-    timeout_ms: int = field(wire.U32, default=0)
-
-
-@message
-@dataclass(frozen=True, kw_only=True)
-class CloseListener(ControlRequest):
-    """Close a listener; its pending accepts fail."""
-
-    TYPE = MessageType.CLOSE_LISTENER
-    listener_id: int = field(wire.U32)
-
-
-@message
-@dataclass(frozen=True, kw_only=True)
-class Cancel(ControlRequest):
-    """Give up on a pending Accept or Connect. Has no reply of its own."""
-
-    TYPE = MessageType.CANCEL
-    target: int = field(wire.U32)
-
-
-@message
-@dataclass(frozen=True, kw_only=True)
-class Abort(ControlRequest):
-    """Close a connection with a reset (SO_LINGER 0), not a FIN."""
-
-    TYPE = MessageType.ABORT
-    connection_id: int = field(wire.U32)
-
-
-@message
-@dataclass(frozen=True, kw_only=True)
-class SetOption(ControlRequest):
-    """setsockopt on a connection's or listener's socket; answered with the value read back."""
-
-    TYPE = MessageType.SET_OPTION
-    target: OptionTarget = field(wire.OPTION_TARGET)
-    target_id: int = field(wire.U32)
-    level: int = field(wire.U16)
-    name: int = field(wire.U16)
-    value: int = field(wire.U32)
-
-
-@message
-@dataclass(frozen=True, kw_only=True)
-class GetOption(ControlRequest):
-    """getsockopt on a connection's or listener's socket."""
-
-    TYPE = MessageType.GET_OPTION
-    target: OptionTarget = field(wire.OPTION_TARGET)
-    target_id: int = field(wire.U32)
-    level: int = field(wire.U16)
-    name: int = field(wire.U16)
-
-
-@message
-@dataclass(frozen=True, kw_only=True)
-class UdpBind(ControlRequest):
-    """A UDP socket bound to ``endpoint`` (port 0: the kernel chooses)."""
-
-    TYPE = MessageType.UDP_BIND
-    endpoint: Endpoint = field(wire.ENDPOINT)
-    flags: ListenFlags = field(wire.LISTEN_FLAGS, default=ListenFlags(0))
-
-
-@message
-@dataclass(frozen=True, kw_only=True)
-class UdpClose(ControlRequest):
-    """Close a UDP socket (closing the guest's channel end does it too)."""
-
-    TYPE = MessageType.UDP_CLOSE
-    socket_id: int = field(wire.U32)
-
-
-@message
-@dataclass(frozen=True, kw_only=True)
-class Resolve(ControlRequest):
-    """getaddrinfo in the monitor: ``name``'s addresses, with ``port`` (0: none) in each."""
-
-    TYPE = MessageType.RESOLVE
-    name: str = field(wire.TEXT)
-    port: int = field(wire.U16, default=0)
-    family: FamilyFilter = field(wire.FAMILY_FILTER, default=FamilyFilter.ANY)
-    socktype: SockType = field(wire.SOCK_TYPE, default=SockType.ANY)
-
-
-@message
-@dataclass(frozen=True, kw_only=True)
-class Stats(ControlRequest):
-    """This session's counters."""
-
-    TYPE = MessageType.STATS
 
 
 # --- replies ------------------------------------------------------------------
@@ -401,7 +270,7 @@ class ResolveOk(ControlReply):
     """The addresses, as (socket type, endpoint) pairs, in the order to try them."""
 
     TYPE = MessageType.RESOLVE_OK
-    addresses: tuple = field(wire.ADDRESS_LIST, default=())
+    addresses: tuple[tuple[SockType, Endpoint], ...] = field(wire.ADDRESS_LIST, default=())
 
 
 @message
@@ -430,9 +299,9 @@ class StatsOk(ControlReply):
     bytes_down: int = field(wire.U64, default=0)
     denials: int = field(wire.U32, default=0)
     #: (message type, count) of every request received.
-    requests: tuple = field(wire.COUNTS, default=())
+    requests: tuple[tuple[int, int], ...] = field(wire.COUNTS, default=())
     #: (errno, count) of every error reply sent.
-    errors: tuple = field(wire.COUNTS, default=())
+    errors: tuple[tuple[int, int], ...] = field(wire.COUNTS, default=())
 
 
 @message
@@ -441,6 +310,195 @@ class Error(ErrorReply):
     """A request that failed before it could be handled (a bad frame, a bad Hello)."""
 
     TYPE = MessageType.ERROR
+
+
+#: The reply a request succeeds with: ``class Listen(ControlRequest[ListenOk])``.
+Ok = TypeVar("Ok", bound=ControlReply, covariant=True)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ControlRequest(Message, Generic[Ok]):
+    """Guest to monitor. Every request but Cancel gets exactly one reply.
+
+    A request class names its success reply as its type argument, and its
+    failure reply as ``FAILURE`` (``Error`` unless it has one of its own);
+    ``Error`` may answer any request. ``REPLIES`` is built from these two
+    declarations, and the type argument is what a typed caller gets back
+    (``ArcaSession.request(Listen(...))`` is a ``ListenOk``). Cancel, which
+    is never answered, declares ``Never``.
+
+    ``request_id`` is 0 until ``ClientCore.send`` numbers the request.
+    """
+
+    #: The success reply (its subclasses too: AcceptSocketOk for AcceptOk); None for Cancel.
+    SUCCESS: ClassVar[type[ControlReply] | None] = None
+    #: The failure reply this request gets besides ``Error``.
+    FAILURE: ClassVar[type[ControlReply]] = Error
+    request_id: int = 0
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.SUCCESS = _declared_success(cls)
+
+    def is_success(self, reply: ControlReply) -> TypeGuard[Ok]:
+        """Whether ``reply`` is this request's success reply; if so, it is typed as one."""
+        return self.SUCCESS is not None and isinstance(reply, self.SUCCESS)
+
+
+#: Any request at all, whatever its reply (the type argument is covariant, and Cancel's is Never).
+AnyRequest = ControlRequest[ControlReply]
+
+
+def _declared_success(cls: type) -> type[ControlReply] | None:
+    """The type argument of ``ControlRequest[...]`` in the bases ``cls`` was written with."""
+    # The bases as written, with their type arguments (types.get_original_bases from 3.12 on).
+    for base in vars(cls).get("__orig_bases__", ()):
+        if get_origin(base) is ControlRequest:
+            (success,) = get_args(base)
+            if success is Never:
+                return None
+            if isinstance(success, type) and issubclass(success, ControlReply):
+                return success
+            raise TypeError(f"{cls.__name__}: ControlRequest[{success!r}] does not name a reply class")
+    raise TypeError(f"{cls.__name__} must name its success reply: class {cls.__name__}(ControlRequest[...])")
+
+
+# --- requests -----------------------------------------------------------------
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class Hello(ControlRequest[HelloOk]):
+    """The first request of every session."""
+
+    TYPE = MessageType.HELLO
+    version: int = field(wire.VERSION, default=wire.PROTOCOL_VERSION)
+    capabilities: Capability = field(wire.CAPABILITIES, default=wire.DEFAULT_CAPABILITIES)
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class Listen(ControlRequest[ListenOk]):
+    """Bind and listen on ``endpoint``; port 0 lets the kernel choose."""
+
+    TYPE = MessageType.LISTEN
+    FAILURE = ListenErr
+    endpoint: Endpoint = field(wire.ENDPOINT)
+    backlog: int = field(wire.U16, default=128)
+    flags: ListenFlags = field(wire.LISTEN_FLAGS, default=ListenFlags(0))
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class Accept(ControlRequest[AcceptOk]):
+    """Wait for the next connection on a listener."""
+
+    TYPE = MessageType.ACCEPT
+    FAILURE = AcceptErr
+    listener_id: int = field(wire.U32)
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class Connect(ControlRequest[ConnectOk]):
+    """Open a TCP connection. ``timeout_ms`` 0 means the monitor's default."""
+
+    TYPE = MessageType.CONNECT
+    FAILURE = ConnectErr
+    endpoint: Endpoint = field(wire.ENDPOINT)
+    timeout_ms: int = field(wire.U32, default=0)
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class CloseListener(ControlRequest[CloseListenerOk]):
+    """Close a listener; its pending accepts fail."""
+
+    TYPE = MessageType.CLOSE_LISTENER
+    listener_id: int = field(wire.U32)
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class Cancel(ControlRequest[Never]):
+    """Give up on a pending Accept or Connect. Has no reply of its own."""
+
+    TYPE = MessageType.CANCEL
+    target: int = field(wire.U32)
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class Abort(ControlRequest[AbortOk]):
+    """Close a connection with a reset (SO_LINGER 0), not a FIN."""
+
+    TYPE = MessageType.ABORT
+    connection_id: int = field(wire.U32)
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class SetOption(ControlRequest[OptionValue]):
+    """setsockopt on a connection's or listener's socket; answered with the value read back."""
+
+    TYPE = MessageType.SET_OPTION
+    target: OptionTarget = field(wire.OPTION_TARGET)
+    target_id: int = field(wire.U32)
+    level: int = field(wire.U16)
+    name: int = field(wire.U16)
+    value: int = field(wire.U32)
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class GetOption(ControlRequest[OptionValue]):
+    """getsockopt on a connection's or listener's socket."""
+
+    TYPE = MessageType.GET_OPTION
+    target: OptionTarget = field(wire.OPTION_TARGET)
+    target_id: int = field(wire.U32)
+    level: int = field(wire.U16)
+    name: int = field(wire.U16)
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class UdpBind(ControlRequest[UdpBindOk]):
+    """A UDP socket bound to ``endpoint`` (port 0: the kernel chooses)."""
+
+    TYPE = MessageType.UDP_BIND
+    endpoint: Endpoint = field(wire.ENDPOINT)
+    flags: ListenFlags = field(wire.LISTEN_FLAGS, default=ListenFlags(0))
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class UdpClose(ControlRequest[UdpCloseOk]):
+    """Close a UDP socket (closing the guest's channel end does it too)."""
+
+    TYPE = MessageType.UDP_CLOSE
+    socket_id: int = field(wire.U32)
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class Resolve(ControlRequest[ResolveOk]):
+    """getaddrinfo in the monitor: ``name``'s addresses, with ``port`` (0: none) in each."""
+
+    TYPE = MessageType.RESOLVE
+    FAILURE = ResolveErr
+    name: str = field(wire.TEXT)
+    port: int = field(wire.U16, default=0)
+    family: FamilyFilter = field(wire.FAMILY_FILTER, default=FamilyFilter.ANY)
+    socktype: SockType = field(wire.SOCK_TYPE, default=SockType.ANY)
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class Stats(ControlRequest[StatsOk]):
+    """This session's counters."""
+
+    TYPE = MessageType.STATS
 
 
 # --- events -------------------------------------------------------------------
@@ -460,39 +518,75 @@ class ConnectionEnd(ControlEvent):
     status: int = field(wire.END_STATUS, default=0)
 
 
-#: Which replies may answer which request, as data. Cancel is never answered.
-REPLIES: dict[type[ControlRequest], frozenset[type[ControlReply]]] = {
-    Hello: frozenset({HelloOk, Error}),
-    Listen: frozenset({ListenOk, ListenErr, Error}),
-    Accept: frozenset({AcceptOk, AcceptSocketOk, AcceptErr, Error}),
-    Connect: frozenset({ConnectOk, ConnectSocketOk, ConnectErr, Error}),
-    CloseListener: frozenset({CloseListenerOk, Error}),
-    Cancel: frozenset(),
-    Abort: frozenset({AbortOk, Error}),
-    SetOption: frozenset({OptionValue, Error}),
-    GetOption: frozenset({OptionValue, Error}),
-    UdpBind: frozenset({UdpBindOk, Error}),
-    UdpClose: frozenset({UdpCloseOk, Error}),
-    Resolve: frozenset({ResolveOk, ResolveErr, Error}),
-    Stats: frozenset({StatsOk, Error}),
+def _sort_registry() -> None:
+    """The registry in type-byte order (the classes are defined replies first, for the requests to name them)."""
+    ordered = sorted(REGISTRY.items())
+    REGISTRY.clear()
+    REGISTRY.update(ordered)
+
+
+_sort_registry()
+
+
+def _replies(request: type[ControlRequest[ControlReply]]) -> frozenset[type[ControlReply]]:
+    """What may answer ``request``: its success reply and that reply's subclasses, its failure, and Error."""
+    success = request.SUCCESS
+    if success is None:
+        return frozenset()
+    answers = {cls for cls in REGISTRY.values() if issubclass(cls, ControlReply) and issubclass(cls, success)}
+    return frozenset(answers | {request.FAILURE, Error})
+
+
+#: Every request class, in type-byte order.
+REQUESTS: tuple[type[ControlRequest[ControlReply]], ...] = tuple(
+    cls for cls in REGISTRY.values() if issubclass(cls, ControlRequest)
+)
+
+#: Which replies may answer which request, as data, built from each request's declarations.
+#: Cancel is never answered.
+REPLIES: dict[type[ControlRequest[ControlReply]], frozenset[type[ControlReply]]] = {
+    request: _replies(request) for request in REQUESTS
 }
 
 #: Replies that report a failure: the guest raises their ``exception()``.
 FAILURES = (ErrorReply, ResolveErr)
 
-#: The error reply type each request kind gets.
-ERROR_REPLY: dict[type[ControlRequest], type[ErrorReply]] = {
-    Listen: ListenErr,
-    Accept: AcceptErr,
-    Connect: ConnectErr,
-}
 
 
-def error_reply_for(request: ControlRequest | None, request_id: int, code: int, text: str) -> ErrorReply:
+def _error_replies() -> dict[type[ControlRequest[ControlReply]], type[ErrorReply]]:
+    found: dict[type[ControlRequest[ControlReply]], type[ErrorReply]] = {}
+    for request in REQUESTS:
+        failure = request.FAILURE
+        if issubclass(failure, ErrorReply) and failure is not Error:
+            found[request] = failure
+    return found
+
+
+#: The error reply type each request kind gets, where it has one of its own.
+ERROR_REPLY = _error_replies()
+
+
+def error_reply_for(request: ControlRequest[ControlReply] | None, request_id: int, code: int, text: str) -> ErrorReply:
     """The error reply to a request (or to an unreadable one): ListenErr, ..., or Error."""
     cls = ERROR_REPLY.get(type(request), Error) if request is not None else Error
     return cls.make(request_id, code, text)
 
 
 __all__ = [name for name, value in globals().items() if isinstance(value, type) and issubclass(value, Message)]
-__all__ += ["MessageType", "REGISTRY", "REPLIES", "ERROR_REPLY", "Endpoint", "Capability", "ListenFlags", "OptionTarget", "FamilyFilter", "SockType", "GaiError", "FAILURES", "error_reply_for", "fit_text"]
+__all__ += [
+    "ERROR_REPLY",
+    "FAILURES",
+    "REGISTRY",
+    "REPLIES",
+    "REQUESTS",
+    "Capability",
+    "Endpoint",
+    "FamilyFilter",
+    "GaiError",
+    "ListenFlags",
+    "MessageType",
+    "OptionTarget",
+    "SockType",
+    "error_reply_for",
+    "fit_text",
+]

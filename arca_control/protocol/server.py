@@ -48,6 +48,7 @@ from .messages import (
     REPLIES,
     Accept,
     AcceptSocketOk,
+    AnyRequest,
     Cancel,
     Connect,
     ConnectionReady,
@@ -86,14 +87,14 @@ if TYPE_CHECKING:
 class Incoming:
     """A valid request for the monitor to carry out. It is owed one reply, sent through ``send``."""
 
-    request: ControlRequest
+    request: AnyRequest
 
 
 @dataclass(frozen=True)
 class Refuse:
     """A request the core answered itself (EOPNOTSUPP: not granted; EBUSY: its id is pending): send ``reply``."""
 
-    request: ControlRequest
+    request: AnyRequest
     reply: Error
 
 
@@ -130,11 +131,11 @@ class Owed:
     """One reply still owed: to ``request`` (None for a bad frame), and ``reply`` if the core has chosen it."""
 
     request_id: int
-    request: ControlRequest | None
+    request: AnyRequest | None
     reply: Error | None
 
 
-def capability_for(request: ControlRequest) -> Capability:
+def capability_for(request: AnyRequest) -> Capability:
     """The capability a request needs granted (Hello and Cancel need none)."""
     if isinstance(request, (UdpBind, UdpClose)):
         return Capability.UDP
@@ -163,7 +164,7 @@ class ServerCore:
         #: Error replies sent, by errno (Stats ``errors``).
         self.errors: collections.Counter[int] = collections.Counter()
         # Requests owed a reply by whoever carries them out, by id.
-        self._pending: dict[int, ControlRequest] = {}
+        self._pending: dict[int, AnyRequest] = {}
         # Replies the core chose itself (Refuse, Reject) and that are not sent yet, oldest first.
         self._chosen: list[Owed] = []
         # Pending requests a Cancel has withdrawn: the only ones an ECANCELED may answer.
@@ -195,13 +196,13 @@ class ServerCore:
             return self._reject(exc)
         return self._admit(msg)
 
-    def _check_state(self, msg: ControlRequest) -> None:
+    def _check_state(self, msg: AnyRequest) -> None:
         if self.state is SessionState.HANDSHAKE and not isinstance(msg, Hello):
             raise errors.UnexpectedMessage(f"{type(msg).__name__} before Hello", request_id=msg.request_id)
         if self.state is SessionState.READY and isinstance(msg, Hello):
             raise errors.UnexpectedMessage("a second Hello", request_id=msg.request_id)
 
-    def _admit(self, request: ControlRequest) -> Event:
+    def _admit(self, request: AnyRequest) -> Event:
         """A request that passed the frame checks: counted, then gated, then made pending."""
         self.requests[request.TYPE] += 1
         rid = request.request_id
@@ -225,7 +226,7 @@ class ServerCore:
         self._withdrawn.add(target)
         return request
 
-    def _refuse(self, request: ControlRequest, code: int, text: str) -> Refuse:
+    def _refuse(self, request: AnyRequest, code: int, text: str) -> Refuse:
         reply = Error(request_id=request.request_id, errno=code, message=fit_text(text))
         self._chosen.append(Owed(request.request_id, request, reply))
         return Refuse(request, reply)
@@ -312,7 +313,7 @@ class ServerCore:
             self.errors[message.errno] += 1
         return frame
 
-    def _answered_by(self, reply: ControlReply) -> Owed | ControlRequest:
+    def _answered_by(self, reply: ControlReply) -> Owed | AnyRequest:
         """What ``reply`` answers: a reply the core chose (the same one), or a pending request. Raises if nothing."""
         rid = reply.request_id
         if type(reply) is Error:
@@ -359,11 +360,11 @@ class ServerCore:
         return [*self._chosen, *(Owed(rid, request, None) for rid, request in self._pending.items())]
 
     @property
-    def pending(self) -> Mapping[int, ControlRequest]:
+    def pending(self) -> Mapping[int, AnyRequest]:
         """The requests still owed a reply by whoever carries them out, by id (read only)."""
         return types.MappingProxyType(self._pending)
 
 
-def cancelled_reply(request: ControlRequest) -> ErrorReply:
+def cancelled_reply(request: AnyRequest) -> ErrorReply:
     """What a withdrawn request is answered with."""
     return error_reply_for(request, request.request_id, errno.ECANCELED, "cancelled by the guest")
