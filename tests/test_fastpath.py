@@ -7,9 +7,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from arca_control.protocol import errors
-from arca_control.protocol.codec import _HEADER, HEADER, decode, decode_with_construct, encode, encode_with_construct
+from arca_control.protocol.codec import decode, decode_with_construct, encode, encode_with_construct
 from arca_control.protocol.messages import AcceptOk, ConnectionEnd, Hello, Listen, ListenErr
-from arca_control.protocol.wire import Endpoint
+from arca_control.protocol.wire import HEADER, HEADER_STRUCT, Endpoint
 
 from .strategies import messages
 
@@ -59,6 +59,7 @@ def test_same_verdict_on_garbage(data):
         Listen(request_id=1, endpoint=Endpoint("127.1", 80)),
         Listen(request_id=1, endpoint=Endpoint("localhost", 80)),
         Listen(request_id=1, endpoint=("127.0.0.1",)),
+        Listen(request_id=1, endpoint=(0x7F000001, 80)),  # a host that is not text, though ipaddress takes it
         Listen(request_id=1, endpoint=Endpoint("127.0.0.1", 80), backlog=1.5),
         Hello(request_id=1, version=2),
         ConnectionEnd(connection_id=1, status=99999),
@@ -77,5 +78,5 @@ def test_both_refuse_what_does_not_fit(msg):
 @given(st.integers(0, 255), st.integers(0, 0xFFFF), st.integers(0, 0xFFFFFFFF))
 def test_header_layouts_agree(kind, length, request_id):
     built = HEADER.build({"type": kind, "length": length, "request_id": request_id})
-    assert built == _HEADER.pack(kind, length, request_id)
+    assert built == HEADER_STRUCT.pack(kind, length, request_id)
     assert tuple(HEADER.parse(built).values())[1:] == (kind, length, request_id)

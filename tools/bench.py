@@ -26,8 +26,6 @@ could not run at all.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import errno
 import functools
 import json
 import math
@@ -50,7 +48,6 @@ import arca_control
 from arca_control.protocol import wire
 from arca_control.protocol.codec import decode, encode
 from arca_control.protocol.messages import REGISTRY, ControlEvent, payload_fields
-from arca_control.protocol.wire import Capability, Endpoint
 
 HOST = "127.0.0.1"
 MB = 1e6  # throughput is in MB/s, 10^6 bytes per second
@@ -554,34 +551,9 @@ async def accept_case(sizes: Sizes) -> dict:
 
 # --- (f) codec --------------------------------------------------------------------------------
 
-#: A valid value for each wire field type, by identity (the field's metadata holds the object).
-SAMPLE_VALUES = {
-    id(wire.U16): 128,
-    id(wire.U32): 0x01020304,
-    id(wire.ENDPOINT): Endpoint("192.0.2.1", 8080),
-    id(wire.ERRNO): errno.ECONNREFUSED,
-    id(wire.END_STATUS): errno.ECONNRESET,
-    id(wire.TEXT): "connection refused by peer",
-    id(wire.CAPABILITIES): Capability.TCP,
-    id(wire.U64): 1 << 40,
-    id(wire.COUNTS): ((2, 10), (4, 1000), (111, 3)),
-    id(wire.ADDRESS_LIST): ((wire.SockType.STREAM, Endpoint("2001:db8::1", 443)),
-                            (wire.SockType.STREAM, Endpoint("192.0.2.1", 443))),
-    # One-byte enums and flags: their first member.
-    **{key: next(iter(enum_type)) for key, enum_type in wire.U8_ENUMS.items()},
-}
-
-
 def sample_message(cls):
-    """A valid message of ``cls`` with every field set."""
-    values = {}
-    for f in payload_fields(cls):
-        if id(f.metadata["wire"]) in SAMPLE_VALUES:
-            values[f.name] = SAMPLE_VALUES[id(f.metadata["wire"])]
-        elif f.default is not dataclasses.MISSING:  # a Const field, such as the version
-            continue
-        else:
-            raise RuntimeError(f"no sample value for {cls.__name__}.{f.name}; add its wire type to SAMPLE_VALUES")
+    """A valid message of ``cls`` with every field set to its field type's sample value."""
+    values = {f.name: wire.declared(f).sample for f in payload_fields(cls)}
     request_id = 0 if issubclass(cls, ControlEvent) else 0x0A0B0C0D
     return cls(request_id=request_id, **values)
 

@@ -25,6 +25,7 @@ import collections
 import dataclasses
 import enum
 import errno
+import functools
 import hashlib
 import ipaddress
 import itertools
@@ -49,14 +50,11 @@ from arca_control.protocol.messages import (
 from arca_control.protocol.wire import DEFAULT_MAX_PAYLOAD, HEADER_SIZE, LENGTH_FIELD_MAX, Capability, Endpoint, FamilyFilter, ListenFlags, OptionTarget, SockType
 
 HEADER = struct.Struct("<BHI")  # type, length, request_id: PROTOCOL.md section 2
-KNOWN_ERRNOS = sorted(errno.errorcode)
-UNKNOWN_ERRNOS = [n for n in (200, 999, 4095, 0x7FFF, 0xFFFF) if n not in errno.errorcode]
 ALL_TYPES = sorted(REGISTRY.values(), key=lambda cls: cls.TYPE)
 REQUEST_TYPES = [cls for cls in ALL_TYPES if issubclass(cls, ControlRequest)]
-TEXT_TYPES = [cls for cls in ALL_TYPES if any(f.metadata["wire"] is wire.TEXT for f in payload_fields(cls))]
+TEXT_TYPES = [cls for cls in ALL_TYPES if any(wire.declared(f) is wire.TEXT for f in payload_fields(cls))]
 INVALID_TYPE_BYTES = [0x00, 0x07, 0x7F, 0x80, 0x89, 0xBE, 0xC0, 0xC2, 0xFF]
 BAD_UTF8 = [b"\xc3\x28", b"\xff", b"\xed\xa0\x80", b"\xc0\x80", b"\xe2\x82", b"ok\x80", b"\xf4\x90\x80\x80"]
-TEXT_CHARS = "aZ09 ~" + "é€中😀\x00\u2028\ufeff"
 DEFAULT_CORPUS = Path(__file__).resolve().parent / "corpus" / "found"
 MAX_SAVED = 50  # findings shown and saved per run; one bug tends to produce thousands of them
 
@@ -64,59 +62,13 @@ MAX_SAVED = 50  # findings shown and saved per run; one bug tends to produce tho
 # --- valid messages, from the schema ------------------------------------------------
 
 
-def edge_int(rng: random.Random, top: int) -> int:
-    return rng.choice([0, 1, top, top - 1, rng.randint(0, 255), rng.randint(0, top)])
-
-
-def random_text(rng: random.Random) -> str:
-    budget, text = rng.choice([0, 1, 10, 60, 255, rng.randint(0, 255)]), ""
-    while True:
-        char = rng.choice(TEXT_CHARS)
-        if len((text + char).encode()) > budget:
-            return text
-        text += char
-
-
-def random_endpoint(rng: random.Random) -> Endpoint:
-    host = rng.choice([
-        "127.0.0.1", "0.0.0.0", "255.255.255.255", str(ipaddress.IPv4Address(rng.getrandbits(32))),
-        "::1", "::", "::ffff:127.0.0.1", "fe80::1%2",
-        wire.ipv6_host(rng.getrandbits(128).to_bytes(16, "big"), rng.choice([0, 1, 0xFFFFFFFF])),
-        "/tmp/arca.sock", "", "/" + "p" * 106,
-    ])
-    return Endpoint(host, 0 if wire.is_unix_path(host) else edge_int(rng, 0xFFFF))
-
-
-#: A generator of valid values for every wire type a payload field may have.
-FIELD_VALUES = {
-    id(wire.U16): lambda rng: edge_int(rng, 0xFFFF),
-    id(wire.U32): lambda rng: edge_int(rng, 0xFFFFFFFF),
-    id(wire.ENDPOINT): random_endpoint,
-    id(wire.ERRNO): lambda rng: rng.choice(KNOWN_ERRNOS),
-    id(wire.END_STATUS): lambda rng: rng.choice([0, rng.choice(KNOWN_ERRNOS)]),
-    id(wire.TEXT): random_text,
-    id(wire.VERSION): lambda rng: wire.PROTOCOL_VERSION,
-    id(wire.CAPABILITIES): lambda rng: Capability(edge_int(rng, 0xFFFFFFFF)),
-    # One-byte enums and flags: any of their values.
-    **{key: (lambda rng, e=enum_type: e(rng.choice([int(m) for m in e] + [0] * issubclass(e, enum.Flag))))
-       for key, enum_type in wire.U8_ENUMS.items()},
-    id(wire.U64): lambda rng: edge_int(rng, 0xFFFFFFFFFFFFFFFF),
-    id(wire.COUNTS): lambda rng: tuple(
-        (edge_int(rng, 0xFFFF), edge_int(rng, 0xFFFFFFFF)) for _ in range(rng.choice([0, 1, 3]))
-    ),
-    id(wire.ADDRESS_LIST): lambda rng: tuple(
-        (rng.choice(list(SockType)), random_endpoint(rng)) for _ in range(rng.choice([0, 1, 2, 5]))
-    ),
-}
+def random_value(rng: random.Random, kind: wire.FieldType[object]) -> object:
+    """A valid value of a field type: one of its edges half the time, else one it draws."""
+    return rng.choice(kind.edges) if rng.random() < 0.5 else kind.draw(rng)
 
 
 def random_message(rng: random.Random, cls: type[Message]) -> Message:
-    values = {}
-    for f in payload_fields(cls):
-        make = FIELD_VALUES.get(id(f.metadata["wire"]))
-        if make is None:  # a new wire type: this tool must learn to generate it
-            raise KeyError(f"no value generator for {cls.__name__}.{f.name}; add its wire type to FIELD_VALUES")
-        values[f.name] = make(rng)
+    values = {f.name: random_value(rng, wire.declared(f)) for f in payload_fields(cls)}
     request_id = 0 if issubclass(cls, ControlEvent) else rng.choice([1, 0xFFFFFFFF, rng.randint(1, 0xFFFFFFFF)])
     return cls(request_id=request_id, **values)
 
@@ -125,8 +77,9 @@ def field_spans(msg: Message) -> list[tuple[object, int, int]]:
     """(wire type, start, end) of each payload field inside the frame of ``msg``."""
     spans, offset = [], HEADER_SIZE
     for f in payload_fields(type(msg)):
-        size = len(f.metadata["wire"].build(getattr(msg, f.name)))
-        spans.append((f.metadata["wire"], offset, offset + size))
+        kind = wire.declared(f)
+        size = len(kind.write(getattr(msg, f.name)))
+        spans.append((kind, offset, offset + size))
         offset += size
     return spans
 
@@ -189,25 +142,25 @@ def bad_request_id(rng, data):
 
 
 def bad_field(rng, msg):
-    """One field set to a value out of its range (bounds only, for fields that have none)."""
+    """One field overwritten, in place, by an encoding its type refuses, or by the start of one of its edge values.
+
+    An edge of another shape mislabels what follows (an IPv6 family byte on an IPv4 address, a text
+    length longer than the text); for plain integers, which have no invalid value, the edges are the bounds.
+    """
     data = bytearray(codec.encode(msg))
     spans = field_spans(msg)
     if not spans:  # a message with no payload (Stats): its only "field" is the length
         return set_header(bytes(data) + b"\x00", length=1)
     kind, start, end = rng.choice(spans)
-    if kind is wire.ENDPOINT:
-        data[start] = rng.choice([0, 1, 2, 3, 4, 0xFF, rng.randrange(256)])  # 1 and 2 mislabel the address
-    elif id(kind) in wire.U8_ENUMS:
-        data[start] = rng.choice([0x40, 0x80, 0xFF, rng.randrange(256)])
-    elif kind in (wire.ERRNO, wire.END_STATUS, wire.VERSION):
-        bad = {id(wire.ERRNO): [0, *UNKNOWN_ERRNOS], id(wire.END_STATUS): UNKNOWN_ERRNOS,
-               id(wire.VERSION): [0, 2, 0x100, 0xFFFF]}[id(kind)]
-        data[start:end] = struct.pack("<H", rng.choice(bad))
-    elif kind is wire.TEXT:
-        return lie_text(rng, msg)
-    else:  # plain integers have no invalid value: try the bounds, which must round trip
-        data[start:end] = rng.choice([b"\x00", b"\xff"]) * (end - start)
+    choices = kind.invalid if kind.invalid and rng.random() < 0.75 else edge_encodings(kind)
+    replacement = rng.choice(choices)[: end - start]
+    data[start : start + len(replacement)] = replacement
     return bytes(data)
+
+
+@functools.cache
+def edge_encodings(kind: wire.FieldType[object]) -> tuple[bytes, ...]:
+    return tuple(kind.write(value) for value in kind.edges)
 
 
 def text_message(rng, msg):
@@ -307,10 +260,8 @@ def check_codec(data: bytes, outcomes: collections.Counter | None = None) -> lis
     return problems
 
 
-#: Bytes each fixed-size wire type takes (PROTOCOL.md section 3); text is a u8 count and that many
-#: bytes; an endpoint's size follows its family byte.
-FIELD_SIZES = {id(wire.U16): 2, id(wire.U32): 4, id(wire.VERSION): 2, id(wire.CAPABILITIES): 4,
-               id(wire.ERRNO): 2, id(wire.END_STATUS): 2, id(wire.U64): 8, **{key: 1 for key in wire.U8_ENUMS}}
+#: An endpoint's size follows its family byte (PROTOCOL.md section 3); the other field types of a
+#: fixed size say it themselves (FieldType.size); text is a u8 count and that many bytes.
 ENDPOINT_SIZES = {1: 7, 2: 23}  # and AF_UNIX (4): family, a u8-length path, port
 
 
@@ -324,11 +275,11 @@ def valid_unix(field: bytes) -> bool:
     return (text == "" or text.startswith("/")) and "\0" not in text and len(path) <= wire.UNIX_PATH_MAX and port == b"\0\0"
 
 
-def valid_u8(enum_type, value: int) -> bool:
+def valid_u8(enum_type: type[enum.Enum], value: int) -> bool:
     """Is ``value`` one of the enum's values (for flags: any mix of its bits)?"""
     if issubclass(enum_type, enum.Flag):
-        return value & ~sum(int(m) for m in enum_type) == 0
-    return value in {int(m) for m in enum_type}
+        return value & ~sum(m.value for m in enum_type) == 0
+    return value in {m.value for m in enum_type}
 
 
 def spec_verdict(data: bytes, limit: int) -> type[errors.ProtocolError] | None:
@@ -350,7 +301,7 @@ def spec_verdict(data: bytes, limit: int) -> type[errors.ProtocolError] | None:
         return errors.TruncatedFrame if len(data) < HEADER_SIZE + length else errors.TrailingBytes
     payload, pos = data[HEADER_SIZE:], 0
     for f in payload_fields(cls):
-        verdict, pos = field_verdict(f.metadata["wire"], payload, pos)
+        verdict, pos = field_verdict(wire.declared(f), payload, pos)
         if verdict is not None:
             return verdict
     return errors.TrailingBytes if pos < len(payload) else None
@@ -382,7 +333,7 @@ def field_verdict(kind, payload: bytes, pos: int) -> tuple[type[errors.ProtocolE
         if size is None:
             return errors.InvalidField, pos  # an unknown family
     else:
-        size = FIELD_SIZES[id(kind)]
+        size = kind.size
     if pos + size > len(payload):
         return errors.InvalidField, pos  # the field runs past the payload's end
     field, pos = payload[pos : pos + size], pos + size
@@ -391,7 +342,7 @@ def field_verdict(kind, payload: bytes, pos: int) -> tuple[type[errors.ProtocolE
         return errors.UnsupportedVersion, pos
     if (kind is wire.ERRNO and value not in errno.errorcode) or (
         kind is wire.END_STATUS and value != 0 and value not in errno.errorcode
-    ) or (id(kind) in wire.U8_ENUMS and not valid_u8(wire.U8_ENUMS[id(kind)], field[0])) or (
+    ) or (kind.enum is not None and not valid_u8(kind.enum, field[0])) or (
         kind is wire.ENDPOINT and field[0] == wire.AddressFamily.UNIX and not valid_unix(field)
     ):
         return errors.InvalidField, pos
