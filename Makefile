@@ -40,7 +40,7 @@ fuzz: venv
 
 # Every performance case side by side, as ratios; results also in bench.json.
 bench: venv system-deps
-	$(PY) tools/bench.py --json bench.json
+	$(PY) -m tools.bench --json bench.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
