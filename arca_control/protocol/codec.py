@@ -50,6 +50,10 @@ FRAME = Struct(
 )
 
 _CLASSES: dict[int, type[Message]] = {int(kind): cls for kind, cls in REGISTRY.items()}
+# The header is written and read on every frame: its struct methods bound once. (Called as
+# HEADER_STRUCT.pack(...), an imported name, each call would make a bound method first.)
+_pack_header = HEADER_STRUCT.pack
+_unpack_header = HEADER_STRUCT.unpack_from
 
 
 class NEED_DATA:
@@ -62,7 +66,7 @@ def encode(msg: Message, *, max_payload: int = LENGTH_FIELD_MAX) -> bytes:
     payload = fastpath.build_payload(msg)
     if len(payload) > max_payload:
         raise errors.LocalProtocolError(f"{cls.__name__} payload of {len(payload)} bytes exceeds {max_payload}")
-    return HEADER_STRUCT.pack(cls.TYPE, len(payload), msg.request_id) + payload
+    return _pack_header(cls.TYPE, len(payload), msg.request_id) + payload
 
 
 def encode_with_construct(msg: Message) -> bytes:
@@ -88,7 +92,7 @@ def peek_header(data: bytes | bytearray) -> tuple[int, int, int] | None:
     """``(type, length, request_id)`` of the frame at the start of ``data``, if whole."""
     if len(data) < HEADER_SIZE:
         return None
-    return HEADER_STRUCT.unpack_from(data)
+    return _unpack_header(data)
 
 
 def decode(data: bytes, *, max_payload: int = DEFAULT_MAX_PAYLOAD) -> Message:

@@ -241,7 +241,7 @@ def pair(value: object) -> tuple[object, object]:
 
 
 def write_endpoint(value: object) -> bytes:
-    host, port = value if isinstance(value, Endpoint) else pair(value)
+    host, port = value if isinstance(value, tuple) and len(value) == 2 else pair(value)  # an Endpoint, mostly
     if not isinstance(host, str):  # ipaddress would take an int, as an IPv4 address
         raise LocalProtocolError(f"not an endpoint: {value!r}")
     if not host or host[0] == "/":  # is_unix_path, inline: every reply with a connection builds two

@@ -44,6 +44,9 @@ CHANNEL_BUFFER = 4 * 65_536
 #: What SO_SNDBUF must report (the doubled value) for the largest record to go through.
 SNDBUF_NEEDED = MAX_RECORD + 32
 
+# Bound once: every datagram record is read or written through these.
+_read_endpoint = ENDPOINT.read
+_write_endpoint = ENDPOINT.write
 V4_MAPPED = b"\0" * 10 + b"\xff\xff"
 _IP_FAMILIES = frozenset({AddressFamily.IPV4, AddressFamily.IPV6})
 
@@ -60,7 +63,7 @@ def decode_record(record: bytes | bytearray | memoryview) -> tuple[Endpoint, int
         raise ValueError(f"family {record[0]}: a datagram record's endpoint is IPv4 or IPv6")
     try:
         # Only the endpoint is copied, never the payload: the readers take bytes.
-        return ENDPOINT.read(bytes(record[:MAX_ENDPOINT]), 0)
+        return _read_endpoint(bytes(record[:MAX_ENDPOINT]), 0)
     except InvalidField as exc:
         raise ValueError(f"not a datagram record: {exc}") from None
 
@@ -68,7 +71,7 @@ def decode_record(record: bytes | bytearray | memoryview) -> tuple[Endpoint, int
 def encode_endpoint(endpoint: tuple[str, int]) -> bytes:
     """The endpoint bytes that go in front of a payload; ValueError if not an IP literal and a port."""
     try:
-        return ENDPOINT.write(endpoint)
+        return _write_endpoint(endpoint)
     except LocalProtocolError as exc:
         raise ValueError(str(exc)) from None
 
