@@ -79,6 +79,7 @@ def test_same_verdict_on_garbage(data):
         ConnectionEnd(connection_id=1, status=99999),
         ListenErr(request_id=1, errno=0),
         wrongly_typed(ListenErr(request_id=1, errno=98), message=b"bytes"),
+        ListenErr(request_id=1, errno=98, message="\ud800"),  # a lone surrogate: no UTF-8 for it
         AcceptOk(request_id=1, connection_id=2**32, local=Endpoint("127.0.0.1", 1), peer=Endpoint("127.0.0.1", 2)),
     ],
 )

@@ -222,7 +222,10 @@ def write_end_status(value: object) -> bytes:
 def write_text(value: object) -> bytes:
     if not isinstance(value, str):
         raise LocalProtocolError(f"not text: {value!r}")
-    data = value.encode("utf-8")
+    try:
+        data = value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate
+        raise LocalProtocolError(f"not encodable as UTF-8: {value!r}") from None
     if len(data) > 255:
         raise LocalProtocolError(f"text of {len(data)} bytes does not fit in 255")
     return bytes([len(data)]) + data
