@@ -60,7 +60,9 @@ HEADER = Struct(
 #: HEADER's layout for the stdlib: the header is read on every frame. A test holds them equal.
 HEADER_STRUCT = struct.Struct("<BHI")
 
+
 def _u16s(*values: int) -> tuple[bytes, ...]:
+    """u16 encodings, for the invalid values of the two-byte fields below."""
     return tuple(v.to_bytes(2, "little") for v in values)
 
 
