@@ -33,14 +33,14 @@ lint: venv
 	$(PY) -m ruff check .
 	$(PY) -m mypy
 
-# The long fuzz run: both modes, with progress; any finding fails it and lands in tools/corpus/found/.
+# The long fuzz run: both modes, with progress; any finding fails it and lands in tools/fuzz/corpus/found/.
 fuzz: venv
-	$(PY) tools/fuzz_frames.py codec --seconds $(FUZZ_SECONDS)
-	$(PY) tools/fuzz_frames.py live --seconds $(FUZZ_SECONDS)
+	$(PY) -m tools.fuzz codec --seconds $(FUZZ_SECONDS)
+	$(PY) -m tools.fuzz live --seconds $(FUZZ_SECONDS)
 
 # Every performance case side by side, as ratios; results also in bench.json.
 bench: venv system-deps
-	$(PY) tools/bench.py --json bench.json
+	$(PY) -m tools.bench --json bench.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

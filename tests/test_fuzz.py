@@ -1,10 +1,9 @@
-"""The frame fuzzer (tools/fuzz_frames.py): bounded runs of each mode, the regression corpus,
+"""The frame fuzzer (tools/fuzz/): bounded runs of each mode, the regression corpus,
 and planted bugs it must catch, so a clean run means something."""
 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import os
 import subprocess
 import sys
@@ -15,14 +14,13 @@ import pytest
 
 from arca_control.protocol import codec, errors
 from arca_control.protocol.messages import REGISTRY, Accept
+from tools.fuzz.cli import main
+from tools.fuzz.codec_mode import check_codec
+from tools.fuzz.mutations import MUTATIONS
+from tools.fuzz.run import MAX_SAVED
 
-TOOLS = Path(__file__).resolve().parent.parent / "tools"
-TOOL = TOOLS / "fuzz_frames.py"
-REGRESSION = TOOLS / "corpus" / "regression"
-
-_spec = importlib.util.spec_from_file_location("fuzz_frames", TOOL)
-fuzz = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(fuzz)
+ROOT = Path(__file__).resolve().parent.parent
+REGRESSION = ROOT / "tools" / "fuzz" / "corpus" / "regression"
 
 
 def summary(text: str) -> dict[str, str]:
@@ -35,20 +33,22 @@ def counts(line: str) -> dict[str, int]:
     return {name: int(n) for name, n in (item.rsplit(" ", 1) for item in line.split(", "))}
 
 
-def run_tool(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+def run_tool(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, str(TOOL), *args], capture_output=True, text=True, timeout=120, env=env
+        [sys.executable, "-m", "tools.fuzz", *args], capture_output=True, text=True, timeout=120, env=env, cwd=ROOT
     )
 
 
 def test_codec_mode_finds_no_violation(tmp_path, capsys):
-    assert fuzz.main(["codec", "--count", "20000", "--seed", "20240601", "--quiet", "--corpus", str(tmp_path)]) == 0
+    assert main(["codec", "--count", "20000", "--seed", "20240601", "--quiet", "--corpus", str(tmp_path)]) == 0
     result = summary(capsys.readouterr().out)
-    assert result["cases"] == "20000" and result["findings"] == "0"
-    assert set(counts(result["mutations"])) == set(fuzz.MUTATIONS)  # every mutation was tried
+    assert result["cases"] == "20000"
+    assert result["findings"] == "0"
+    assert set(counts(result["mutations"])) == set(MUTATIONS)  # every mutation was tried
     outcomes = counts(result["decode"])
-    assert outcomes["ok"] > 500 and {"InvalidField", "TruncatedFrame", "TrailingBytes", "OversizedFrame",
-                                      "UnknownMessageType", "UnsupportedVersion"} <= set(outcomes)
+    assert outcomes["ok"] > 500
+    assert {"InvalidField", "TruncatedFrame", "TrailingBytes", "OversizedFrame", "UnknownMessageType",
+            "UnsupportedVersion"} <= set(outcomes)
     assert not list(tmp_path.iterdir())
 
 
@@ -56,9 +56,11 @@ def test_live_mode_finds_no_violation(tmp_path):
     result = run_tool("live", "--count", "2000", "--seed", "7", "--quiet", "--corpus", str(tmp_path))
     assert result.returncode == 0, result.stdout + result.stderr
     found = summary(result.stdout)
-    assert int(found["cases"]) >= 2000 and found["findings"] == "0"
+    assert int(found["cases"]) >= 2000
+    assert found["findings"] == "0"
     sessions = counts(found["sessions"])
-    assert sessions["limit (closed by monitor)"] >= 1 and sessions["normal"] >= 1
+    assert sessions["limit (closed by monitor)"] >= 1
+    assert sessions["normal"] >= 1
     assert {"HelloOk", "Error", "ListenOk", "CloseListenerOk", "AcceptErr", "AcceptOk", "ConnectErr"} <= set(
         counts(found["replies"])
     )
@@ -71,14 +73,14 @@ def test_regression_corpus_keeps_the_invariant(capsys):
     seen_types = set()
     for path in files:
         data = path.read_bytes()
-        assert fuzz.check_codec(data) == [], path.name
+        assert check_codec(data) == [], path.name
         if path.name.startswith("valid-"):
             seen_types.add(type(codec.decode(data)))
         else:  # the malformed ones are malformed as a whole
             with pytest.raises(errors.ProtocolError):
                 codec.decode(data)
     assert seen_types == set(REGISTRY.values())
-    assert fuzz.main(["codec", "--replay", str(REGRESSION), "--quiet"]) == 0
+    assert main(["codec", "--replay", str(REGRESSION), "--quiet"]) == 0
     assert summary(capsys.readouterr().out)["cases"] == str(len(files))
 
 
@@ -108,7 +110,7 @@ ACCEPT = codec.encode(Accept(request_id=3, listener_id=1))
 
 
 @pytest.mark.parametrize(
-    "attribute, bug, sample, symptom",
+    ("attribute", "bug", "sample", "symptom"),
     [
         ("decode", decode_raising_keyerror, ACCEPT, "KeyError"),
         ("decode", decode_losing_the_request_id, ACCEPT, "encodes to"),
@@ -118,15 +120,17 @@ ACCEPT = codec.encode(Accept(request_id=3, listener_id=1))
 )
 def test_codec_checks_catch_a_planted_bug(monkeypatch, tmp_path, capsys, attribute, bug, sample, symptom):
     monkeypatch.setattr(codec, attribute, bug)
-    problems = fuzz.check_codec(sample)
-    assert problems and any(symptom in p for p in problems), problems
-    assert fuzz.main(["codec", "--count", "300", "--seed", "1", "--quiet", "--corpus", str(tmp_path)]) == 1
+    problems = check_codec(sample)
+    assert problems
+    assert any(symptom in p for p in problems), problems
+    assert main(["codec", "--count", "300", "--seed", "1", "--quiet", "--corpus", str(tmp_path)]) == 1
     assert int(summary(capsys.readouterr().out)["findings"]) > 0
     saved = sorted(tmp_path.glob("codec-*.bin"))
-    assert saved and len(saved) <= fuzz.MAX_SAVED
-    assert fuzz.main(["codec", "--replay", *map(str, saved), "--quiet"]) == 1
+    assert saved
+    assert len(saved) <= MAX_SAVED
+    assert main(["codec", "--replay", *map(str, saved), "--quiet"]) == 1
     monkeypatch.undo()  # with the bug gone, the saved cases pass
-    assert fuzz.main(["codec", "--replay", str(tmp_path), "--quiet"]) == 0
+    assert main(["codec", "--replay", str(tmp_path), "--quiet"]) == 0
 
 
 # Bugs planted in the monitor process only, through a sitecustomize module.

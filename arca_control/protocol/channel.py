@@ -17,14 +17,18 @@ closes its copies, or the receiver would never see EOF on a pipe.
 from __future__ import annotations
 
 import array
+import contextlib
 import os
 import socket
-from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import trio
 
 from .wire import DEFAULT_MAX_PAYLOAD, HEADER_SIZE
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 #: More descriptors than any frame carries, so an excess is seen, not cut silently.
 MAX_FDS_PER_FRAME = 4
@@ -43,10 +47,8 @@ class Datagram:
 
 def close_fds(fds: Sequence[int]) -> None:
     for fd in fds:
-        try:
+        with contextlib.suppress(OSError):
             os.close(fd)
-        except OSError:
-            pass
 
 
 def socketpair() -> tuple[socket.socket, socket.socket]:

@@ -16,31 +16,44 @@ exception. The invariant a fuzzer checks: ``decode(data)`` either raises
 
 from __future__ import annotations
 
-import struct
-from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import construct
 from construct import FixedSized, Struct, Switch, Terminated, this
 
 from . import errors, fastpath
 from .messages import REGISTRY, ControlEvent, Message, MessageType, payload_fields
-from .wire import DEFAULT_MAX_PAYLOAD, EVENT_REQUEST_ID, HEADER, HEADER_SIZE, LENGTH_FIELD_MAX
+from .wire import (
+    DEFAULT_MAX_PAYLOAD,
+    EVENT_REQUEST_ID,
+    HEADER,
+    HEADER_SIZE,
+    HEADER_STRUCT,
+    LENGTH_FIELD_MAX,
+    declared,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 #: One payload Struct per message type, built from the message classes.
 PAYLOADS: dict[int, Struct] = {
-    int(kind): Struct(*(f.name / f.metadata["wire"] for f in payload_fields(cls)), Terminated)
+    int(kind): Struct(*(f.name / declared(f).construct for f in payload_fields(cls)), Terminated)
     for kind, cls in REGISTRY.items()
 }
 
 #: The whole frame: header, then the payload chosen by the type byte.
 FRAME = Struct(
     *HEADER.subcons,
-    "payload" / FixedSized(this.length, Switch(this.type, PAYLOADS)),
+    # A copy: Switch takes its cases as a plain dict of constructs, and dict is invariant.
+    "payload" / FixedSized(this.length, Switch(this.type, dict(PAYLOADS))),
 )
 
-#: HEADER's layout for the stdlib: the header is read on every frame. A test holds them equal.
-_HEADER = struct.Struct("<BHI")
 _CLASSES: dict[int, type[Message]] = {int(kind): cls for kind, cls in REGISTRY.items()}
+# The header is written and read on every frame: its struct methods bound once. (Called as
+# HEADER_STRUCT.pack(...), an imported name, each call would make a bound method first.)
+_pack_header = HEADER_STRUCT.pack
+_unpack_header = HEADER_STRUCT.unpack_from
 
 
 class NEED_DATA:
@@ -53,7 +66,7 @@ def encode(msg: Message, *, max_payload: int = LENGTH_FIELD_MAX) -> bytes:
     payload = fastpath.build_payload(msg)
     if len(payload) > max_payload:
         raise errors.LocalProtocolError(f"{cls.__name__} payload of {len(payload)} bytes exceeds {max_payload}")
-    return _HEADER.pack(cls.TYPE, len(payload), msg.request_id) + payload
+    return _pack_header(cls.TYPE, len(payload), msg.request_id) + payload
 
 
 def encode_with_construct(msg: Message) -> bytes:
@@ -69,17 +82,17 @@ def encode_with_construct(msg: Message) -> bytes:
 
 def _check_message(msg: Message) -> type[Message]:
     cls = type(msg)
-    if _CLASSES.get(getattr(cls, "TYPE", None)) is not cls:
+    if _CLASSES.get(getattr(cls, "TYPE", -1)) is not cls:
         raise errors.LocalProtocolError(f"{cls.__name__} is not a protocol message")
     _check_request_id(msg.request_id, cls, errors.LocalProtocolError)
     return cls
 
 
-def peek_header(data: bytes) -> tuple[int, int, int] | None:
+def peek_header(data: bytes | bytearray) -> tuple[int, int, int] | None:
     """``(type, length, request_id)`` of the frame at the start of ``data``, if whole."""
     if len(data) < HEADER_SIZE:
         return None
-    return _HEADER.unpack_from(data)
+    return _unpack_header(data)
 
 
 def decode(data: bytes, *, max_payload: int = DEFAULT_MAX_PAYLOAD) -> Message:
@@ -211,5 +224,5 @@ class FrameDecoder:
         return NEED_DATA
 
     def __iter__(self) -> Iterator[Message]:
-        while (msg := self.next_message()) is not NEED_DATA:
+        while isinstance(msg := self.next_message(), Message):
             yield msg

@@ -21,6 +21,10 @@ from __future__ import annotations
 
 import errno as _errno
 import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 
 class ArcaError(OSError):
@@ -36,8 +40,9 @@ class ArcaError(OSError):
     def __str__(self) -> str:
         return str(self.strerror)
 
-    def __reduce__(self):  # keep pickling (and copy) working with our signature
-        return (_rebuild, (type(self), self.strerror, self.request_id))
+    def __reduce__(self) -> tuple[Callable[[type[ArcaError], str, int | None], ArcaError], tuple[type[ArcaError], str, int | None]]:
+        # Keep pickling (and copy) working with our signature.
+        return (_rebuild, (type(self), str(self.strerror), self.request_id))
 
 
 def _rebuild(cls: type[ArcaError], message: str, request_id: int | None) -> ArcaError:
@@ -100,7 +105,8 @@ class MonitorGone(ArcaError):
     errno_code = _errno.ECONNABORTED
 
 
-_STREAM_ERRORS: dict[type[OSError], type] = {}
+#: The class made for each stdlib OSError subclass, made once: (errno, message) to the error.
+_STREAM_ERRORS: dict[type[OSError], Callable[[int, str], Exception]] = {}
 
 
 def stream_failure(code: int, message: str) -> Exception:

@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import socket
 
-from . import fastpath, wire
-from .wire import AddressFamily, Endpoint, parse_ip
+from .errors import InvalidField, LocalProtocolError
+from .wire import ENDPOINT, AddressFamily, Endpoint, parse_ip
 
 #: The largest UDP payloads: 65,535 less the IPv4 and UDP headers; less the
 #: UDP header only for IPv6, whose header is not counted in its payload length.
@@ -44,10 +44,9 @@ CHANNEL_BUFFER = 4 * 65_536
 #: What SO_SNDBUF must report (the doubled value) for the largest record to go through.
 SNDBUF_NEEDED = MAX_RECORD + 32
 
-_read_endpoint = fastpath.READERS[id(wire.ENDPOINT)]
-_write_endpoint = fastpath.WRITERS[id(wire.ENDPOINT)]
-#: What the endpoint reader raises for bytes that are not an endpoint.
-_MALFORMED = (fastpath._Short, fastpath._Bad)
+# Bound once: every datagram record is read or written through these.
+_read_endpoint = ENDPOINT.read
+_write_endpoint = ENDPOINT.write
 V4_MAPPED = b"\0" * 10 + b"\xff\xff"
 _IP_FAMILIES = frozenset({AddressFamily.IPV4, AddressFamily.IPV6})
 
@@ -65,15 +64,15 @@ def decode_record(record: bytes | bytearray | memoryview) -> tuple[Endpoint, int
     try:
         # Only the endpoint is copied, never the payload: the readers take bytes.
         return _read_endpoint(bytes(record[:MAX_ENDPOINT]), 0)
-    except _MALFORMED as exc:
-        raise ValueError(f"not a datagram record: {exc or 'too short'}") from None
+    except InvalidField as exc:
+        raise ValueError(f"not a datagram record: {exc}") from None
 
 
 def encode_endpoint(endpoint: tuple[str, int]) -> bytes:
     """The endpoint bytes that go in front of a payload; ValueError if not an IP literal and a port."""
     try:
         return _write_endpoint(endpoint)
-    except fastpath._Unfit as exc:
+    except LocalProtocolError as exc:
         raise ValueError(str(exc)) from None
 
 
