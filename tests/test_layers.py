@@ -97,7 +97,7 @@ for _path in sources(*PROJECT):
         OWNERS.setdefault(_name, set()).add(module_name(_path))
 
 
-@pytest.mark.parametrize("package", [pytest.param(p, marks=pytest.mark.xfail(p in ("arca_control", "tests"), reason="fastpath privates, until the field-type change lands", strict=True)) for p in PROJECT])
+@pytest.mark.parametrize("package", PROJECT)
 def test_no_module_uses_another_modules_private_names(package: str) -> None:
     """Neither ``from m import _x`` nor ``obj._x`` where ``_x`` belongs to another of our modules."""
     found = []
