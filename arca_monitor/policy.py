@@ -14,23 +14,42 @@ the default applies: connect to loopback; listen and bind UDP on loopback and
 the wildcards, ports 1024 and up; resolve from the hosts file only.
 
 A connect rule that names a host allows the addresses the monitor itself
-resolved for that name, while its answer is fresh (``Resolver.fresh_names``):
-an IP literal does not get past a name rule, and a name a connect rule allows
-may also be resolved.
+resolved for that name, while its answer is fresh (``Resolver.names_for`` with
+``fresh``): an IP literal does not get past a name rule, and a name a connect
+rule allows may also be resolved.
+
+DNS rebinding: whoever runs a name's DNS can answer with any address, so an
+answer that came from DNS (not from the operator's hosts file) never lets a
+name rule reach a special address: loopback, RFC 1918, CGNAT (100.64/10),
+link-local (169.254/16, fe80::/10, and the cloud metadata address in it),
+ULA (fc00::/7), the unspecified "this host" addresses (0.0.0.0/8, ::: Linux
+connects them to the host itself), and the IPv4-mapped (::ffff:0:0/96) or
+NAT64 (64:ff9b::/96) form of any of these. A CIDR rule that covers the
+address still allows it: the operator named it. The denial (an
+:class:`AnswerRefused`) names the address, the name and the reason, and says
+which rule would allow it. :func:`rebinding_reason` is the one test of an
+address; :meth:`Policy.check_connect` applies it to a guest's Connect, and
+:meth:`Policy.addresses_for` to a connection made for a known name (the
+sandbox's intercept path, where a pool address says which name was meant).
 """
 
 from __future__ import annotations
 
 import enum
 import errno
+import functools
 import ipaddress
 import os
 import tomllib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from .resolver import Source
+
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Callable, Iterable, Mapping
+
+    from .resolver import Names
 
 
 class Kind(enum.Enum):
@@ -48,8 +67,79 @@ PRIVILEGED = 1024
 class Denied(PermissionError):
     """A request no rule allows: EACCES, with the kind of rule that was missing."""
 
-    def __init__(self, kind: Kind, what: str) -> None:
-        super().__init__(errno.EACCES, f"denied by policy: no --allow-{kind.value} rule for {what}")
+    def __init__(self, kind: Kind, what: str, message: str | None = None) -> None:
+        super().__init__(errno.EACCES, message or f"denied by policy: no --allow-{kind.value} rule for {what}")
+        self.kind = kind
+
+
+class AnswerRefused(Denied):
+    """A name rule matched, but only DNS gave the address and it is one DNS must not lead to (rebinding).
+
+    The message puts the address, the reason and the name first and the rule
+    that would allow it last, the name cut short: it travels in a 255-byte field.
+    """
+
+    def __init__(self, address: str, name: str, port: int | None, why: str) -> None:
+        shown = f"{_show(address)}:{port}" if port is not None else _show(address)
+        short = name if len(name) <= _SHOWN_NAME_LENGTH else name[:_SHOWN_NAME_LENGTH] + "..."
+        super().__init__(
+            Kind.CONNECT,
+            shown,
+            f"denied by policy: {address} is {why} that DNS gave for {short}; a name rule does not reach it"
+            f" (allow it with --allow-connect {shown})",
+        )
+        self.address = address
+        self.name = name
+        self.why = why
+
+
+#: How much of a name a denial shows.
+_SHOWN_NAME_LENGTH = 60
+
+#: Where a DNS answer may not lead a name rule, and why; the first match is the reason given,
+#: so the metadata addresses come before the ranges that hold them.
+_SPECIAL_RANGES: tuple[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str], ...] = tuple(
+    (ipaddress.ip_network(network), why)
+    for network, why in (
+        ("169.254.169.254/32", "the cloud metadata address"),
+        ("fd00:ec2::254/128", "the cloud metadata address"),
+        ("0.0.0.0/8", "a 'this host' address (0.0.0.0/8, which reaches the host itself)"),
+        ("::/128", "the unspecified address (which reaches the host itself)"),
+        ("127.0.0.0/8", "a loopback address"),
+        ("::1/128", "a loopback address"),
+        ("10.0.0.0/8", "a private address (RFC 1918)"),
+        ("172.16.0.0/12", "a private address (RFC 1918)"),
+        ("192.168.0.0/16", "a private address (RFC 1918)"),
+        ("100.64.0.0/10", "a shared address (CGNAT, RFC 6598)"),
+        ("169.254.0.0/16", "a link-local address"),
+        ("fe80::/10", "a link-local address"),
+        ("fc00::/7", "a unique local address (ULA, RFC 4193)"),
+    )
+)
+#: IPv6 forms that carry an IPv4 address in their last 32 bits and reach it.
+_IPV4_CARRIERS = (
+    (ipaddress.IPv6Network("::ffff:0:0/96"), "IPv4-mapped"),
+    (ipaddress.IPv6Network("64:ff9b::/96"), "NAT64"),
+)
+
+
+def rebinding_reason(host: str) -> str | None:
+    """Why a DNS answer of ``host`` (an IP literal) may not satisfy a name rule, or None if it may.
+
+    "a private address (RFC 1918)", "the IPv4-mapped form of 10.0.0.1, a
+    private address (RFC 1918)" and so on; see the module docstring for the list.
+    """
+    address = ipaddress.ip_address(host.split("%")[0])
+    if isinstance(address, ipaddress.IPv6Address):
+        for carrier, form in _IPV4_CARRIERS:
+            if address in carrier:
+                inner = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+                why = rebinding_reason(str(inner))
+                return None if why is None else f"the {form} form of {inner}, {why}"
+    for network, why in _SPECIAL_RANGES:
+        if address in network:
+            return why
+    return None
 
 
 @dataclass(frozen=True)
@@ -143,7 +233,7 @@ class Policy:
     default: bool = False
 
     @classmethod
-    def build(cls, given: dict[Kind, Iterable[str]]) -> Policy:
+    def build(cls, given: Mapping[Kind, Iterable[str]]) -> Policy:
         """The policy for these rule texts; the default when there are none at all."""
         default = not any(list(texts) for texts in given.values())
         source = {kind: list(texts) for kind, texts in (DEFAULT_RULES if default else given).items()}
@@ -179,20 +269,74 @@ class Policy:
                 return
         raise Denied(kind, f"{_show(host)}:{port}")
 
-    def check_connect(self, host: str, port: int, names_for: Callable[[str], set[str]]) -> None:
+    def check_connect(self, host: str, port: int, names_for: Callable[[str], Names]) -> None:
+        """A guest's connect to ``host:port``: by a CIDR rule, or a name rule for a name the monitor resolved to it.
+
+        ``names_for(address)`` gives the names (fresh answers only) and their
+        sources. The Connect names only an address, so any name the address
+        has counts: one the hosts file gives lets a name rule reach it even
+        when DNS gave it for another name too. Raises :class:`AnswerRefused` when only a DNS answer that
+        :func:`rebinding_reason` refuses would have allowed it, else Denied.
+        """
         address = ipaddress.ip_address(host.split("%")[0])
-        names = None
+        self._check_connect(host, port, functools.partial(names_for, str(address)), None)
+
+    def addresses_for(
+        self, name: str, port: int | None, hosts: Iterable[str], names_for: Callable[[str], Names]
+    ) -> list[str]:
+        """Of ``hosts`` (what ``name`` resolved to, in order), those a connection made for ``name`` may use.
+
+        For the intercept path, where the connection's pool address says which
+        name it was made for: only that name's rules count, not those of other
+        names that share an address (a CDN's), and no freshness is asked
+        (``hosts`` was resolved just now). ``names_for(address)`` tells
+        whether the hosts file or DNS gave ``name`` that address. ``port``
+        None asks whether some port would do (for a DNS answer, before any
+        connection). When no address is left, raises the first
+        :class:`AnswerRefused` if there was one, else Denied naming ``name``.
+        """
+        name = name.lower().rstrip(".")
+        usable: list[str] = []
+        refused: list[AnswerRefused] = []
+        for host in hosts:
+            try:
+                self._check_connect(host, port, functools.partial(names_for, host), name)
+            except AnswerRefused as refusal:
+                refused.append(refusal)
+            except Denied:
+                continue
+            else:
+                usable.append(host)
+        if usable:
+            return usable
+        if refused:
+            raise refused[0]
+        raise Denied(Kind.CONNECT, name if port is None else f"{name}:{port}")
+
+    def _check_connect(self, host: str, port: int | None, names: Callable[[], Names], only: str | None) -> None:
+        """The one connect decision: CIDR rules, then name rules for ``only`` or every name of the address."""
+        address = ipaddress.ip_address(host.split("%")[0])
+        known: Names | None = None
+        refused: AnswerRefused | None = None
         for rule in self.rules.get(Kind.CONNECT, []):
-            if not rule.ports.allows(port):
+            if port is not None and not rule.ports.allows(port):
                 continue
             if rule.network is not None and address in rule.network:
                 return
-            if rule.name is not None:
-                if names is None:
-                    names = names_for(str(address))
-                if any(rule.matches_name(name) for name in names):
+            if rule.name is None:
+                continue
+            if known is None:
+                known = names()
+            for name in (sorted(known) if only is None else [only]):
+                if not rule.matches_name(name):
+                    continue
+                why = None if known.source(name) is Source.HOSTS_FILE else rebinding_reason(str(address))
+                if why is None:
                     return
-        raise Denied(Kind.CONNECT, f"{_show(host)}:{port}")
+                refused = refused or AnswerRefused(host, name, port, why)
+        if refused is not None:
+            raise refused
+        raise Denied(Kind.CONNECT, _show(host) if port is None else f"{_show(host)}:{port}")
 
     def check_resolve(self, name: str) -> None:
         if self.default:
@@ -233,4 +377,4 @@ def _show(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-__all__ = ["DEFAULT_RULES", "Denied", "Kind", "Policy", "Rule", "parse_rule"]
+__all__ = ["DEFAULT_RULES", "AnswerRefused", "Denied", "Kind", "Policy", "Rule", "parse_rule", "rebinding_reason"]
