@@ -14,6 +14,7 @@ then). Pipelined TCP queries are answered one after another, in order.
 
 from __future__ import annotations
 
+import enum
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -30,6 +31,12 @@ log = logging.getLogger(__name__)
 MAX_DATAGRAM = 65535
 
 
+class Transport(enum.Enum):
+    UDP = "udp"
+    TCP = "tcp"
+
+
+#: What answers a message that came over a transport: the reply, or None for none. It must not raise.
 @dataclass(frozen=True)
 class Limits:
     max_in_flight: int = 64
@@ -43,7 +50,7 @@ DEFAULT_LIMITS = Limits()
 
 
 async def serve_dns(
-    answer: Callable[[bytes, str], Awaitable[bytes | None]],
+    answer: Callable[[bytes, Transport], Awaitable[bytes | None]],
     udp: Sequence[socket.socket],
     tcp: Sequence[socket.socket],
     limits: Limits = DEFAULT_LIMITS,
@@ -52,7 +59,7 @@ async def serve_dns(
 ) -> None:
     """Serve bound UDP sockets and listening TCP sockets until cancelled; they are taken over and closed at the end.
 
-    ``answer`` is called with the message and ``"udp"`` or ``"tcp"``; it must not raise.
+    ``answer`` is called with each message and the transport it came over; it must not raise.
     """
     server = _Server(answer, limits)
     datagram_sockets = [trio.socket.from_stdlib_socket(sock) for sock in udp]
@@ -72,7 +79,7 @@ async def serve_dns(
 
 
 class _Server:
-    def __init__(self, answer: Callable[[bytes, str], Awaitable[bytes | None]], limits: Limits) -> None:
+    def __init__(self, answer: Callable[[bytes, Transport], Awaitable[bytes | None]], limits: Limits) -> None:
         self.answer = answer
         self.limits = limits
         self._in_flight = trio.Semaphore(limits.max_in_flight)
@@ -90,7 +97,7 @@ class _Server:
 
     async def _answer_datagram(self, sock: trio.socket.SocketType, data: bytes, peer: tuple[object, ...]) -> None:
         try:
-            reply = await self.answer(data, "udp")
+            reply = await self.answer(data, Transport.UDP)
             if reply is not None:
                 await sock.sendto(reply, peer)
         except OSError as error:  # the client is gone (or netfilter said no): nothing to tell it
@@ -120,7 +127,7 @@ class _Server:
                 data = await _receive_exactly(stream, int.from_bytes(prefix, "big")) if prefix else None
             if data is None:
                 return  # end of stream, or idle too long
-            reply = await self.answer(data, "tcp")
+            reply = await self.answer(data, Transport.TCP)
             if reply is None:
                 return  # a message that gets no reply ends the connection
             await stream.send_all(len(reply).to_bytes(2, "big") + reply)
@@ -137,4 +144,4 @@ async def _receive_exactly(stream: trio.SocketStream, size: int) -> bytes | None
     return bytes(buffer)
 
 
-__all__ = ["DEFAULT_LIMITS", "Limits", "serve_dns"]
+__all__ = ["DEFAULT_LIMITS", "Limits", "Transport", "serve_dns"]

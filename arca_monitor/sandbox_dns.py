@@ -63,7 +63,7 @@ import dns.reversename
 import dns.rrset
 import trio
 
-from .dns_transport import DEFAULT_LIMITS, Limits, serve_dns
+from .dns_transport import DEFAULT_LIMITS, Limits, Transport, serve_dns
 from .names import HOST_NAME, PoolExhausted
 from .policy import Denied
 from .resolver import EAI_NODATA, EDNS_PAYLOAD, ResolveError, check_name
@@ -92,7 +92,7 @@ class Decision(enum.Enum):
 class QueryRecord:
     """One query as the audit log sees it; ``answer`` is the address or name given, if any."""
 
-    transport: str
+    transport: Transport
     name: str
     rdtype: str
     decision: Decision
@@ -146,15 +146,15 @@ class SandboxDNS:
         """Answer on bound UDP sockets and listening TCP sockets (taken over, closed at the end) until cancelled."""
         await serve_dns(self.answer, udp, tcp, self.limits, task_status=task_status)
 
-    async def answer(self, data: bytes, transport: str = "udp") -> bytes | None:
+    async def answer(self, data: bytes, transport: Transport = Transport.UDP) -> bytes | None:
         """The reply to one query message; None: no reply at all."""
         try:
             return await self._reply(data, transport)
         except Exception:  # a bug: this query gets no reply, and the server goes on
-            log.exception("sandbox DNS: internal error on a %s query", transport)
+            log.exception("sandbox DNS: internal error on a %s query", transport.value)
             return None
 
-    async def _reply(self, data: bytes, transport: str) -> bytes | None:
+    async def _reply(self, data: bytes, transport: Transport) -> bytes | None:
         if len(data) < HEADER_SIZE or data[2] & 0x80:
             self._audit(QueryRecord(transport, "", "", Decision.FAILED, "none", "dropped: no query header"))
             return None
@@ -212,9 +212,10 @@ class SandboxDNS:
         failure = await self._look_up(name)
         if failure is not None:
             return failure
+        if rdtype == dns.rdatatype.AAAA:
+            return _Outcome(dns.rcode.NOERROR, Decision.ALLOWED, "no data: the name pool is IPv4; the A answer serves")
         if rdtype != dns.rdatatype.A:
-            why = "the name pool is IPv4: the A answer" if rdtype == dns.rdatatype.AAAA else "only A answers"
-            return _Outcome(dns.rcode.NOERROR, Decision.ALLOWED, f"no data: {why} gives the name's address here")
+            return _Outcome(dns.rcode.NOERROR, Decision.ALLOWED, "no data: only A queries get an answer; nothing is forwarded")
         try:
             address = self.pool.address_for(name)
         except PoolExhausted as error:

@@ -28,7 +28,7 @@ import dns.reversename
 import pytest
 import trio
 
-from arca_monitor.dns_transport import Limits
+from arca_monitor.dns_transport import Limits, Transport
 from arca_monitor.names import HOST_NAME, NamePool, PoolExhausted
 from arca_monitor.policy import Denied, Kind, Policy
 from arca_monitor.resolver import EAI_NODATA, ResolveError, Resolver
@@ -221,7 +221,7 @@ async def test_allowed_names_get_pool_addresses_and_denied_ones_nothing():
         assert "--allow-resolve" in record.reason
     first = monitor.records[0]
     assert (first.transport, first.name, first.decision, first.answer) == (
-        "udp", "api.example.test", Decision.ALLOWED, "127.100.0.2")
+        Transport.UDP, "api.example.test", Decision.ALLOWED, "127.100.0.2")
 
 
 async def test_lookup_outcomes():
@@ -300,7 +300,7 @@ async def test_tcp_answers_several_queries_per_connection_and_ipv6_sockets_serve
             assert [r.id for r in replies] == [q.id for q in queries]
             assert [addresses_in(r) for r in replies[:2]] == [["127.100.0.3"], ["127.100.0.2"]]
             assert replies[2].rcode() == dns.rcode.NXDOMAIN
-        assert {record.transport for record in monitor.records} == {"tcp"}
+        assert {record.transport for record in monitor.records} == {Transport.TCP}
     async with running(monitor, host="::1") as dns_:
         assert addresses_in(await dns_.ask("a.example.test")) == ["127.100.0.2"]
         assert addresses_in(await dns_.ask("a.example.test", tcp=True)) == ["127.100.0.2"]
