@@ -75,26 +75,30 @@ class Denied(PermissionError):
 class AnswerRefused(Denied):
     """A name rule matched, but only DNS gave the address and it is one DNS must not lead to (rebinding).
 
-    The message puts the address, the reason and the name first and the rule
-    that would allow it last, the name cut short: it travels in a 255-byte field.
+    The message says the address, why, the name and the rule that would allow
+    it; the name is cut short when the whole would not fit the 255-byte text
+    field an error travels in, so the rule is never lost.
     """
 
     def __init__(self, address: str, name: str, port: int | None, why: str) -> None:
         shown = f"{_show(address)}:{port}" if port is not None else _show(address)
-        short = name if len(name) <= _SHOWN_NAME_LENGTH else name[:_SHOWN_NAME_LENGTH] + "..."
-        super().__init__(
-            Kind.CONNECT,
-            shown,
-            f"denied by policy: {address} is {why} that DNS gave for {short}; a name rule does not reach it"
-            f" (allow it with --allow-connect {shown})",
-        )
+
+        def message(name_shown: str) -> str:
+            return (f"denied by policy: {address} is {why} that DNS gave for {name_shown}; a name rule does not"
+                    f" reach it (allow it with --allow-connect {shown})")
+
+        text = message(name)
+        overflow = len(text.encode()) - MAX_MESSAGE
+        if overflow > 0:
+            text = message(name[: max(1, len(name) - overflow - 3)] + "...")
+        super().__init__(Kind.CONNECT, shown, text)
         self.address = address
         self.name = name
         self.why = why
 
 
-#: How much of a name a denial shows.
-_SHOWN_NAME_LENGTH = 60
+#: The longest error text the wire carries (a 255-byte field).
+MAX_MESSAGE = 255
 
 #: Where a DNS answer may not lead a name rule, and why; the first match is the reason given,
 #: so the metadata addresses come before the ranges that hold them.

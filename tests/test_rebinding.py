@@ -108,6 +108,20 @@ async def test_a_dns_answer_in_a_special_range_does_not_satisfy_a_name_rule(tmp_
         policy.check_connect(endpoint.host, 443, lambda a: resolver.names_for(a, fresh=True))
 
 
+def test_a_refusal_always_fits_the_wire_and_keeps_the_rule():
+    name = ".".join(["a" * 63, "b" * 63, "c" * 63, "d" * 56, "test"])
+    address = "::ffff:169.254.169.254"
+    refusal = AnswerRefused(address, name, 65535, rebinding_reason(address) or "")
+    text = refusal.strerror or ""
+    assert len(text.encode()) <= 255
+    assert text.startswith(f"denied by policy: {address} is the IPv4-mapped form of 169.254.169.254, the cloud"
+                           f" metadata address that DNS gave for aaaa")
+    assert text.endswith("...; a name rule does not reach it (allow it with --allow-connect [::ffff:169.254.169.254]:65535)")
+    assert refusal.name == name  # the whole name stays on the exception
+    short = AnswerRefused("10.0.0.1", "api.example.test", None, "a private address (RFC 1918)")
+    assert str(short.strerror).endswith("(allow it with --allow-connect 10.0.0.1)")
+
+
 async def test_a_cidr_rule_naming_the_range_allows_it(tmp_path):
     policy = Policy.build({Kind.CONNECT: ["*.example.test:443", "10.0.0.0/8:443"]})
     async with dns_server(ZONE) as (host, port, _):
