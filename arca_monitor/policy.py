@@ -18,19 +18,15 @@ resolved for that name, while its answer is fresh (``Resolver.names_for`` with
 ``fresh``): an IP literal does not get past a name rule, and a name a connect
 rule allows may also be resolved.
 
-DNS rebinding: whoever runs a name's DNS can answer with any address, so an
-answer that came from DNS (not from the operator's hosts file) never lets a
-name rule reach a special address: loopback, RFC 1918, CGNAT (100.64/10),
-link-local (169.254/16, fe80::/10, and the cloud metadata address in it),
-ULA (fc00::/7), the unspecified "this host" addresses (0.0.0.0/8, ::: Linux
-connects them to the host itself), and the IPv4-mapped (::ffff:0:0/96) or
-NAT64 (64:ff9b::/96) form of any of these. A CIDR rule that covers the
-address still allows it: the operator named it. The denial (an
-:class:`AnswerRefused`) names the address, the name and the reason, and says
-which rule would allow it. :func:`rebinding_reason` is the one test of an
-address; :meth:`Policy.check_connect` applies it to a guest's Connect, and
-:meth:`Policy.addresses_for` to a connection made for a known name (the
-sandbox's intercept path, where a pool address says which name was meant).
+DNS rebinding: an answer that came from DNS (not from the operator's hosts
+file) never lets a name rule reach a special address (loopback, private,
+link-local, ...: ``rebinding.rebinding_reason`` has the list). A CIDR rule
+that covers the address still allows it: the operator named it. The denial,
+an :class:`AnswerRefused`, names the address, the name and the reason, and
+says which rule would allow it. :meth:`Policy.check_connect` applies this to
+a guest's Connect, and :meth:`Policy.addresses_for` to a connection made for
+a known name (the sandbox's intercept path, where a pool address says which
+name was meant).
 """
 
 from __future__ import annotations
@@ -44,6 +40,7 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from .rebinding import rebinding_reason
 from .resolver import Source
 
 if TYPE_CHECKING:
@@ -99,52 +96,6 @@ class AnswerRefused(Denied):
 
 #: The longest error text the wire carries (a 255-byte field).
 MAX_MESSAGE = 255
-
-#: Where a DNS answer may not lead a name rule, and why; the first match is the reason given,
-#: so the metadata addresses come before the ranges that hold them.
-_SPECIAL_RANGES: tuple[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str], ...] = tuple(
-    (ipaddress.ip_network(network), why)
-    for network, why in (
-        ("169.254.169.254/32", "the cloud metadata address"),
-        ("fd00:ec2::254/128", "the cloud metadata address"),
-        ("0.0.0.0/8", "a 'this host' address (0.0.0.0/8, which reaches the host itself)"),
-        ("::/128", "the unspecified address (which reaches the host itself)"),
-        ("127.0.0.0/8", "a loopback address"),
-        ("::1/128", "a loopback address"),
-        ("10.0.0.0/8", "a private address (RFC 1918)"),
-        ("172.16.0.0/12", "a private address (RFC 1918)"),
-        ("192.168.0.0/16", "a private address (RFC 1918)"),
-        ("100.64.0.0/10", "a shared address (CGNAT, RFC 6598)"),
-        ("169.254.0.0/16", "a link-local address"),
-        ("fe80::/10", "a link-local address"),
-        ("fc00::/7", "a unique local address (ULA, RFC 4193)"),
-    )
-)
-#: IPv6 forms that carry an IPv4 address in their last 32 bits and reach it.
-_IPV4_CARRIERS = (
-    (ipaddress.IPv6Network("::ffff:0:0/96"), "IPv4-mapped"),
-    (ipaddress.IPv6Network("64:ff9b::/96"), "NAT64"),
-)
-
-
-def rebinding_reason(host: str) -> str | None:
-    """Why a DNS answer of ``host`` (an IP literal) may not satisfy a name rule, or None if it may.
-
-    "a private address (RFC 1918)", "the IPv4-mapped form of 10.0.0.1, a
-    private address (RFC 1918)" and so on; see the module docstring for the list.
-    """
-    address = ipaddress.ip_address(host.split("%")[0])
-    if isinstance(address, ipaddress.IPv6Address):
-        for carrier, form in _IPV4_CARRIERS:
-            if address in carrier:
-                inner = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
-                why = rebinding_reason(str(inner))
-                return None if why is None else f"the {form} form of {inner}, {why}"
-    for network, why in _SPECIAL_RANGES:
-        if address in network:
-            return why
-    return None
-
 
 @dataclass(frozen=True)
 class Ports:
@@ -381,4 +332,4 @@ def _show(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-__all__ = ["DEFAULT_RULES", "AnswerRefused", "Denied", "Kind", "Policy", "Rule", "parse_rule", "rebinding_reason"]
+__all__ = ["DEFAULT_RULES", "AnswerRefused", "Denied", "Kind", "Policy", "Rule", "parse_rule"]

@@ -18,7 +18,8 @@ import pytest
 import trio
 
 import arca_control
-from arca_monitor.policy import AnswerRefused, Denied, Kind, Policy, rebinding_reason
+from arca_monitor.policy import AnswerRefused, Denied, Kind, Policy
+from arca_monitor.rebinding import rebinding_reason
 from arca_monitor.resolver import Resolver
 
 from .dns_server import dns_server
