@@ -67,7 +67,7 @@ import os
 import re
 import socket
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Generic, Self, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 import dns.asyncbackend
 import dns.asyncquery
@@ -125,23 +125,22 @@ class Source(enum.Enum):
     DNS = "DNS"
 
 
-class Names(frozenset[str]):
+class Names(set[str]):
     """The names that resolved to one address (:meth:`Resolver.names_for`), and where each answer came from.
 
-    It is the set of names, so a caller that asks only "which names" needs
-    nothing more; a policy asks :meth:`source` too, because a DNS answer may
-    not lead a name rule everywhere a hosts-file line may (DNS rebinding,
-    see ``policy``).
+    It is the set of names, as ``names_for`` always gave, so a caller that
+    asks only "which names" needs nothing more; a policy asks :meth:`source`
+    too, because a DNS answer may not lead a name rule everywhere a
+    hosts-file line may (DNS rebinding, see ``policy``). A name added later
+    counts as DNS's.
     """
 
     __slots__ = ("from_hosts_file",)
-    from_hosts_file: frozenset[str]
 
-    def __new__(cls, hosts_file: Iterable[str] = (), dns_answers: Iterable[str] = ()) -> Self:
+    def __init__(self, hosts_file: Iterable[str] = (), dns_answers: Iterable[str] = ()) -> None:
         listed = frozenset(hosts_file)
-        names = super().__new__(cls, listed.union(dns_answers))
-        names.from_hosts_file = listed
-        return names
+        super().__init__(listed.union(dns_answers))
+        self.from_hosts_file = listed
 
     def source(self, name: str) -> Source:
         """The hosts file if it lists ``name`` for the address; DNS otherwise (also for a name not in the set)."""
