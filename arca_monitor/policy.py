@@ -248,11 +248,13 @@ class Policy:
         whether the hosts file or DNS gave ``name`` that address. ``port``
         None asks whether some port would do (for a DNS answer, before any
         connection). When no address is left, raises the first
-        :class:`AnswerRefused` if there was one, else Denied naming ``name``.
+        :class:`AnswerRefused` if there was one, else Denied naming ``name``
+        and the addresses tried.
         """
         name = name.lower().rstrip(".")
         usable: list[str] = []
         refused: list[AnswerRefused] = []
+        hosts = list(hosts)
         for host in hosts:
             try:
                 self._check_connect(host, port, functools.partial(names_for, host), name)
@@ -266,7 +268,8 @@ class Policy:
             return usable
         if refused:
             raise refused[0]
-        raise Denied(Kind.CONNECT, name if port is None else f"{name}:{port}")
+        tried = ", ".join(hosts)
+        raise Denied(Kind.CONNECT, (name if port is None else f"{name}:{port}") + (f" ({tried})" if tried else ""))
 
     def _check_connect(self, host: str, port: int | None, names: Callable[[], Names], only: str | None) -> None:
         """The one connect decision: CIDR rules, then name rules for ``only`` or every name of the address."""

@@ -18,9 +18,10 @@ import pytest
 import trio
 
 import arca_control
+from arca_monitor.names import HOST_NAME
 from arca_monitor.policy import AnswerRefused, Denied, Kind, Policy
 from arca_monitor.rebinding import rebinding_reason
-from arca_monitor.resolver import Resolver
+from arca_monitor.resolver import Names, Resolver
 
 from .dns_server import dns_server
 from .netns import run_in_netns
@@ -181,7 +182,7 @@ async def test_addresses_for_a_name_keep_the_usable_ones_and_only_that_names_rul
         assert policy.addresses_for("cdn-a.example.test", 443, ["192.0.2.7"], resolver.names_for) == ["192.0.2.7"]
         with pytest.raises(Denied) as caught:
             policy.addresses_for("CDN-B.example.test.", 443, ["192.0.2.7"], resolver.names_for)
-        assert "no --allow-connect rule for cdn-b.example.test:443" in str(caught.value)
+        assert "no --allow-connect rule for cdn-b.example.test:443 (192.0.2.7)" in str(caught.value)
         with pytest.raises(Denied):
             policy.addresses_for("public.example.test", 443, [], resolver.names_for)
 
@@ -227,3 +228,19 @@ async def _refuses_rebound_answers(tmp):
     denied = [line["reason"] for line in lines if line["event"] == "request" and line["decision"] == "denied"]
     for name, (_, address, why) in REBOUND.items():
         assert any(f"{address} is {why} that DNS gave for {name}" in reason for reason in denied), (name, denied)
+
+
+def test_host_arca_internal_is_reached_by_rules_for_the_hosts_loopback():
+    # The intercept maps host.arca.internal to the host's 127.0.0.1 and ::1; the sandbox's own
+    # mapping is the operator's word, as the hosts file is.
+    def names_for(address: str) -> Names:
+        return Names([HOST_NAME])
+
+    hosts = ["127.0.0.1", "::1"]
+    policy = Policy.build({Kind.CONNECT: ["127.0.0.1:8000"]})
+    assert policy.addresses_for(HOST_NAME, 8000, hosts, names_for) == ["127.0.0.1"]
+    with pytest.raises(Denied) as caught:
+        policy.addresses_for(HOST_NAME, 8001, hosts, names_for)
+    assert str(caught.value).endswith(f"no --allow-connect rule for {HOST_NAME}:8001 (127.0.0.1, ::1)")
+    named = Policy.build({Kind.CONNECT: [f"{HOST_NAME}:8000"]})
+    assert named.addresses_for(HOST_NAME, 8000, hosts, names_for) == hosts
