@@ -101,7 +101,9 @@ class NamePool:
         self._by_name: collections.OrderedDict[str, _Entry] = collections.OrderedDict()
         self._by_address: dict[ipaddress.IPv4Address, str] = {}
 
-    def __len__(self) -> int:
+    @property
+    def count(self) -> int:
+        """How many names have an address now."""
         return len(self._by_name)
 
     def address_for(self, name: str) -> str:
@@ -159,8 +161,7 @@ class NamePool:
         finally:
             entry.holders -= 1
             entry.used = max(entry.used, self._clock())
-            if self._by_name.get(name) is entry:
-                self._by_name.move_to_end(name)
+            self._by_name.move_to_end(name)  # still its entry: a held one is never reclaimed
 
     def _free_address(self) -> ipaddress.IPv4Address | None:
         """The next address never given out, upward; None when there is none."""

@@ -100,7 +100,7 @@ async def running(monitor: FakeMonitor, pool: NamePool | None = None, host: str 
     udp.bind((host, 0))
     tcp.bind((host, 0))
     tcp.listen()
-    server = SandboxDNS(monitor.decisions(), pool if pool is not None else NamePool(clock=Clock()), **options)
+    server = SandboxDNS(monitor.decisions(), pool or NamePool(clock=Clock()), **options)
     addresses = udp.getsockname()[:2], tcp.getsockname()[:2]
     async with trio.open_nursery() as nursery:
         await nursery.start(server.serve, [udp], [tcp])
@@ -131,7 +131,7 @@ def test_pool_gives_each_name_its_own_address_upward_and_maps_it_back():
     assert pool.name_for("::1") is None
     assert pool.in_pool("127.100.200.7")
     assert not pool.in_pool("127.0.0.1")
-    assert len(pool) == 2
+    assert pool.count == 2
 
 
 def test_pool_never_holds_127_0_0_1_and_must_lie_in_loopback():
@@ -172,7 +172,7 @@ def test_pool_exhaustion_reuses_the_least_recently_used_expired_entry():
     clock.now += 10
     # n3 was released 10 s ago: it lives another TTL after its last use, so the oldest expired is n0.
     assert pool.address_for("more.test") == "127.100.0.2"
-    assert len(pool) == 5
+    assert pool.count == 5
 
 
 def test_hold_refuses_an_address_that_stands_for_no_name():
@@ -252,7 +252,7 @@ async def test_lookup_outcomes():
             assert (monitor.records[-1].name, monitor.records[-1].decision) == (name, decision)
         assert "private address" in monitor.records[-2].reason
         assert "0.3 s" in monitor.records[-1].reason
-    assert len(dns_.server.pool) == 0  # no name that failed took an address
+    assert dns_.server.pool.count == 0  # no name that failed took an address
 
 
 async def test_other_record_types_host_arca_internal_localhost_and_ptr():
@@ -262,7 +262,7 @@ async def test_other_record_types_host_arca_internal_localhost_and_ptr():
             reply = await dns_.ask("api.example.test", rdtype)
             assert (reply.rcode(), reply.answer) == (dns.rcode.NOERROR, []), rdtype  # NODATA
         assert "IPv4" in monitor.records[0].reason
-        assert len(dns_.server.pool) == 0  # only an A query hands out an address
+        assert dns_.server.pool.count == 0  # only an A query hands out an address
         assert addresses_in(await dns_.ask("api.example.test")) == ["127.100.0.2"]
         # host.arca.internal: always there, with the fixed address; no rule is asked.
         looked_up = list(monitor.looked_up)
