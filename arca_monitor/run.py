@@ -109,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         except RuntimeError as exc:
             print(f"arca-run: {exc}", file=sys.stderr)
             return 1
+        pair.monitor_end.close()  # the monitor's now: it sees EOF when the init ends
         try:
             return run_guest(prefix, command, path, pair, transparent)
         finally:
@@ -175,7 +176,7 @@ def run_guest(prefix: list[str], command: list[str], path: str, pair: Pair, tran
     except OSError as exc:
         print(f"arca-run: {exc}", file=sys.stderr)
         return 127
-    pair.close_far_ends()  # so that the monitor and this process see EOF when the init ends
+    pair.close_init_ends()
     forwarder = Forwarder()
     previous = {signum: signal.signal(signum, forwarder.forward) for signum in FORWARDED}
     try:

@@ -12,8 +12,9 @@ its own processes (so ``getpid()`` and ``/proc/self`` agree).
 
 Error handling: :func:`isolation_prefix` returns None when nothing works;
 :func:`receive_pidfd` returns None when the init ended without sending one.
-Resource handling: whoever starts the processes closes the far ends
-(:meth:`Pair.close_far_ends`) once both are started; the caller owns the pidfd.
+Resource handling: whoever starts the init closes its copies of the init's
+ends (:meth:`Pair.close_init_ends`), and of the monitor's end once the
+monitor has it; the caller owns the pidfd.
 """
 
 from __future__ import annotations
@@ -58,20 +59,20 @@ class Pair:
     def init_fds(self) -> tuple[int, int]:
         return self.init_channel.fileno(), self.init_status.fileno()
 
-    def close_far_ends(self) -> None:
-        """Close what the monitor and the init hold, so that each side sees EOF when the other ends."""
-        for sock in (self.monitor_end, self.init_channel, self.init_status):
-            sock.close()
+    def close_init_ends(self) -> None:
+        """Close this process's copies of the init's ends once it is started, so that EOF means it ended."""
+        self.init_channel.close()
+        self.init_status.close()
 
     def close(self) -> None:
-        self.close_far_ends()
-        self.status.close()
+        for sock in (self.monitor_end, self.init_channel, self.init_status, self.status):
+            sock.close()
 
 
-def init_command(prefix: list[str], pair: Pair, command: list[str]) -> list[str]:
-    """The command line that starts the init (pass it ``pair.init_fds()``)."""
+def init_command(prefix: list[str], pair: Pair, command: list[str], python: str = sys.executable) -> list[str]:
+    """The command line that starts the init with ``python`` (pass it ``pair.init_fds()``)."""
     channel_fd, status_fd = pair.init_fds()
-    return [*prefix, sys.executable, "-m", "arca_monitor.sandbox.init",
+    return [*prefix, python, "-m", "arca_monitor.sandbox.init",
             "--channel-fd", str(channel_fd), "--status-fd", str(status_fd), "--", *command]
 
 
