@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING
 from arca_control.protocol import launch
 
 from .sandbox import CANNOT_ISOLATE
-from .sandbox.launch import Pair, init_command, isolation_prefix, receive_pidfd
+from .sandbox.launch import Pair, init_command, isolation_prefix, receive_pidfd, release
 
 if TYPE_CHECKING:
     import socket
@@ -67,18 +67,19 @@ def usage() -> str:
 
 
 def start_monitor(path: str, options: list[str], sandbox: socket.socket) -> subprocess.Popen[bytes]:
-    """The monitor serving ``path`` and the sandbox on channel ``sandbox``, once the path exists."""
+    """The monitor, to serve ``path`` and the sandbox on channel ``sandbox`` (see :func:`wait_for_monitor`)."""
     fd = sandbox.fileno()
-    monitor = subprocess.Popen([sys.executable, "-m", "arca_monitor", "--socket", path, "--sandbox-fd", str(fd),
-                                *options], pass_fds=(fd,))
+    return subprocess.Popen([sys.executable, "-m", "arca_monitor", "--socket", path, "--sandbox-fd", str(fd),
+                             *options], pass_fds=(fd,))
+
+
+def wait_for_monitor(monitor: subprocess.Popen[bytes], path: str) -> None:
+    """Return once the monitor serves ``path``; RuntimeError if it ended or took too long."""
     deadline = time.monotonic() + MONITOR_START_TIMEOUT
     while not os.path.exists(path):
         if monitor.poll() is not None or time.monotonic() > deadline:
-            monitor.kill()
-            monitor.wait()
             raise RuntimeError("the monitor did not start (see its messages above)")
         time.sleep(0.01)
-    return monitor
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,14 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="arca-run-") as workdir, contextlib.closing(Pair.open()) as pair:
         os.chmod(workdir, 0o700)
         path = os.path.join(workdir, "monitor.sock")
-        try:
-            monitor = start_monitor(path, options, pair.monitor_end)
-        except RuntimeError as exc:
-            print(f"arca-run: {exc}", file=sys.stderr)
-            return 1
+        monitor = start_monitor(path, options, pair.monitor_end)
         pair.monitor_end.close()  # the monitor's now: it sees EOF when the init ends
         try:
-            return run_guest(prefix, command, path, pair, transparent)
+            return run_guest(prefix, command, path, pair, monitor, transparent)
         finally:
             monitor.send_signal(signal.SIGTERM)  # a clean shutdown: every session and socket closed
             try:
@@ -166,8 +163,12 @@ class Forwarder:
             self.pidfd = None
 
 
-def run_guest(prefix: list[str], command: list[str], path: str, pair: Pair, transparent: bool = False) -> int:
-    """Run CMD in the sandbox (the monitor already holds the channel's other end); its exit status."""
+def run_guest(prefix: list[str], command: list[str], path: str, pair: Pair, monitor: subprocess.Popen[bytes],
+              transparent: bool = False) -> int:
+    """Run CMD in the sandbox (``monitor`` holds the channel's other end); its exit status.
+
+    The sandbox sets itself up while the monitor starts; CMD starts once the monitor serves ``path``.
+    """
     env = {**os.environ, launch.MONITOR_ENV: path}
     if transparent:
         env = transparent_env(env)
@@ -177,9 +178,17 @@ def run_guest(prefix: list[str], command: list[str], path: str, pair: Pair, tran
         print(f"arca-run: {exc}", file=sys.stderr)
         return 127
     pair.close_init_ends()
+    try:
+        wait_for_monitor(monitor, path)
+    except RuntimeError as exc:
+        guest.kill()  # unshare, and with it (--kill-child) the init, before it ran CMD
+        guest.wait()
+        print(f"arca-run: {exc}", file=sys.stderr)
+        return 1
     forwarder = Forwarder()
     previous = {signum: signal.signal(signum, forwarder.forward) for signum in FORWARDED}
     try:
+        release(pair.status)
         pidfd = receive_pidfd(pair.status)
         if pidfd is not None:
             forwarder.attach(pidfd)

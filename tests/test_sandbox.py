@@ -41,7 +41,7 @@ import trio
 
 from arca_control.protocol import launch as launch_env
 from arca_control.protocol.wire import Endpoint
-from arca_monitor.sandbox import launch, netsetup, nflog
+from arca_monitor.sandbox import launch, netsetup, nflog, refusals
 from arca_monitor.sandbox.destination import original_destination
 from arca_monitor.sandbox.handle import Sandbox, SandboxError, open_sandbox
 from arca_monitor.sandbox.interim import refused_answer
@@ -154,6 +154,7 @@ async def sandboxed(mode: Mode, command: list[str]):
     process = await trio.lowlevel.open_process(argv, pass_fds=pair.init_fds(), stdin=subprocess.PIPE,
                                                stdout=subprocess.PIPE, env=mode.env, cwd="/")
     pair.close_init_ends()
+    launch.release(pair.status)
     assert process.stdout is not None
     try:
         with trio.fail_after(30):
@@ -380,13 +381,13 @@ async def test_other_udp_is_refused_at_once_and_recorded(mode):
             assert shown == f"{host} errno {errno.ECONNREFUSED}"
             assert float(seconds) < 0.25  # at once: no timeout, no retry
         assert await guest.process.wait() == 0
-        refusals: list[nflog.UdpRefusal] = []
-        while len(refusals) < 3:
-            refusals += (await guest.sandbox.receive_refusals()).refusals
-        assert {refusal.destination for refusal in refusals} == {
+        records: list[refusals.UdpRefusal] = []
+        while len(records) < 3:
+            records += (await guest.sandbox.receive_refusals()).refusals
+        assert {refusal.destination for refusal in records} == {
             Endpoint("192.0.2.1", 9), Endpoint("2001:db8::1", 9), Endpoint("127.0.0.2", 9),
         }
-        assert {(refusal.uid, refusal.length) for refusal in refusals} == {(0, 5)}  # root in the sandbox, 5 bytes
+        assert {(refusal.uid, refusal.length) for refusal in records} == {(0, 5)}  # root in the sandbox, 5 bytes
         assert pending(guest.sandbox) == []  # refused, not delivered anywhere
 
 
@@ -566,14 +567,14 @@ def test_nflog_records_are_read_and_anything_else_is_counted():
     tcp = v4[:9] + bytes([6]) + v4[10:]
     data = nflog_message(socket.AF_INET, v4) + nflog_message(socket.AF_INET6, v6, None) \
         + nflog_message(socket.AF_INET, tcp) + nflog_message(socket.AF_INET, v4[:24])
-    batch = nflog.parse(data)
+    batch = refusals.parse(data)
     assert batch.refusals == (
-        nflog.UdpRefusal(Endpoint("192.0.2.100", 40000), Endpoint("192.0.2.1", 9), 0, 5),
-        nflog.UdpRefusal(Endpoint("::1", 40001), Endpoint("2001:db8::1", 9), None, 5),
+        refusals.UdpRefusal(Endpoint("192.0.2.100", 40000), Endpoint("192.0.2.1", 9), 0, 5),
+        refusals.UdpRefusal(Endpoint("::1", 40001), Endpoint("2001:db8::1", 9), None, 5),
     )
     assert batch.unreadable == 2
-    assert nflog.parse(data[:-3]) == nflog.Batch(batch.refusals, 2)  # the TCP one, and the last cut short
-    assert nflog.parse(b"\xff" * 40) == nflog.Batch((), 1)
+    assert refusals.parse(data[:-3]) == refusals.Batch(batch.refusals, 2)  # the TCP one, and the last cut short
+    assert refusals.parse(b"\xff" * 40) == refusals.Batch((), 1)
 
 
 def test_original_destination_needs_an_ip_socket():
@@ -674,3 +675,11 @@ def test_a_dns_query_gets_refused_and_anything_else_no_answer():
 def test_the_ruleset_logs_to_the_group_the_monitor_reads():
     with open(netsetup.RULESET) as ruleset:
         assert f"log group {nflog.GROUP}\n" in ruleset.read()
+
+
+def test_the_init_needs_only_the_standard_library():
+    """PID 1 starts before every command: it imports nothing of arca_control, trio, construct or dnspython."""
+    probe = ("import sys, arca_monitor.sandbox.init; print(sorted({name.split('.')[0] for name in sys.modules}"
+             " & {'arca_control', 'trio', 'construct', 'dns'}))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

@@ -41,7 +41,7 @@ import trio
 
 from arca_control.protocol.channel import ControlChannel, Datagram, close_fds
 
-from . import nflog
+from . import refusals
 from .messages import (
     Connected,
     ConnectFailed,
@@ -131,7 +131,7 @@ class Sandbox:
             raise OSError(reply.errno, f"connect to port {port} in the sandbox: {os.strerror(reply.errno)}")
         return reply.sock
 
-    async def receive_refusals(self) -> nflog.Batch:
+    async def receive_refusals(self) -> refusals.Batch:
         """The next refused UDP datagrams the kernel reports (waits for at least one message)."""
         while True:
             await trio.lowlevel.wait_readable(self._refusals)
@@ -141,10 +141,10 @@ class Sandbox:
                 continue
             except OSError as exc:
                 if exc.errno == errno.ENOBUFS:  # the kernel dropped records: the socket's buffer was full
-                    return nflog.Batch((), unreadable=1)
+                    return refusals.Batch((), unreadable=1)
                 raise
             if sender == 0:  # only the kernel's messages are records
-                return nflog.parse(data)
+                return refusals.parse(data)
 
     async def serve_channel(self) -> None:
         """Read the init's replies until it goes; then set ``ended`` (open_sandbox runs this)."""

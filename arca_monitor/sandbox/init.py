@@ -9,9 +9,10 @@ namespaces. In order, it:
    126 without running CMD;
 2. hands every socket to the monitor on channel fd N (one Handoff each, then
    Ready), and closes its own copies;
-3. spawns CMD with its own environment (``ARCA_MONITOR`` and the rest come
-   from arca-run), and sends arca-run, on status fd M, a pidfd of itself so
-   that arca-run can forward signals across the PID namespace;
+3. waits for arca-run's go on status fd M (the monitor is serving then), spawns
+   CMD with its own environment (``ARCA_MONITOR`` and the rest come from
+   arca-run), and answers with a pidfd of itself, so that arca-run can
+   forward signals across the PID namespace;
 4. serves: ConnectInside requests from the monitor (:mod:`.inside`);
    SIGINT and SIGTERM, forwarded to CMD; SIGCHLD, for which it reaps every
    child, orphans included (as PID 1, they are all its own);
@@ -39,6 +40,7 @@ from typing import TYPE_CHECKING
 
 from . import CANNOT_ISOLATE, messages, netsetup
 from .inside import Connector, Outcome
+from .launch import GO
 
 if TYPE_CHECKING:
     from types import FrameType
@@ -220,6 +222,13 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         sockets.close()
     init = Init(channel)  # signals from here on are caught, and wait in the wakeup fd
+    try:
+        go = status.recv(len(GO))
+    except OSError:
+        go = b""
+    if go != GO:
+        say("arca-run went away before the command could start; not running it")
+        return CANNOT_ISOLATE
     try:
         init.command_pid = spawn(args.command)
     except OSError as exc:

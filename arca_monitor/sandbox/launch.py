@@ -8,7 +8,11 @@ makes the init PID 1 of the new PID namespace, ``--kill-child`` kills it if
 its own processes (so ``getpid()`` and ``/proc/self`` agree).
 
 :class:`Pair` is the two SEQPACKET socket pairs a sandbox needs: the channel
-(init to monitor) and the status socket (init to arca-run, for the pidfd).
+(init to monitor) and the status socket between the init and arca-run. On
+the status socket the init, its network set up and its sockets handed over,
+waits for :func:`release` (arca-run sends it once the monitor is serving
+``ARCA_MONITOR``, so the two start side by side), then spawns the command and
+answers with a pidfd of itself (:func:`receive_pidfd`).
 
 Error handling: :func:`isolation_prefix` returns None when nothing works;
 :func:`receive_pidfd` returns None when the init ended without sending one.
@@ -19,12 +23,15 @@ monitor has it; the caller owns the pidfd.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import subprocess
 import sys
 from dataclasses import dataclass
 
+#: What arca-run sends the init when the command may start.
+GO = b"go"
 NAMESPACES = ["--net", "--pid", "--fork", "--kill-child", "--mount-proc"]
 USER_NAMESPACE = ["--user", "--map-root-user"]
 
@@ -74,6 +81,12 @@ def init_command(prefix: list[str], pair: Pair, command: list[str], python: str 
     channel_fd, status_fd = pair.init_fds()
     return [*prefix, python, "-m", "arca_monitor.sandbox.init",
             "--channel-fd", str(channel_fd), "--status-fd", str(status_fd), "--", *command]
+
+
+def release(status: socket.socket) -> None:
+    """Let the init start the command (if it is still there to hear it)."""
+    with contextlib.suppress(OSError):
+        status.send(GO)
 
 
 def receive_pidfd(status: socket.socket) -> int | None:

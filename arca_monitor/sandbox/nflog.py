@@ -1,21 +1,21 @@
-"""NFLOG: how the sandbox's refused UDP datagrams become records the monitor can audit.
+"""NFLOG, the netlink side: a socket that receives a netfilter log group, and the packets it reads.
 
-The ruleset logs every refused datagram (not DNS, not to the sandbox's own
-loopback) to netfilter log group :data:`GROUP` of the sandbox's network
-namespace, before its NAT rule refuses it. The init opens and binds the
-netlink socket there (:func:`bind`) and hands it to the monitor, which reads
-it from outside (a netlink socket stays in the namespace it was made in) and
-decodes each batch with :func:`parse`.
+The ruleset logs every refused UDP datagram (not DNS, not to the sandbox's
+own loopback) to log group :data:`GROUP` of the sandbox's network namespace,
+before its NAT rule refuses it. The init opens and binds the netlink socket
+there (:func:`bind`) and hands it to the monitor, which reads it from outside
+(a netlink socket stays in the namespace it was made in); :func:`packets`
+splits what it reads into logged packets, and :mod:`.refusals` reads those.
 
-The netlink layout (linux/netfilter/nfnetlink_log.h): a ``nlmsghdr``, a
-``nfgenmsg`` (family, version, group), then attributes; NFULA_PAYLOAD holds the
-datagram's first :data:`COPY_RANGE` bytes from its IP header on, NFULA_UID the
-sending socket's owner.
+The layout (linux/netfilter/nfnetlink_log.h): a ``nlmsghdr``, a ``nfgenmsg``
+(family, version, group), then attributes; NFULA_PAYLOAD holds the packet's
+first :data:`COPY_RANGE` bytes from its IP header on, NFULA_UID the sending
+socket's owner. Only the standard library: the init imports this.
 
 Error handling: :func:`bind` raises OSError (with the kernel's errno from its
-acknowledgements). :func:`parse` never raises: what it cannot read is counted
-in :attr:`Batch.unreadable`. Resource handling: :func:`bind` closes its socket
-if configuring it fails; otherwise the caller owns it.
+acknowledgements). :func:`packets` never raises: it counts what it cannot
+read. Resource handling: :func:`bind` closes its socket if configuring it
+fails; otherwise the caller owns it.
 """
 
 from __future__ import annotations
@@ -24,8 +24,6 @@ import errno
 import socket
 import struct
 from dataclasses import dataclass
-
-from arca_control.protocol.wire import Endpoint, ipv6_host
 
 NETLINK_NETFILTER = 12
 #: The log group of refused UDP in the sandbox's namespace (``log group`` in ruleset.nft).
@@ -45,26 +43,15 @@ _CFG_CMD_BIND = 1
 _COPY_PACKET = 2
 _ATTR_PAYLOAD, _ATTR_UID = 9, 11
 _ATTR_TYPE_MASK = 0x3FFF  # the top bits flag nesting and byte order
-_UDP = 17
 
 
 @dataclass(frozen=True)
-class UdpRefusal:
-    """One refused datagram: who sent it (in the sandbox), where to, and how much."""
-
-    source: Endpoint
-    destination: Endpoint
-    #: The sending socket's owner as the sandbox sees it (0: root there), or None if the kernel did not say.
+class LoggedPacket:
+    family: int
+    #: The packet from its IP header on, at most COPY_RANGE bytes of it.
+    payload: bytes
+    #: The sending socket's owner as the logging namespace sees it, or None if the kernel did not say.
     uid: int | None
-    #: The UDP payload's length.
-    length: int
-
-
-@dataclass(frozen=True)
-class Batch:
-    refusals: tuple[UdpRefusal, ...]
-    #: Messages that were not a readable UDP record, or records the kernel dropped (ENOBUFS): at least this many.
-    unreadable: int = 0
 
 
 def _attribute(kind: int, payload: bytes) -> bytes:
@@ -101,29 +88,28 @@ def bind(group: int = GROUP) -> socket.socket:
     return sock
 
 
-def parse(data: bytes) -> Batch:
-    """The records in one netlink read (the kernel may put several messages in it)."""
-    refusals: list[UdpRefusal] = []
+def packets(data: bytes) -> tuple[list[LoggedPacket], int]:
+    """The packets in one netlink read (the kernel may put several messages in it), and how many were unreadable."""
+    found: list[LoggedPacket] = []
     unreadable = 0
     offset = 0
     while offset + _NLMSG.size <= len(data):
         length, kind, _, _, _ = _NLMSG.unpack_from(data, offset)
         if length < _NLMSG.size or offset + length > len(data):
-            return Batch(tuple(refusals), unreadable + 1)
+            return found, unreadable + 1
         if kind == _MSG_PACKET:
-            record = _record(data[offset + _NLMSG.size : offset + length])
-            if record is None:
+            packet = _packet(data[offset + _NLMSG.size : offset + length])
+            if packet is None:
                 unreadable += 1
             else:
-                refusals.append(record)
+                found.append(packet)
         offset += (length + 3) & ~3
-    return Batch(tuple(refusals), unreadable)
+    return found, unreadable
 
 
-def _record(message: bytes) -> UdpRefusal | None:
+def _packet(message: bytes) -> LoggedPacket | None:
     if len(message) < _NFGEN.size:
         return None
-    family = message[0]
     attributes: dict[int, bytes] = {}
     offset = _NFGEN.size
     while offset + _ATTR.size <= len(message):
@@ -132,25 +118,5 @@ def _record(message: bytes) -> UdpRefusal | None:
             return None
         attributes[kind & _ATTR_TYPE_MASK] = message[offset + _ATTR.size : offset + size]
         offset += (size + 3) & ~3
-    uid_bytes = attributes.get(_ATTR_UID, b"")
-    uid = struct.unpack(">I", uid_bytes)[0] if len(uid_bytes) == 4 else None
-    return _udp(family, attributes.get(_ATTR_PAYLOAD, b""), uid)
-
-
-def _udp(family: int, packet: bytes, uid: int | None) -> UdpRefusal | None:
-    """The record of one IP packet, if it is UDP (an IPv6 one without extension headers)."""
-    if family == socket.AF_INET and len(packet) >= 20 and packet[0] >> 4 == 4:
-        header = (packet[0] & 0xF) * 4
-        if packet[9] != _UDP or header < 20 or len(packet) < header + 8:
-            return None
-        source = socket.inet_ntop(socket.AF_INET, packet[12:16])
-        destination = socket.inet_ntop(socket.AF_INET, packet[16:20])
-    elif family == socket.AF_INET6 and len(packet) >= 48 and packet[0] >> 4 == 6:
-        header = 40
-        if packet[6] != _UDP:
-            return None
-        source, destination = ipv6_host(packet[8:24], 0), ipv6_host(packet[24:40], 0)
-    else:
-        return None
-    sport, dport, length = struct.unpack_from(">HHH", packet, header)
-    return UdpRefusal(Endpoint(source, sport), Endpoint(destination, dport), uid, max(length - 8, 0))
+    uid = attributes.get(_ATTR_UID, b"")
+    return LoggedPacket(message[0], attributes.get(_ATTR_PAYLOAD, b""), struct.unpack(">I", uid)[0] if len(uid) == 4 else None)
