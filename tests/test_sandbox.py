@@ -610,20 +610,30 @@ def hand(init_end: socket.socket, handed: dict[Role, socket.socket]) -> None:
 
 
 async def test_a_bad_handoff_is_refused():
-    for mistake in ("wrong kind", "missing", "ends early", "garbage"):
+    reasons = {
+        "wrong kind": "the INTERCEPT4 socket must be AF_INET SOCK_STREAM, listening",
+        "not a socket": "the DNS_TCP6 descriptor is not a socket", "missing": "no socket for DNS_TCP6",
+        "ends early": "ended before handing over", "garbage": "unknown message kind 99",
+    }
+    for mistake, reason in reasons.items():
         monitor_end, init_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         handed = fake_handoff()
         if mistake == "wrong kind":
             handed[Role.INTERCEPT4], handed[Role.DNS_UDP4] = handed[Role.DNS_UDP4], handed[Role.INTERCEPT4]
-        if mistake == "missing":
+        if mistake in ("missing", "not a socket"):
             handed.pop(Role.DNS_TCP6).close()
         hand(init_end, handed)
+        if mistake == "not a socket":
+            read_end, write_end = os.pipe()
+            socket.send_fds(init_end, [encode(Handoff(Role.DNS_TCP6))], [read_end])
+            os.close(read_end)
+            os.close(write_end)
         if mistake == "garbage":
             init_end.send(b"\x63garbage")
         if mistake != "ends early":
             init_end.send(encode(Ready()))
         init_end.close()
-        with pytest.raises(SandboxError):
+        with pytest.raises(SandboxError, match=reason):
             async with open_sandbox(monitor_end):
                 pytest.fail("a bad handoff gave a sandbox")
 
@@ -653,6 +663,15 @@ async def test_the_handle_drops_bad_replies_and_fails_what_is_pending():
                                     [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", udp.fileno()))])
             udp.close()
             assert await errnos.receive() == errno.EPROTO  # a "connected" socket that is not TCP is refused
+            nursery.start_soon(connect, 1112)
+            request = decode(await fake_init.recv(64))
+            assert isinstance(request, ConnectInside)
+            read_end, write_end = os.pipe()
+            await fake_init.sendmsg([encode(Connected(request.request_id))],
+                                    [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", read_end))])
+            os.close(read_end)
+            os.close(write_end)
+            assert await errnos.receive() == errno.EPROTO  # and so is no socket at all
             nursery.start_soon(connect, 2222)
             assert isinstance(decode(await fake_init.recv(64)), ConnectInside)
             fake_init.close()  # the init goes: what is pending fails

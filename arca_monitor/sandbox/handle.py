@@ -101,7 +101,18 @@ class _Reply:
             self.done.set()
 
 
+def _socket_from(fd: int) -> socket.socket | None:
+    """The socket on a received descriptor; None (and the descriptor closed) if it is no socket."""
+    try:
+        return socket.socket(fileno=fd)
+    except OSError:
+        os.close(fd)
+        return None
+
+
 class Sandbox:
+    """One sandbox, as the monitor holds it (see the module's docstring). Made by :func:`open_sandbox`."""
+
     def __init__(self, channel: ControlChannel, handed: dict[Role, socket.socket]) -> None:
         self._channel = channel
         trio_socket = trio.socket.from_stdlib_socket
@@ -169,7 +180,7 @@ class Sandbox:
             return
         match message:
             case Connected(request_id):
-                self._connected(self._pending.get(request_id), socket.socket(fileno=frame.fds[0]))
+                self._connected(self._pending.get(request_id), _socket_from(frame.fds[0]))
             case ConnectFailed(request_id, code):
                 reply = self._pending.get(request_id)
                 if reply is not None:
@@ -179,9 +190,10 @@ class Sandbox:
                             message)
 
     @staticmethod
-    def _connected(reply: _Reply | None, sock: socket.socket) -> None:
-        if reply is None or reply.done.is_set() or sock.type != _TCP or sock.family not in (_V4, _V6):
-            sock.close()  # the request was cancelled, or this is not a TCP socket at all
+    def _connected(reply: _Reply | None, sock: socket.socket | None) -> None:
+        if reply is None or reply.done.is_set() or sock is None or sock.type != _TCP or sock.family not in (_V4, _V6):
+            if sock is not None:
+                sock.close()  # the request was cancelled, or this is not a TCP socket at all
             if reply is not None:
                 reply.fail(errno.EPROTO)
             return
@@ -233,7 +245,10 @@ async def _receive_each(channel: ControlChannel, handed: dict[Role, socket.socke
         if not isinstance(message, Handoff) or message.role in handed or len(frame.fds) != 1:
             close_fds(frame.fds)
             raise SandboxError(f"handoff: unexpected {message} with {len(frame.fds)} descriptors")
-        handed[message.role] = _checked(message.role, socket.socket(fileno=frame.fds[0]))
+        sock = _socket_from(frame.fds[0])
+        if sock is None:
+            raise SandboxError(f"handoff: the {message.role.name} descriptor is not a socket")
+        handed[message.role] = _checked(message.role, sock)
 
 
 def _checked(role: Role, sock: socket.socket) -> socket.socket:
@@ -241,7 +256,8 @@ def _checked(role: Role, sock: socket.socket) -> socket.socket:
     accepting = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 1
     if sock.family != family or sock.type != kind or accepting != listening:
         sock.close()
-        raise SandboxError(f"handoff: the {role.name} socket is not a {family.name} {kind.name} socket as it must be")
+        raise SandboxError(f"handoff: the {role.name} socket must be {family.name} {kind.name}"
+                           f"{', listening' if listening else ''}")
     return sock
 
 
