@@ -16,7 +16,7 @@ What the rules do, for every program whatever its language or I/O interface:
   tells where it was going;
 * every DNS query (UDP or TCP port 53, any server) lands on a DNS socket;
 * every other UDP datagram is refused at once (a connected socket reads
-  ECONNREFUSED) and recorded for the audit log (:mod:`.nflog`).
+  ECONNREFUSED) and recorded for the audit log (:mod:`.nflog`, :mod:`.refusals`).
 
 Nothing can leave the machine: the namespace has no interface but ``lo``.
 """

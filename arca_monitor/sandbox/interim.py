@@ -12,8 +12,8 @@ relayed anywhere:
 
 * an intercepted TCP connection is accepted, audited (``intercept``,
   ``decision`` denied, ``reason`` "no intercept front end yet", with its
-  ``source`` and ``destination``) and reset: the program's connect succeeds
-  and its first read or write fails with ECONNRESET;
+  ``source`` and ``destination``) and reset: the program's connect, or its
+  first read or write, fails with ECONNRESET;
 * a DNS query over UDP is answered REFUSED, audited (``dns``, ``name``,
   ``type``); over TCP, the connection is reset, audited the same way;
 * every refused UDP datagram is audited (``udp_refused``, ``source``,
