@@ -17,10 +17,12 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# Real peers that are not our code: curl (an HTTP client) and socat (a relay and UDP peer).
+# Real peers that are not our code: curl (an HTTP client) and socat (a relay and UDP peer);
+# and what arca-run's sandbox sets itself up with: nft (nftables) and ip (iproute2), in sbin.
 system-deps:
-	@command -v curl >/dev/null && command -v socat >/dev/null || \
-		(apt-get update -qq && apt-get install -y -qq curl socat)
+	@PATH="$$PATH:/usr/sbin:/sbin"; for program in curl socat nft ip; do \
+		command -v $$program >/dev/null || missing=1; done; \
+	[ -z "$$missing" ] || (apt-get update -qq && apt-get install -y -qq curl socat nftables iproute2)
 
 demo: venv system-deps
 	$(PY) -m arca_control.demo
