@@ -10,19 +10,16 @@ import socket
 import subprocess
 import sys
 import textwrap
-from typing import TYPE_CHECKING
 
 import pytest
 import trio
 
 import arca_control
 from arca_control.protocol import errors
-from arca_control.protocol.channel import socketpair
 from arca_control.protocol.codec import decode, encode
 from arca_control.protocol.messages import (
     Accept,
     AcceptErr,
-    AnyRequest,
     Cancel,
     CloseListener,
     CloseListenerOk,
@@ -32,71 +29,13 @@ from arca_control.protocol.messages import (
     HelloOk,
     Listen,
     ListenOk,
-    Message,
 )
 from arca_control.protocol.wire import Capability, Endpoint
 
 from .conftest import LOOPBACK_RULES, errno_is, read_all, wait_until
-
-if TYPE_CHECKING:
-    from collections.abc import Sequence
-    from pathlib import Path
+from .raw_monitor import RawMonitor
 
 LOOPBACK = Endpoint("127.0.0.1", 0)
-
-
-class RawMonitor:
-    """A spawned monitor driven with hand-made frames, as a hostile guest would."""
-
-    def __init__(self, tmp_path: Path, *args: str) -> None:
-        self.sock, theirs = socketpair()
-        self.sock.settimeout(10)
-        self.stderr_path = tmp_path / "monitor.stderr"
-        with open(self.stderr_path, "wb") as stderr:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "arca_monitor", "--fd", str(theirs.fileno()), *args],
-                pass_fds=(theirs.fileno(),),
-                stderr=stderr,
-            )
-        theirs.close()
-
-    def send(self, data: bytes, fds: Sequence[int] = ()) -> None:
-        if fds:
-            socket.send_fds(self.sock, [data], list(fds))
-        else:
-            self.sock.send(data)
-
-    def receive(self) -> Message | None:
-        data = self.sock.recv(70000)
-        return None if not data else decode(data)
-
-    def request(self, msg: AnyRequest) -> Message | None:
-        self.send(encode(msg))
-        return self.receive()
-
-    def hello(self) -> None:
-        assert isinstance(self.request(Hello(request_id=1)), HelloOk)
-
-    def fd_count(self) -> int:
-        return len(os.listdir(f"/proc/{self.process.pid}/fd"))
-
-    def finish(self) -> str:
-        """Close our end; the monitor must exit 0. Returns its stderr."""
-        self.sock.close()
-        assert self.process.wait(timeout=10) == 0
-        log = self.stderr_path.read_text()
-        assert "Traceback" not in log
-        assert "internal error" not in log
-        return log
-
-
-@pytest.fixture
-def raw(tmp_path):
-    monitor = RawMonitor(tmp_path)
-    yield monitor
-    if monitor.process.poll() is None:
-        monitor.process.kill()
-        monitor.process.wait()
 
 
 def test_garbage_before_hello_closes_the_session_with_one_line(raw):
