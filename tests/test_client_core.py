@@ -48,7 +48,6 @@ from arca_control.protocol.wire import GaiError, OptionTarget
 
 from .conftest import HERE, THERE, ready_client
 
-
 # --- late replies: what comes after the guest gave up is kept or closed, never leaked ------------
 
 
