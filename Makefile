@@ -27,10 +27,11 @@ system-deps:
 demo: venv system-deps
 	$(PY) -m arca_control.demo
 
-test: venv system-deps
+# Lint and strict types first (ruff and mypy come with the test extras the venv installs), then the suite.
+test: lint system-deps
 	$(PY) -m pytest
 
-# Strict types and lint (configured in pyproject.toml).
+# Strict types and lint (configured in pyproject.toml): both must report 0 errors.
 lint: venv
 	$(PY) -m ruff check .
 	$(PY) -m mypy
