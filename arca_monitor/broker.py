@@ -44,14 +44,14 @@ from .policy import Denied, Kind
 from .resolver import ResolveError, parse_literal
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable, Iterable, Iterator
 
     from arca_control.protocol.wire import Endpoint
 
     from .audit import AuditLog
     from .config import Config
     from .policy import Policy
-    from .resolver import Resolver
+    from .resolver import Names, Resolver
 
 
 class Held(enum.Enum):
@@ -220,6 +220,9 @@ class Broker:
             else:
                 names = functools.partial(self.resolver.names_for, fresh=True)
                 self.policy.check_connect(endpoint.host, endpoint.port, names)
+        return self._start_allowed(endpoint)
+
+    def _start_allowed(self, endpoint: Endpoint) -> socket.socket | Connecting:
         self.check_in_flight()
         self.admit_connection()
         sock, connected = net.start_connection(endpoint)
@@ -229,7 +232,21 @@ class Broker:
 
     async def connect(self, endpoint: Endpoint, seconds: float | None = None) -> socket.socket:
         """A connected socket to ``endpoint``, if the policy and the limits allow it; raises Denied or OSError."""
-        started = self.start_connect(endpoint)
+        return await self._finish(self.start_connect(endpoint), seconds)
+
+    def addresses_for(self, name: str, port: int, hosts: Iterable[str], names_for: Callable[[str], Names]) -> list[str]:
+        """Of ``hosts`` (what ``name`` resolved to), those a connection made for ``name`` may use, by that name's
+        rules only (``Policy.addresses_for``); raises Denied (counted) when none is left."""
+        with self._deciding():
+            return self.policy.addresses_for(name, port, hosts, names_for)
+
+    async def connect_decided(self, endpoint: Endpoint, seconds: float | None = None) -> socket.socket:
+        """A connected socket to an address :meth:`addresses_for` gave: the limits are checked, not the policy again."""
+        self._refuse_impossible(endpoint)
+        return await self._finish(self._start_allowed(endpoint), seconds)
+
+    @staticmethod
+    async def _finish(started: socket.socket | Connecting, seconds: float | None) -> socket.socket:
         if isinstance(started, socket.socket):
             await trio.lowlevel.checkpoint()
             return started

@@ -44,7 +44,6 @@ from arca_control.protocol.wire import Endpoint
 from arca_monitor.sandbox import launch, netsetup, nflog, refusals
 from arca_monitor.sandbox.destination import original_destination
 from arca_monitor.sandbox.handle import Sandbox, SandboxError, open_sandbox
-from arca_monitor.sandbox.interim import refused_answer
 from arca_monitor.sandbox.messages import (
     Connected,
     ConnectFailed,
@@ -511,7 +510,7 @@ AUDITED = """
 
 
 async def test_the_audit_log_shows_what_left_the_sandboxs_loopback_and_nothing_else(mode):
-    """Until the intercept front end exists, the monitor resets what it intercepts and refuses DNS (the seam)."""
+    """The sandbox's own loopback leaves no line; a denied name, a denied connection and refused UDP do (session 0)."""
     result = await arca_run(mode, "--audit-log", "-", "--", *mode.script(AUDITED))
     assert result.stdout.decode().splitlines() == [
         "loopback unseen", "lookup refused True", f"intercepted: errno {errno.ECONNRESET}",
@@ -525,9 +524,11 @@ async def test_the_audit_log_shows_what_left_the_sandboxs_loopback_and_nothing_e
     assert set(by_event) == {"intercept", "dns", "udp_refused"}  # nothing from the loopback exchange
     [intercepted] = by_event["intercept"]
     assert intercepted["destination"] == "192.0.2.1:80"
-    assert (intercepted["decision"], intercepted["reason"]) == ("denied", "no intercept front end yet")
-    assert {record["name"] for record in by_event["dns"]} == {"example.invalid."}
-    assert {record["decision"] for record in by_event["dns"]} == {"denied"}
+    assert (intercepted["decision"], intercepted["reason"]) == (
+        "denied", "denied by policy: no --allow-connect rule for 192.0.2.1:80")
+    assert {record["name"] for record in by_event["dns"]} == {"example.invalid"}
+    # The default policy resolves from the hosts file only: not found there, so failed (NXDOMAIN), not denied.
+    assert {(record["decision"], record["rcode"]) for record in by_event["dns"]} == {("failed", "NXDOMAIN")}
     [refused] = by_event["udp_refused"]
     assert (refused["destination"], refused["bytes"], refused["uid"]) == ("192.0.2.1:9", 1, 0)
 
@@ -676,18 +677,6 @@ async def test_the_handle_drops_bad_replies_and_fails_what_is_pending():
             fake_init.close()  # the init goes: what is pending fails
             await sandbox.ended.wait()
             assert await errnos.receive() == errno.ECONNABORTED
-
-
-def test_a_dns_query_gets_refused_and_anything_else_no_answer():
-    query = dns.message.make_query("example.test.", "AAAA")
-    refused = refused_answer(query.to_wire())
-    assert refused is not None
-    answer, name, rdtype = refused
-    assert (name, rdtype) == ("example.test.", "AAAA")
-    reply = dns.message.from_wire(answer)
-    assert (reply.id, reply.rcode(), reply.question) == (query.id, dns.rcode.REFUSED, query.question)
-    assert refused_answer(b"\x00\x01 not dns") is None
-    assert refused_answer(answer) is None  # a response is no query
 
 
 def test_the_ruleset_logs_to_the_group_the_monitor_reads():

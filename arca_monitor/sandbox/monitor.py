@@ -2,8 +2,9 @@
 
 ``arca-monitor --socket PATH --sandbox-fd N`` runs :func:`serve_sandboxed`:
 the sessions on PATH as always, and beside them the sandbox whose init holds
-the other end of channel fd N, served by :func:`.interim.serve_sandbox` (the
-seam where the intercept front end will plug in) until the sandbox ends.
+the other end of channel fd N, served by :func:`..sandbox_front.serve_sandbox`
+(intercepted TCP, DNS, refused UDP; under the same config, policy, resolver
+and audit log as the sessions) until the sandbox ends.
 
 Error handling: a sandbox that fails its handoff, or whose channel fails, is
 logged; the sockets it handed are closed (so its connections out are refused,
@@ -20,9 +21,9 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from ..sandbox_front import serve_sandbox
 from ..server import serve_path
 from .handle import SandboxError, open_sandbox
-from .interim import serve_sandbox
 
 if TYPE_CHECKING:
     from ..audit import AuditLog
@@ -33,12 +34,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("arca_monitor.sandbox")
 
 
-async def run_sandbox(fd: int, audit: AuditLog) -> None:
+async def run_sandbox(fd: int, config: Config, resolver: Resolver, policy: Policy, audit: AuditLog) -> None:
     """Serve the sandbox on channel fd ``fd`` until its init goes."""
     try:
         async with open_sandbox(socket.socket(fileno=fd)) as sandbox:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(serve_sandbox, sandbox, audit)
+                nursery.start_soon(serve_sandbox, sandbox, config, policy, resolver, audit)
                 await sandbox.ended.wait()
                 nursery.cancel_scope.cancel()
     except (SandboxError, OSError, ValueError) as exc:
@@ -60,4 +61,4 @@ async def serve_sandboxed(
     """Sessions on ``path`` (``bound``: its socket, if the caller bound it) and the sandbox on ``sandbox_fd``, until cancelled."""
     async with trio.open_nursery() as nursery:
         await nursery.start(functools.partial(serve_path, path, config, resolver, policy, audit, bound=bound))
-        nursery.start_soon(run_sandbox, sandbox_fd, audit)
+        nursery.start_soon(run_sandbox, sandbox_fd, config, resolver, policy, audit)

@@ -1,0 +1,90 @@
+"""Everything a sandbox's programs send out, served: intercepted TCP, DNS, and the record of refused UDP.
+
+:func:`serve_sandbox` is what the monitor runs for the sandbox arca-run
+started (``sandbox.monitor``), for as long as the sandbox lives. It makes
+the sandbox's one :class:`~.broker.Broker`, under audit session
+:data:`SANDBOX_SESSION` (0: guest sessions over the control protocol are
+numbered from 1, and keep brokers of their own), and one
+:class:`~.name_pool.NamePool` shared by the two servers that need it:
+
+* the intercept front end (:mod:`.intercept`) on ``sandbox.intercept``: every
+  TCP connection out, decided by the policy, connected from the host, relayed;
+* the sandbox's DNS server (:mod:`.sandbox_dns`) on ``sandbox.dns_udp`` and
+  ``sandbox.dns_tcp``: every query answered here from the resolve rules,
+  allowed names with pool addresses, nothing forwarded. Each query is
+  audited as "dns" (``transport``, ``name``, ``type``, ``decision``,
+  ``rcode``, ``reason``, ``answer``); a denied one counts as a denial.
+* refused UDP (``sandbox.receive_refusals``): each datagram the rules refused
+  is audited as "udp_refused" (``source``, ``destination``, ``uid``,
+  ``bytes``), and records the kernel could not deliver as
+  "udp_refused_unreadable" with a ``count``. General UDP is a later step.
+
+Resource handling: the DNS server gets duplicates of the sandbox's DNS
+sockets and closes them when it ends; the sandbox's own stay the handle's.
+Error handling: every server goes on past what a program does (see each
+module); only cancellation ends :func:`serve_sandbox`.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import TYPE_CHECKING
+
+import trio
+
+from .audit import shown
+from .broker import Broker
+from .intercept import Intercept
+from .name_pool import NamePool
+from .sandbox_dns import Decision, QueryRecord, SandboxDNS, policy_decisions
+
+if TYPE_CHECKING:
+    from .audit import AuditLog
+    from .config import Config
+    from .policy import Policy
+    from .resolver import Resolver
+    from .sandbox.handle import Sandbox
+
+#: The audit session of everything the sandbox's programs do outside the control protocol.
+SANDBOX_SESSION = 0
+
+
+def _duplicate(sock: trio.socket.SocketType) -> socket.socket:
+    return socket.socket(fileno=socket.dup(sock.fileno()))
+
+
+async def serve_sandbox(
+    sandbox: Sandbox, config: Config, policy: Policy, resolver: Resolver, audit: AuditLog, *,
+    pool: NamePool | None = None,
+) -> None:
+    """Serve every socket of ``sandbox`` until cancelled (see the module's docstring)."""
+    broker = Broker(config, policy, resolver, audit, SANDBOX_SESSION)
+    pool = pool or NamePool()
+
+    def audit_query(record: QueryRecord) -> None:
+        if record.decision is Decision.DENIED:
+            broker.denials += 1
+        broker.record("dns", transport=record.transport.value, name=record.name, type=record.rdtype,
+                      decision=record.decision.value, rcode=record.rcode, reason=record.reason or None,
+                      answer=record.answer)
+
+    dns = SandboxDNS(policy_decisions(policy, resolver, audit_query), pool)
+    intercept = Intercept(broker, pool)
+    async with trio.open_nursery() as nursery:
+        for listener in sandbox.intercept:
+            nursery.start_soon(intercept.serve, listener)
+        udp = [_duplicate(sock) for sock in sandbox.dns_udp]
+        tcp = [_duplicate(sock) for sock in sandbox.dns_tcp]
+        nursery.start_soon(dns.serve, udp, tcp)
+        nursery.start_soon(record_refusals, sandbox, broker)
+
+
+async def record_refusals(sandbox: Sandbox, broker: Broker) -> None:
+    """Audit every UDP datagram the sandbox's rules refused, until cancelled."""
+    while True:
+        batch = await sandbox.receive_refusals()
+        for refusal in batch.refusals:
+            broker.record("udp_refused", source=shown(refusal.source), destination=shown(refusal.destination),
+                          uid=refusal.uid, bytes=refusal.length)
+        if batch.unreadable:
+            broker.record("udp_refused_unreadable", count=batch.unreadable)
