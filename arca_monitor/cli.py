@@ -10,14 +10,17 @@ import functools
 import logging
 import resource
 import signal
+import socket
 import sys
 from typing import TYPE_CHECKING
 
 import trio
 
+from . import publish_spec
 from .audit import AuditLog
 from .config import Config, option_name
 from .policy import Kind, Policy
+from .publish import Published
 from .resolver import Resolver
 from .sandbox.monitor import serve_sandboxed
 from .server import bind_path, serve_fd, serve_path
@@ -47,6 +50,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--sandbox-fd", type=int, metavar="N",
         help="with --socket: also serve the sandbox whose init holds the other end of channel fd N (arca-run's)",
+    )
+    p.add_argument(
+        "--publish-fd", action="append", default=[], metavar="N:GUEST_PORT", type=_publish_fd,
+        help="with --sandbox-fd: relay each connection accepted on inherited listening socket fd N to GUEST_PORT "
+             "on the sandbox's loopback (arca-run's, for its --publish); may be repeated",
     )
     for f in dataclasses.fields(Config):
         default = f.default
@@ -105,6 +113,25 @@ def _nameserver(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def _publish_fd(text: str) -> tuple[int, int]:
+    try:
+        return publish_spec.parse_fd_option(text)
+    except publish_spec.PublishError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _published(options: list[tuple[int, int]]) -> list[Published]:
+    """The listening sockets ``--publish-fd`` names; OSError if one is not a listening TCP socket."""
+    published = []
+    for fd, guest_port in options:
+        sock = socket.socket(fileno=fd)
+        if sock.type != socket.SOCK_STREAM or sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) != 1:
+            sock.close()
+            raise OSError(errno.EINVAL, f"--publish-fd {fd}: not a listening TCP socket")
+        published.append(Published(sock, guest_port))
+    return published
+
+
 def raise_fd_limit() -> None:
     """Every connection costs three fds (the TCP socket, the rx pipe's write end, the tx socket's read end): allow as many as the hard limit."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -131,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         parser().error(str(exc))
     if args.sandbox_fd is not None and args.socket is None:
         parser().error("--sandbox-fd needs --socket")
+    if args.publish_fd and args.sandbox_fd is None:
+        parser().error("--publish-fd needs --sandbox-fd")
     logging.basicConfig(
         stream=sys.stderr,
         level=args.log_level.upper(),
@@ -167,7 +196,8 @@ def _serve(args: argparse.Namespace, config: Config, policy: Policy, resolver: R
             trio.run(serve_fd, args.fd, config, resolver, policy, audit)
         elif args.sandbox_fd is not None:
             sandboxed = functools.partial(
-                serve_sandboxed, args.sandbox_fd, args.socket, config, resolver, policy, audit, bound=bound
+                serve_sandboxed, args.sandbox_fd, args.socket, config, resolver, policy, audit, bound=bound,
+                published=_published(args.publish_fd),
             )
             trio.run(_until_signalled, sandboxed)
         else:

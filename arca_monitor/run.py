@@ -1,6 +1,6 @@
 """``arca-run``: run a command in a sandbox whose only way out is a monitor.
 
-    arca-run [--transparent] [monitor options] -- CMD [ARGS...]
+    arca-run [--transparent] [--publish [HOST_ADDR:]HOST_PORT:GUEST_PORT]... [monitor options] -- CMD [ARGS...]
 
 The monitor runs here, in the host's network namespace, serving a socket path in
 a private directory. CMD runs in a sandbox (``arca_monitor.sandbox``): new
@@ -11,6 +11,15 @@ datagram goes to sockets the init made and handed to the monitor. Nothing can
 leave: the namespace has no interface but ``lo``. ``ARCA_MONITOR`` in CMD's
 environment names the monitor's path: every ``arca_control.open_session()``
 inside attaches to this monitor instead of spawning one.
+
+``--publish [HOST_ADDR:]HOST_PORT:GUEST_PORT`` (repeatable) publishes a server
+in the sandbox: arca-run listens on HOST_ADDR (default 127.0.0.1; HOST_PORT 0
+lets the kernel choose) before anything starts, so that a port already taken
+is one line and exit status 1, and hands the listener to the monitor, which
+relays each connection to GUEST_PORT on the sandbox's own loopback
+(``arca_monitor.publish``). Once the monitor serves, and before CMD starts,
+arca-run prints ``published HOST_ADDR:HOSTPORT -> sandbox port GUESTPORT`` on
+stderr for each.
 
 With ``--transparent`` a Python CMD needs no change at all: its interpreter
 calls ``arca_control.install()`` at startup (through a ``sitecustomize`` put
@@ -41,11 +50,13 @@ from typing import TYPE_CHECKING
 
 from arca_control.protocol import launch
 
+from . import publish_spec
 from .sandbox import CANNOT_ISOLATE
 from .sandbox.launch import Pair, init_command, isolation_prefix, receive_pidfd, release
 
 if TYPE_CHECKING:
     import socket
+    from collections.abc import Sequence
     from types import FrameType
 
 __all__ = ["CANNOT_ISOLATE", "isolation_prefix", "main"]
@@ -56,21 +67,63 @@ FORWARDED = (signal.SIGINT, signal.SIGTERM)
 
 def usage() -> str:
     return (
-        "usage: arca-run [--transparent] [monitor options] -- CMD [ARGS...]\n"
+        "usage: arca-run [--transparent] [--publish [HOST_ADDR:]HOST_PORT:GUEST_PORT]... [monitor options]\n"
+        "                -- CMD [ARGS...]\n"
         "Runs CMD in a sandbox (its own loopback and PID namespace) whose only way out\n"
         "is an arca monitor (ARCA_MONITOR in its environment). Monitor options are\n"
         "arca-monitor's (see arca-monitor --help), except --fd, --socket and\n"
-        "--sandbox-fd, which arca-run sets.\n"
+        "--sandbox-fd and --publish-fd, which arca-run sets.\n"
+        "--publish [HOST_ADDR:]HOST_PORT:GUEST_PORT: listen on the host (default address\n"
+        "127.0.0.1, IPv6 in brackets; HOST_PORT 0: the kernel chooses) and relay each\n"
+        "connection to GUEST_PORT on the sandbox's loopback. Repeatable.\n"
         "--transparent: a Python CMD's sockets and name lookups go through the monitor\n"
         "unchanged (arca_control.install() at its startup)."
     )
 
 
-def start_monitor(path: str, options: list[str], sandbox: socket.socket) -> subprocess.Popen[bytes]:
-    """The monitor, to serve ``path`` and the sandbox on channel ``sandbox`` (see :func:`wait_for_monitor`)."""
+def start_monitor(path: str, options: list[str], sandbox: socket.socket,
+                  published: Sequence[tuple[socket.socket, int]] = ()) -> subprocess.Popen[bytes]:
+    """The monitor, to serve ``path``, the sandbox on channel ``sandbox`` and the ``published`` listeners
+    (each with its guest port); see :func:`wait_for_monitor`."""
     fd = sandbox.fileno()
+    publish = [arg for sock, port in published for arg in ("--publish-fd", publish_spec.fd_option(sock, port))]
     return subprocess.Popen([sys.executable, "-m", "arca_monitor", "--socket", path, "--sandbox-fd", str(fd),
-                             *options], pass_fds=(fd,))
+                             *publish, *options], pass_fds=(fd, *(sock.fileno() for sock, _ in published)))
+
+
+def split_publish(options: list[str]) -> tuple[list[str], list[publish_spec.PublishSpec]]:
+    """``options`` without ``--publish SPEC`` (or ``--publish=SPEC``), and the specs; PublishError if one is bad."""
+    rest: list[str] = []
+    specs: list[publish_spec.PublishSpec] = []
+    given = iter(options)
+    for option in given:
+        if option == "--publish":
+            value = next(given, None)
+            if value is None:
+                raise publish_spec.PublishError("--publish needs [HOST_ADDR:]HOST_PORT:GUEST_PORT")
+            specs.append(publish_spec.parse(value))
+        elif option.startswith("--publish="):
+            specs.append(publish_spec.parse(option.removeprefix("--publish=")))
+        else:
+            rest.append(option)
+    return rest, specs
+
+
+def bind_published(specs: Sequence[publish_spec.PublishSpec]) -> list[tuple[socket.socket, int]]:
+    """A host listener for each of ``specs``, with its guest port; OSError naming the spec (none left open) if
+    one cannot be bound."""
+    published: list[tuple[socket.socket, int]] = []
+    for spec in specs:
+        try:
+            sock = publish_spec.bind(spec)
+        except OSError as exc:
+            for bound, _ in published:
+                bound.close()
+            where = f"[{spec.host}]" if ":" in spec.host else spec.host
+            raise OSError(exc.errno, f"--publish {where}:{spec.host_port}:{spec.guest_port}: "
+                                     f"{exc.strerror or exc}") from None
+        published.append((sock, spec.guest_port))
+    return published
 
 
 def wait_for_monitor(monitor: subprocess.Popen[bytes], path: str) -> None:
@@ -94,21 +147,45 @@ def main(argv: list[str] | None = None) -> int:
     if any(opt in ("-h", "--help") for opt in options):
         print(usage())
         return 0
-    if any(opt.startswith(("--fd", "--socket", "--sandbox-fd")) for opt in options):
-        print("arca-run: --fd, --socket and --sandbox-fd are arca-run's to set", file=sys.stderr)
+    if any(opt.startswith(("--fd", "--socket", "--sandbox-fd", "--publish-fd")) for opt in options):
+        print("arca-run: --fd, --socket, --sandbox-fd and --publish-fd are arca-run's to set", file=sys.stderr)
+        return 2
+    try:
+        options, specs = split_publish(options)
+    except publish_spec.PublishError as exc:
+        print(f"arca-run: {exc}", file=sys.stderr)
         return 2
     prefix = isolation_prefix()
     if prefix is None:
         print("arca-run: cannot make a network namespace (needs root or user namespaces, and unshare);"
               " not running the command with the host's network", file=sys.stderr)
         return CANNOT_ISOLATE
+    try:
+        published = bind_published(specs)
+    except OSError as exc:
+        print(f"arca-run: {exc}", file=sys.stderr)
+        return 1
+    try:
+        return run_monitored(prefix, command, options, published, transparent)
+    finally:
+        for sock, _ in published:
+            sock.close()  # (at the latest: the monitor has its own copies from the start)
+
+
+def run_monitored(prefix: list[str], command: list[str], options: list[str],
+                  published: list[tuple[socket.socket, int]], transparent: bool) -> int:
+    """Start the monitor (handing it the ``published`` listeners, closed here once it has them), run CMD, stop
+    the monitor."""
+    announce = [publish_spec.announcement(sock, port) for sock, port in published]
     with tempfile.TemporaryDirectory(prefix="arca-run-") as workdir, contextlib.closing(Pair.open()) as pair:
         os.chmod(workdir, 0o700)
         path = os.path.join(workdir, "monitor.sock")
-        monitor = start_monitor(path, options, pair.monitor_end)
+        monitor = start_monitor(path, options, pair.monitor_end, published)
         pair.monitor_end.close()  # the monitor's now: it sees EOF when the init ends
+        for sock, _ in published:
+            sock.close()  # the monitor's now: when it ends, so do they
         try:
-            return run_guest(prefix, command, path, pair, monitor, transparent)
+            return run_guest(prefix, command, path, pair, monitor, transparent, announce)
         finally:
             monitor.send_signal(signal.SIGTERM)  # a clean shutdown: every session and socket closed
             try:
@@ -164,10 +241,11 @@ class Forwarder:
 
 
 def run_guest(prefix: list[str], command: list[str], path: str, pair: Pair, monitor: subprocess.Popen[bytes],
-              transparent: bool = False) -> int:
+              transparent: bool = False, announce: Sequence[str] = ()) -> int:
     """Run CMD in the sandbox (``monitor`` holds the channel's other end); its exit status.
 
-    The sandbox sets itself up while the monitor starts; CMD starts once the monitor serves ``path``.
+    The sandbox sets itself up while the monitor starts; once the monitor serves ``path``, the
+    ``announce`` lines (the published ports) go to stderr, and then CMD starts.
     """
     env = {**os.environ, launch.MONITOR_ENV: path}
     if transparent:
@@ -185,6 +263,8 @@ def run_guest(prefix: list[str], command: list[str], path: str, pair: Pair, moni
         guest.wait()
         print(f"arca-run: {exc}", file=sys.stderr)
         return 1
+    for line in announce:
+        print(line, file=sys.stderr, flush=True)
     forwarder = Forwarder()
     previous = {signum: signal.signal(signum, forwarder.forward) for signum in FORWARDED}
     try:

@@ -14,6 +14,8 @@ numbered from 1, and keep brokers of their own), and one
   allowed names with pool addresses, nothing forwarded. Each query is
   audited as "dns" (``transport``, ``name``, ``type``, ``decision``,
   ``rcode``, ``reason``, ``answer``); a denied one counts as a denial.
+* the published ports (:mod:`.publish`): each connection to one of arca-run's
+  ``--publish`` listeners relayed to its port on the sandbox's loopback;
 * refused UDP (``sandbox.receive_refusals``): each datagram the rules refused
   is audited as "udp_refused" (``source``, ``destination``, ``uid``,
   ``bytes``), and records the kernel could not deliver as
@@ -36,12 +38,16 @@ from .audit import shown
 from .broker import Broker
 from .intercept import Intercept
 from .name_pool import NamePool
+from .publish import Publisher
 from .sandbox_dns import Decision, QueryRecord, SandboxDNS, policy_decisions
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from .audit import AuditLog
     from .config import Config
     from .policy import Policy
+    from .publish import Published
     from .resolver import Resolver
     from .sandbox.handle import Sandbox
 
@@ -55,7 +61,7 @@ def _duplicate(sock: trio.socket.SocketType) -> socket.socket:
 
 async def serve_sandbox(
     sandbox: Sandbox, config: Config, policy: Policy, resolver: Resolver, audit: AuditLog, *,
-    pool: NamePool | None = None,
+    pool: NamePool | None = None, published: Sequence[Published] = (),
 ) -> None:
     """Serve every socket of ``sandbox`` until cancelled (see the module's docstring)."""
     broker = Broker(config, policy, resolver, audit, SANDBOX_SESSION)
@@ -77,6 +83,9 @@ async def serve_sandbox(
         tcp = [_duplicate(sock) for sock in sandbox.dns_tcp]
         nursery.start_soon(dns.serve, udp, tcp)
         nursery.start_soon(record_refusals, sandbox, broker)
+        publisher = Publisher(broker, sandbox)
+        for port in published:
+            nursery.start_soon(publisher.serve, port)
 
 
 async def record_refusals(sandbox: Sandbox, broker: Broker) -> None:
