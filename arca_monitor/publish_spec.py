@@ -64,7 +64,8 @@ def parse(text: str) -> PublishSpec:
         raise PublishError(f"--publish {text}: {host!r} is not an IP address (IPv6 in brackets)") from None
     if text.startswith("[") != (address.version == 6):
         raise PublishError(f"--publish {text}: an IPv6 address goes in brackets, an IPv4 address does not")
-    return PublishSpec(str(address), _port(ports[0], "HOST_PORT", 0), _port(ports[1], "GUEST_PORT", 1))
+    return PublishSpec(str(address), _port(ports[0], f"--publish {text}: HOST_PORT", 0),
+                       _port(ports[1], f"--publish {text}: GUEST_PORT", 1))
 
 
 def bind(spec: PublishSpec) -> socket.socket:

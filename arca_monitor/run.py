@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         published = bind_published(specs)
     except OSError as exc:
-        print(f"arca-run: {exc}", file=sys.stderr)
+        print(f"arca-run: {exc.strerror}", file=sys.stderr)
         return 1
     try:
         return run_monitored(prefix, command, options, published, transparent)
