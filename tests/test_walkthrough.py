@@ -87,3 +87,31 @@ async def test_piping_a_file_through_arca_cat(tmp_path):
                 received += chunk
         assert await receiver.wait() == 0
     assert hashlib.sha256(received).digest() == hashlib.sha256(data).digest()
+
+
+async def test_a_dev_server_published_to_the_host(tmp_path):
+    """Step 4: ``arca-run --publish 0:8000 -- python -m http.server 8000``, then curl at the printed port."""
+    page = b"<p>served from the sandbox</p>\n"
+    (tmp_path / "index.html").write_bytes(page)
+    server = [sys.executable, "-m", "http.server", "8000", "--bind", "127.0.0.1", "--directory", str(tmp_path)]
+    guest = await trio.lowlevel.open_process([*RUN, "--publish", "0:8000", "--", *server], stderr=subprocess.PIPE)
+    assert guest.stderr is not None
+    curl = shutil.which("curl")
+    assert curl is not None
+    seen = b""
+    try:
+        with trio.fail_after(30):
+            while not (found := re.search(rb"published 127\.0\.0\.1:(\d+) -> sandbox port 8000\n", seen)):
+                seen += await guest.stderr.receive_some(4096)
+            while True:  # the server may still be starting: the monitor resets until it listens
+                result = await trio.run_process(
+                    [curl, "-sS", "--fail", "--max-time", "10", f"http://127.0.0.1:{int(found.group(1))}/index.html"],
+                    capture_stdout=True, capture_stderr=True, check=False,
+                )
+                if result.returncode == 0:
+                    break
+                await trio.sleep(0.05)
+        assert result.stdout == page
+    finally:
+        guest.terminate()
+        await guest.wait()
