@@ -36,6 +36,7 @@ TINY = Sizes(
     codec_seconds=0.2,
     scale_connections=200,
     scale_concurrency=100,
+    curl_bytes=8 << 20,
 )
 
 
@@ -68,7 +69,7 @@ def test_sample_message_exists_for_every_type():
 async def test_every_case_on_tiny_loads(tmp_path):
     require_socat()
     results = await run_cases(TINY, CASES)
-    assert set(results.entries()) == {"download", "upload", "connect", "accept", "codec", "scale"}
+    assert set(results.entries()) == {"download", "upload", "connect", "accept", "codec", "scale", "curl"}
     assert not results.failed
 
     download = results.download
@@ -97,9 +98,15 @@ async def test_every_case_on_tiny_loads(tmp_path):
     assert scale.peak.fds >= 3 * 200  # the socket, the rx pipe end and the tx socket end per connection
     assert positive(scale.open_s)
     assert positive(scale.peak.rss_kib)
+    curl = results.curl
+    assert curl is not None
+    for direction in (curl.download, curl.upload):
+        assert positive(direction.variants["direct"].median_mb_per_s)
+        assert positive(direction.variants["arca"].median_mb_per_s)
+        assert non_negative(direction.variants["arca"].median_relay_cpu_s_per_gib)
 
     rows = build_rows(results)
-    assert {row.case[0] for row in rows} == set("abcdefg")
+    assert {row.case[0] for row in rows} == set("abcdefgh")
     for row in rows:
         if row.unit == "s/GiB":
             assert non_negative(row.measured), row
@@ -116,7 +123,7 @@ async def test_every_case_on_tiny_loads(tmp_path):
     document = json.loads(path.read_text())
     assert set(document) == {"meta", "results", "rows"}
     assert document["meta"]["sizes"]["download_bytes"] == 8 << 20
-    assert set(document["results"]) == {"download", "upload", "connect", "accept", "codec", "scale"}
+    assert set(document["results"]) == {"download", "upload", "connect", "accept", "codec", "scale", "curl"}
     assert document["results"]["download"]["arca"]["median_mb_per_s"] == download.variants["arca"].median_mb_per_s
     assert document["results"]["scale"]["peak"]["fds"] == scale.peak.fds
     assert len(document["rows"]) == len(rows)

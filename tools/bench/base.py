@@ -25,6 +25,7 @@ CASES = {
     "e": "accept",
     "f": "codec",
     "g": "scale",
+    "h": "curl",
 }
 
 
@@ -41,6 +42,7 @@ class Sizes:
     codec_seconds: float  # the whole codec case, shared out over types and directions
     scale_connections: int
     scale_concurrency: int
+    curl_bytes: int  # each way, curl on the host and in the sandbox
 
 
 FULL = Sizes(
@@ -53,6 +55,7 @@ FULL = Sizes(
     codec_seconds=8.0,
     scale_connections=10_000,
     scale_concurrency=256,
+    curl_bytes=GIB,
 )
 QUICK = Sizes(
     download_bytes=512 << 20,
@@ -64,6 +67,7 @@ QUICK = Sizes(
     codec_seconds=2.0,
     scale_connections=5000,
     scale_concurrency=256,
+    curl_bytes=256 << 20,
 )
 
 

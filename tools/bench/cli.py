@@ -16,6 +16,8 @@ Cases (letters or names):
   e accept    connections accepted per second through an ArcaListener, vs trio.serve_tcp
   f codec     frames per second decoded and encoded, per message type
   g scale     many concurrent connections through one monitor: open time, RSS and fds
+  h curl      curl under arca-run (to host.arca.internal) vs curl on the host, from one local
+              HTTP server, download and upload; the monitor's CPU seconds per GiB
 
 Everything talks to 127.0.0.1 on kernel-chosen ports only. Every load is bounded in
 count and in time (trio.fail_after around each step, an alarm in every helper

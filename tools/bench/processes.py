@@ -24,6 +24,7 @@ SINK = _HELPERS / "sink.py"
 SOURCE = _HELPERS / "source.py"
 ACCEPTOR = _HELPERS / "acceptor.py"
 LOADGEN = _HELPERS / "loadgen.py"
+HTTP_BLOB = _HELPERS / "http_blob.py"
 
 
 def helper(program: Path, alarm: float, *args: object) -> list[str]:

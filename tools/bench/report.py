@@ -135,9 +135,22 @@ def other_rows(results: Results) -> list[Row]:
     return rows
 
 
+def curl_rows(results: Results) -> list[Row]:
+    """Case h: curl in the sandbox against curl on the host, each way, and the monitor's CPU for it."""
+    rows = []
+    if curl := results.curl:
+        for name, entry in (("download", curl.download), ("upload", curl.upload)):
+            arca = entry.variants["arca"]
+            rows.append(Row(f"h curl {name} in the sandbox vs on the host", arca.median_mb_per_s,
+                            entry.variants["direct"].median_mb_per_s, "MB/s", Target(">=", 0.8)))
+            rows.append(Row(f"h monitor CPU, curl {name}", arca.median_relay_cpu_s_per_gib, None, "s/GiB",
+                            note="info"))
+    return rows
+
+
 def build_rows(results: Results, cases: Iterable[str] = CASES) -> list[Row]:
     chosen = set(cases)
-    rows = transfer_rows(results, chosen) + other_rows(results)
+    rows = transfer_rows(results, chosen) + other_rows(results) + curl_rows(results)
     rows += [Row(f"{name} FAILED", None, None, "", note=error) for name, error in results.failed.items()]
     return rows
 

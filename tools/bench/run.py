@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from .base import progress
 from .codec import CodecResult, codec_case
 from .connects import AcceptResult, ConnectResult, accept_case, connect_case
+from .curl import CurlResult, curl_case
 from .scale import ScaleResult, scale_case
 from .transfers import TransferResult, download_case, upload_case
 
@@ -28,13 +29,16 @@ class Results:
     accept: AcceptResult | None = None
     codec: CodecResult | None = None
     scale: ScaleResult | None = None
+    curl: CurlResult | None = None
     #: The cases that could not run: the exception each raised (its repr).
     failed: dict[str, str] = field(default_factory=dict)
 
-    def entries(self) -> dict[str, TransferResult | ConnectResult | AcceptResult | CodecResult | ScaleResult]:
+    def entries(
+        self,
+    ) -> dict[str, TransferResult | ConnectResult | AcceptResult | CodecResult | ScaleResult | CurlResult]:
         """The result of every case that ran, by name, in the order they run."""
         named = (("download", self.download), ("upload", self.upload), ("connect", self.connect),
-                 ("accept", self.accept), ("codec", self.codec), ("scale", self.scale))
+                 ("accept", self.accept), ("codec", self.codec), ("scale", self.scale), ("curl", self.curl))
         return {name: result for name, result in named if result is not None}
 
     def as_json(self) -> dict[str, object]:
@@ -42,7 +46,7 @@ class Results:
         done = self.entries()
         return {
             name: done[name].as_json() if name in done else {"error": self.failed[name]}
-            for name in ("download", "upload", "connect", "accept", "codec", "scale")
+            for name in ("download", "upload", "connect", "accept", "codec", "scale", "curl")
             if name in done or name in self.failed
         }
 
@@ -70,6 +74,9 @@ async def run_cases(sizes: Sizes, cases: Iterable[str]) -> Results:
     async def scale() -> None:
         results.scale = await scale_case(sizes)
 
+    async def curl() -> None:
+        results.curl = await curl_case(sizes)
+
     steps: list[tuple[str, Callable[[], Awaitable[None]]]] = []
     # The CPU figures come from the arca transfers; asked for alone, run only those.
     if "a" in chosen or "c" in chosen:
@@ -84,6 +91,8 @@ async def run_cases(sizes: Sizes, cases: Iterable[str]) -> Results:
         steps.append(("codec", codec))
     if "g" in chosen:
         steps.append(("scale", scale))
+    if "h" in chosen:
+        steps.append(("curl", curl))
     for name, step in steps:
         print(f"[{name}]", file=sys.stderr, flush=True)
         try:
