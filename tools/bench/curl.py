@@ -8,7 +8,8 @@ server's port, and relayed by the monitor). Each transfer is timed by curl
 itself (``time_total``: from the start of its lookup to the end of the
 transfer), so arca-run's own start and stop are not in it. The download is
 ``GET /N``; the upload ``PUT``s a sparse file of N bytes (reading its holes
-costs no disk).
+costs no disk; it is read once before the rounds, so that every round finds
+it in the page cache).
 
 The monitor's CPU time is read from /proc just before curl starts in the
 sandbox and just after it has printed its result: the command waits on its
@@ -118,10 +119,17 @@ async def in_sandbox(port: int, upload: str | None, nbytes: int) -> Transfer:
 
 
 def sparse_file(path: str, nbytes: int) -> str:
-    """A file of ``nbytes`` zeros that takes no disk (all one hole), readable by anyone; its path."""
+    """A file of ``nbytes`` zeros that takes no disk (all one hole), readable by anyone, read once; its path.
+
+    Read once here because the first read of a hole fills the page cache, which made the first round's
+    upload (always the host's) several times slower than the others.
+    """
     with open(path, "wb") as sparse:
         sparse.truncate(nbytes)
     os.chmod(path, 0o644)
+    with open(path, "rb") as sparse:
+        while sparse.read(1 << 20):
+            pass
     return path
 
 
@@ -130,7 +138,7 @@ async def curl_case(sizes: Sizes) -> CurlResult:
     timeout = 4 * sizes.repeats * (transfer_timeout(nbytes) + 30)
     with tempfile.TemporaryDirectory(prefix="arca-bench-") as directory:
         os.chmod(directory, 0o755)  # the sandbox's curl may run as another user (a user namespace)
-        upload = sparse_file(os.path.join(directory, "upload.bin"), nbytes)
+        upload = await trio.to_thread.run_sync(sparse_file, os.path.join(directory, "upload.bin"), nbytes)
         async with spawned(helper(HTTP_BLOB, timeout)) as (_, server):
             port = int(await server.line())
             progress(f"curl: the server is on {HOST}:{port}")
