@@ -24,11 +24,11 @@ import os
 import random
 import shutil
 import socket
+import socketserver
 import subprocess
 import sys
 import tempfile
 import threading
-import time
 import zipfile
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -113,9 +113,11 @@ def test_a_byte_exact_download_through_host_arca_internal(mode: Mode, shared: st
     assert result.stdout.split()[0] == hashlib.sha256(blob).hexdigest()
     [opened] = events(result, "open")
     assert (opened["session"], opened["via"], opened["name"], opened["decision"]) == (0, "intercept", HOST, "allowed")
-    assert opened["peer"] == f"127.0.0.1:{port}" and str(opened["destination"]).startswith("127.100.0.1:")
+    assert opened["peer"] == f"127.0.0.1:{port}"
+    assert str(opened["destination"]).startswith("127.100.0.1:")
     [closed] = events(result, "close")
-    assert closed["how"] == "closed" and int(str(closed["bytes_down"])) > len(blob)
+    assert closed["how"] == "closed"
+    assert int(str(closed["bytes_down"])) > len(blob)
 
 
 def half_close_server(listener: socket.socket, log: list[bytes]) -> None:
@@ -170,7 +172,8 @@ def test_a_name_rule_through_the_sandboxs_dns(mode: Mode, shared: str) -> None:
         result = arca_run(mode, f"--allow-connect=svc.arca-test.example:{port}", "--", "sh", "-c", script, hosts=hosts)
     assert result.returncode == 0, result.stderr
     address, name = result.stdout.splitlines()[0].split()
-    assert name == "svc.arca-test.example" and address.startswith("127.100.")  # its own pool address
+    assert name == "svc.arca-test.example"
+    assert address.startswith("127.100.")
     assert result.stdout.splitlines()[1] == "by name"
     [opened] = events(result, "open")
     assert (opened["name"], opened["destination"], opened["peer"]) == (
@@ -184,19 +187,21 @@ async def test_a_denied_name_is_never_asked_upstream(mode: Mode) -> None:
                    "--hosts-file", os.devnull, "--allow-resolve", "allowed.arca-test.example",
                    # DNS may lead a name to loopback only where a CIDR rule names it (rebinding protection)
                    "--allow-connect", "127.0.0.1:1", "--audit-log", "-",
-                   "--", "sh", "-c", "getent hosts allowed.arca-test.example; getent hosts denied.arca-test.example;"
-                   " echo status $?"]
+                   "--", "sh", "-c", ("getent hosts allowed.arca-test.example; getent hosts denied.arca-test.example;"
+                   " echo status $?")]
         with trio.fail_after(60):
             result = await trio.run_process(command, env=mode.env, cwd="/", capture_stdout=True,
                                             capture_stderr=True, check=False)
         assert server.count("denied.arca-test.example") == 0
         assert server.count("allowed.arca-test.example") >= 1
     lines = result.stdout.decode().splitlines()
-    assert lines[0].split()[1] == "allowed.arca-test.example" and lines[0].startswith("127.100.")
+    assert lines[0].split()[1] == "allowed.arca-test.example"
+    assert lines[0].startswith("127.100.")
     assert lines[1] == "status 2"  # getent: not found
     denied = [record for record in audit_of(subprocess.CompletedProcess([], 0, "", result.stderr.decode()))
               if record.get("name") == "denied.arca-test.example"]
-    assert denied and {(record["decision"], record["rcode"]) for record in denied} == {("denied", "NXDOMAIN")}
+    assert denied
+    assert {(record["decision"], record["rcode"]) for record in denied} == {("denied", "NXDOMAIN")}
     assert all("--allow-resolve" in str(record["reason"]) for record in denied)
 
 
@@ -243,41 +248,22 @@ asyncio.run(main())
 """
 
 
+class Echo(socketserver.StreamRequestHandler):
+    def handle(self) -> None:
+        self.wfile.write(b"echo " + self.rfile.readline())
+
+
 def test_unpatched_asyncio_30_connections_at_once(mode: Mode) -> None:
-    async def answer(stream: trio.SocketStream) -> None:
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = await stream.receive_some(100)
-            if not chunk:
-                return
-            data += chunk
-        await stream.send_all(b"echo " + data)
-
-    ports: list[int] = []
-    done = threading.Event()
-
-    async def serve() -> None:
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        ports.append(listeners[0].socket.getsockname()[1])
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(trio.serve_listeners, answer, listeners)
-            while not done.is_set():
-                await trio.sleep(0.05)
-            nursery.cancel_scope.cancel()
-
-    thread = threading.Thread(target=trio.run, args=(serve,))
-    thread.start()
-    try:
-        while not ports:
-            time.sleep(0.01)
-        result = arca_run(mode, f"--allow-connect=127.0.0.1:{ports[0]}", "--", mode.python, "-I", "-c",
-                          ASYNCIO, HOST, str(ports[0]))
-    finally:
-        done.set()
-        thread.join(30)
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Echo)
+    server.daemon_threads = True
+    with serving(server):
+        port = server.server_address[1]
+        result = arca_run(mode, f"--allow-connect=127.0.0.1:{port}", "--", mode.python, "-I", "-c",
+                          ASYNCIO, HOST, str(port))
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == [word for n in range(30) for word in ("echo", str(n))]
-    assert len(events(result, "open")) == 30 and len(events(result, "close")) == 30
+    assert len(events(result, "open")) == 30
+    assert len(events(result, "close")) == 30
 
 
 def test_unpatched_urllib(mode: Mode, shared: str) -> None:
