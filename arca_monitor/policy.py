@@ -14,9 +14,14 @@ the default applies: connect to loopback; listen and bind UDP on loopback and
 the wildcards, ports 1024 and up; resolve from the hosts file only.
 
 A connect rule that names a host allows the addresses the monitor itself
-resolved for that name, while its answer is fresh (``Resolver.fresh_names``):
-an IP literal does not get past a name rule, and a name a connect rule allows
-may also be resolved.
+resolved for that name, while its answer is fresh (``Resolver.names_for``
+with ``fresh``): an IP literal does not get past a name rule, and a name a
+connect rule allows may also be resolved. A connect made for a known name
+(``name=``, from a front end that knows which name was meant) is decided by
+that name's rules, with nothing looked up.
+
+Every check takes the ``Endpoint`` as it was parsed where it entered: the
+address compared against a rule is built from its packed bytes, not its text.
 """
 
 from __future__ import annotations
@@ -31,6 +36,11 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
+
+    from arca_control.protocol.wire import Endpoint
+
+#: An IP address as the rules' networks hold them.
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 class Kind(enum.Enum):
@@ -171,28 +181,38 @@ class Policy:
         """Whether any name may be looked up in DNS (a resolve rule, or a connect rule naming a host)."""
         return bool(self.rules.get(Kind.RESOLVE)) or any(r.name for r in self.rules.get(Kind.CONNECT, []))
 
-    def check_bind(self, kind: Kind, host: str, port: int) -> None:
-        """A listen or UDP bind on ``host:port`` (the port really bound)."""
-        address = ipaddress.ip_address(host.split("%")[0])
+    def check_bind(self, kind: Kind, endpoint: Endpoint) -> None:
+        """A listen or UDP bind on an IP ``endpoint`` (its port the one really bound)."""
+        address = _address(endpoint)
         for rule in self.rules.get(kind, []):
-            if rule.network is not None and address in rule.network and rule.ports.allows(port):
+            if rule.network is not None and address in rule.network and rule.ports.allows(endpoint.port):
                 return
-        raise Denied(kind, f"{_show(host)}:{port}")
+        raise Denied(kind, _show(endpoint))
 
-    def check_connect(self, host: str, port: int, names_for: Callable[[str], set[str]]) -> None:
-        address = ipaddress.ip_address(host.split("%")[0])
-        names = None
+    def check_connect(
+        self, endpoint: Endpoint, names_for: Callable[[Endpoint], set[str]], *, name: str | None = None
+    ) -> None:
+        """A connect to an IP ``endpoint``: by a CIDR rule for its address, or a name rule for a name it stands for.
+
+        ``name`` is the name the connect was made for, when the front end knows
+        it (it resolved that name to ``endpoint`` through the monitor): then
+        that name's rules decide. Without it (a control-protocol Connect names
+        only an address), ``names_for(endpoint)`` gives the names the monitor
+        answered with this address, and any of them counts.
+        """
+        address = _address(endpoint)
+        names = None if name is None else {name}
         for rule in self.rules.get(Kind.CONNECT, []):
-            if not rule.ports.allows(port):
+            if not rule.ports.allows(endpoint.port):
                 continue
             if rule.network is not None and address in rule.network:
                 return
             if rule.name is not None:
                 if names is None:
-                    names = names_for(str(address))
-                if any(rule.matches_name(name) for name in names):
+                    names = names_for(endpoint)
+                if any(rule.matches_name(known) for known in names):
                     return
-        raise Denied(Kind.CONNECT, f"{_show(host)}:{port}")
+        raise Denied(Kind.CONNECT, _show(endpoint))
 
     def check_resolve(self, name: str) -> None:
         if self.default:
@@ -202,14 +222,12 @@ class Policy:
                 return
         raise Denied(Kind.RESOLVE, name)
 
-    def check_peer(self, host: str) -> bool:
-        """Whether an accepted connection from ``host`` may reach the guest."""
+    def check_peer(self, peer: Endpoint) -> bool:
+        """Whether an accepted connection from the IP endpoint ``peer`` may reach the guest."""
         rules = self.rules.get(Kind.PEER)
         if not rules:
             return True
-        address = ipaddress.ip_address(host.split("%")[0])
-        if address.version == 6 and address.ipv4_mapped:
-            address = address.ipv4_mapped
+        address = _address(peer.embedded_ipv4() or peer)
         return any(rule.network is not None and address in rule.network for rule in rules)
 
     def check_unix(self, path: str) -> None:
@@ -229,8 +247,14 @@ class Policy:
         raise Denied(Kind.UNIX, path)
 
 
-def _show(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
+def _address(endpoint: Endpoint) -> IPAddress:
+    """The address of an IP endpoint as the rules' networks compare it (no scope), from its packed bytes."""
+    return ipaddress.ip_address(endpoint.packed)
+
+
+def _show(endpoint: Endpoint) -> str:
+    """``host:port``, an IPv6 host in brackets, as rules are written."""
+    return f"[{endpoint.host}]:{endpoint.port}" if ":" in endpoint.host else f"{endpoint.host}:{endpoint.port}"
 
 
 __all__ = ["DEFAULT_RULES", "Denied", "Kind", "Policy", "Rule", "parse_rule"]
