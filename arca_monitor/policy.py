@@ -30,6 +30,7 @@ import enum
 import errno
 import ipaddress
 import os
+import socket
 import tomllib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -254,7 +255,7 @@ def _address(endpoint: Endpoint) -> IPAddress:
 
 def _show(endpoint: Endpoint) -> str:
     """``host:port``, an IPv6 host in brackets, as rules are written."""
-    return f"[{endpoint.host}]:{endpoint.port}" if ":" in endpoint.host else f"{endpoint.host}:{endpoint.port}"
+    return f"[{endpoint.host}]:{endpoint.port}" if endpoint.socket_family == socket.AF_INET6 else f"{endpoint.host}:{endpoint.port}"
 
 
 __all__ = ["DEFAULT_RULES", "Denied", "Kind", "Policy", "Rule", "parse_rule"]

@@ -268,13 +268,25 @@ def parse_hosts(path: str) -> _HostsTable:
     return table
 
 
-def parse_resolv_conf(path: str) -> list[tuple[str, int]]:
-    """The nameservers of a resolv.conf file, as (IP literal, port 53)."""
+def parse_resolv_conf(path: str) -> list[Endpoint]:
+    """The nameservers of a resolv.conf file, each an IP literal at port 53 (a server that is none is skipped)."""
     try:
         config = dns.resolver.Resolver(filename=path, configure=True)
     except (dns.exception.DNSException, OSError, ValueError):
         return []
-    return [(server, DNS_PORT) for server in config.nameservers if isinstance(server, str)]
+    servers = []
+    for server in config.nameservers:
+        address = _literal_or_none(server) if isinstance(server, str) else None
+        if address is not None:
+            servers.append(address.with_port(DNS_PORT))
+    return servers
+
+
+def _literal_or_none(text: str) -> Endpoint | None:
+    try:
+        return parse_literal(text)
+    except ResolveError:
+        return None
 
 
 def _in_order(addresses: Iterable[Endpoint]) -> list[Endpoint]:
@@ -304,20 +316,22 @@ class Resolver:
     ) -> None:
         if cache_size < 0 or timeout <= 0 or attempts < 1:
             raise ValueError("cache_size must be >= 0, timeout > 0 and attempts >= 1")
+        server = None
         if nameserver is not None:
             host, port = nameserver
             # A nameserver named by a host name would need a resolver to find it.
-            if parse_literal(host) is None or not 0 < port <= 0xFFFF:
+            address = _literal_or_none(host)
+            if address is None or not 0 < port <= 0xFFFF:
                 raise ValueError(f"nameserver must be (IP literal, port), not {nameserver!r}")
-            nameserver = (host, port)
+            server = address.with_port(port)
         self.dns = dns
         self.cache_size = cache_size
         self.timeout = timeout
         self.attempts = attempts
-        self._nameserver = nameserver
+        self._nameserver = server
         self._hosts = _WatchedFile(hosts_file, parse_hosts, _HostsTable()) if hosts_file else None
         # Read lazily: a Resolver given a nameserver, or with DNS off, never reads it.
-        self._resolv_conf: _WatchedFile[list[tuple[str, int]]] = _WatchedFile(
+        self._resolv_conf: _WatchedFile[list[Endpoint]] = _WatchedFile(
             "/etc/resolv.conf", parse_resolv_conf, []
         )
         self._backend = _TRIO_BACKEND
@@ -469,7 +483,7 @@ class Resolver:
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
 
-    def _nameservers(self) -> list[tuple[str, int]]:
+    def _nameservers(self) -> list[Endpoint]:
         if self._nameserver is not None:
             return [self._nameserver]
         return self._resolv_conf.get()
@@ -482,7 +496,7 @@ class Resolver:
         no_reply = _Outcome(eai=socket.EAI_AGAIN, message="no reply from the nameserver")
         failure: _Outcome | None = None
         # A server that answered with a failure is not asked again; one that did not answer is.
-        failed: set[tuple[str, int]] = set()
+        failed: set[Endpoint] = set()
         for _ in range(self.attempts):
             for server in nameservers:
                 if server in failed:
@@ -508,10 +522,10 @@ class Resolver:
                 break
         return failure or no_reply, None
 
-    async def _ask(self, query: dns.message.Message, server: tuple[str, int]) -> dns.message.Message:
+    async def _ask(self, query: dns.message.Message, server: Endpoint) -> dns.message.Message:
         """One attempt at one server: the reply, or _NoReply after ``timeout`` seconds."""
         host, port = server
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        family = server.socket_family
         with trio.move_on_after(self.timeout):
             try:
                 # A connected socket (a fresh one, so a fresh source port, per

@@ -228,7 +228,10 @@ class Endpoint(tuple[str, int]):
         """The Endpoint of an address Python's sockets returned (IPv4, IPv6 or AF_UNIX); ValueError if the
         wire could not carry it (an abstract-namespace name, a path over 107 bytes)."""
         if isinstance(sockaddr, (str, bytes)):
-            return cls(os.fsdecode(sockaddr), 0)
+            path = os.fsdecode(sockaddr)
+            if not valid_unix_path(path):
+                raise ValueError(f"an AF_UNIX address the wire has no form for (abstract, or too long): {path!r}")
+            return cls._build(path, 0, AddressFamily.UNIX, path.encode(), 0)
         if len(sockaddr) == 4:
             host, port, _, scope_id = sockaddr
             try:
