@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import sys
 
@@ -125,6 +126,30 @@ async def test_name_rules_follow_what_the_monitor_resolved(tmp_path):
                 await session.resolve("other.internal")
             await first.aclose()
             await second.aclose()
+
+
+def test_a_connect_made_for_a_name_is_decided_by_that_names_rules():
+    policy = Policy.build({Kind.CONNECT: ["api.example.test:443", "*.cdn.example.test:443"]})
+    address = Endpoint("192.0.2.1", 443)
+
+    def nothing_answered(endpoint: Endpoint) -> set[str]:
+        assert endpoint == address
+        return set()
+
+    def not_asked(endpoint: Endpoint) -> set[str]:
+        raise AssertionError("a connect made for a name asks for no names")
+
+    # A front end that resolved the name itself says which name it was: nothing is looked up.
+    policy.check_connect(address, not_asked, name="api.example.test")
+    policy.check_connect(address, not_asked, name="Img.CDN.example.test.")
+    with pytest.raises(PermissionError, match=re.escape("192.0.2.1:443")):
+        policy.check_connect(address, not_asked, name="other.example.test")
+    with pytest.raises(PermissionError, match=re.escape("192.0.2.1:444")):
+        policy.check_connect(Endpoint("192.0.2.1", 444), not_asked, name="api.example.test")
+    # A Connect that names only the address: the names the monitor answered with it decide.
+    with pytest.raises(PermissionError, match=re.escape("192.0.2.1:443")):
+        policy.check_connect(address, nothing_answered)
+    policy.check_connect(address, lambda endpoint: {"api.example.test"})
 
 
 async def test_peer_rules_filter_accepted_connections():
