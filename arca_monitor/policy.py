@@ -14,11 +14,20 @@ the default applies: connect to loopback; listen and bind UDP on loopback and
 the wildcards, ports 1024 and up; resolve from the hosts file only.
 
 A connect rule that names a host allows the addresses the monitor itself
-resolved for that name, while its answer is fresh (``Resolver.names_for``
-with ``fresh``): an IP literal does not get past a name rule, and a name a
-connect rule allows may also be resolved. A connect made for a known name
-(``name=``, from a front end that knows which name was meant) is decided by
-that name's rules, with nothing looked up.
+resolved for that name, while its answer is fresh (``Resolver.names_for`` with
+``fresh``): an IP literal does not get past a name rule, and a name a connect
+rule allows may also be resolved.
+
+DNS rebinding: an answer that came from DNS (not from the operator's hosts
+file) never lets a name rule reach a special address (loopback, private,
+link-local, ...: ``rebinding.rebinding_reason`` has the list). A CIDR rule
+that covers the address still allows it: the operator named it. The denial,
+an :class:`AnswerRefused`, names the address, the name and the reason, and
+says which rule would allow it. :meth:`Policy.check_connect` applies this to
+a guest's Connect, and to a connect made for a known name (``name=``, from a
+front end that knows which name was meant: then only that name's rules
+count); :meth:`Policy.addresses_for` to the addresses a name resolved to (the
+sandbox's intercept path, where a pool address says which name was meant).
 
 Every check takes the ``Endpoint`` as it was parsed where it entered: the
 address compared against a rule is built from its packed bytes, not its text.
@@ -28,17 +37,22 @@ from __future__ import annotations
 
 import enum
 import errno
+import functools
 import ipaddress
 import os
-import socket
 import tomllib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from arca_control.protocol.wire import Endpoint
+
+from .rebinding import rebinding_reason
+from .resolver import Source
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
 
-    from arca_control.protocol.wire import Endpoint
+    from .resolver import Names
 
 #: An IP address as the rules' networks hold them.
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -59,9 +73,38 @@ PRIVILEGED = 1024
 class Denied(PermissionError):
     """A request no rule allows: EACCES, with the kind of rule that was missing."""
 
-    def __init__(self, kind: Kind, what: str) -> None:
-        super().__init__(errno.EACCES, f"denied by policy: no --allow-{kind.value} rule for {what}")
+    def __init__(self, kind: Kind, what: str, message: str | None = None) -> None:
+        super().__init__(errno.EACCES, message or f"denied by policy: no --allow-{kind.value} rule for {what}")
+        self.kind = kind
 
+
+class AnswerRefused(Denied):
+    """A name rule matched, but only DNS gave the address and it is one DNS must not lead to (rebinding).
+
+    The message says the address, why, the name and the rule that would allow
+    it; the name is cut short when the whole would not fit the 255-byte text
+    field an error travels in, so the rule is never lost.
+    """
+
+    def __init__(self, address: str, name: str, port: int | None, why: str) -> None:
+        shown = f"{_show(address)}:{port}" if port is not None else _show(address)
+
+        def message(name_shown: str) -> str:
+            return (f"denied by policy: {address} is {why} that DNS gave for {name_shown}; a name rule does not"
+                    f" reach it (allow it with --allow-connect {shown})")
+
+        text = message(name)
+        overflow = len(text.encode()) - MAX_MESSAGE
+        if overflow > 0:
+            text = message(name[: max(1, len(name) - overflow - 3)] + "...")
+        super().__init__(Kind.CONNECT, shown, text)
+        self.address = address
+        self.name = name
+        self.why = why
+
+
+#: The longest error text the wire carries (a 255-byte field).
+MAX_MESSAGE = 255
 
 @dataclass(frozen=True)
 class Ports:
@@ -188,32 +231,89 @@ class Policy:
         for rule in self.rules.get(kind, []):
             if rule.network is not None and address in rule.network and rule.ports.allows(endpoint.port):
                 return
-        raise Denied(kind, _show(endpoint))
+        raise Denied(kind, f"{_show(endpoint.host)}:{endpoint.port}")
 
     def check_connect(
-        self, endpoint: Endpoint, names_for: Callable[[Endpoint], set[str]], *, name: str | None = None
+        self, endpoint: Endpoint, names_for: Callable[[Endpoint], Names], *, name: str | None = None
     ) -> None:
-        """A connect to an IP ``endpoint``: by a CIDR rule for its address, or a name rule for a name it stands for.
+        """A connect to the IP ``endpoint``: by a CIDR rule, or a name rule for a name the monitor resolved to it.
 
-        ``name`` is the name the connect was made for, when the front end knows
-        it (it resolved that name to ``endpoint`` through the monitor): then
-        that name's rules decide. Without it (a control-protocol Connect names
-        only an address), ``names_for(endpoint)`` gives the names the monitor
-        answered with this address, and any of them counts.
+        ``names_for(endpoint)`` gives the names the monitor answered with this
+        address (fresh answers only) and their sources. A control-protocol
+        Connect names only an address, so any name the address has counts: one
+        the hosts file gives lets a name rule reach it even when DNS gave it
+        for another name too. ``name`` is the name the connect was made for,
+        when the front end knows it (it resolved that name to ``endpoint``
+        through the monitor): then only that name's rules count, and
+        ``names_for`` says only where its answer came from. Raises
+        :class:`AnswerRefused` when only a DNS answer that
+        :func:`rebinding_reason` refuses would have allowed it, else Denied.
+        """
+        only = None if name is None else name.lower().rstrip(".")
+        self._check_connect(endpoint, endpoint.port, functools.partial(names_for, endpoint), only)
+
+    def addresses_for(
+        self, name: str, port: int | None, hosts: Iterable[str], names_for: Callable[[str], Names]
+    ) -> list[str]:
+        """Of ``hosts`` (what ``name`` resolved to, in order), those a connection made for ``name`` may use.
+
+        For the intercept path, where the connection's pool address says which
+        name it was made for: only that name's rules count, not those of other
+        names that share an address (a CDN's), and no freshness is asked
+        (``hosts`` was resolved just now). ``names_for(address)`` tells
+        whether the hosts file or DNS gave ``name`` that address. ``port``
+        None asks whether some port would do (for a DNS answer, before any
+        connection). When no address is left, raises the first
+        :class:`AnswerRefused` if there was one, else Denied naming ``name``
+        and the addresses tried.
+        """
+        name = name.lower().rstrip(".")
+        usable: list[str] = []
+        refused: list[AnswerRefused] = []
+        hosts = list(hosts)
+        for host in hosts:
+            try:
+                self._check_connect(Endpoint(host, 0), port, functools.partial(names_for, host), name)
+            except AnswerRefused as refusal:
+                refused.append(refusal)
+            except Denied:
+                continue
+            else:
+                usable.append(host)
+        if usable:
+            return usable
+        if refused:
+            raise refused[0]
+        tried = ", ".join(hosts)
+        raise Denied(Kind.CONNECT, (name if port is None else f"{name}:{port}") + (f" ({tried})" if tried else ""))
+
+    def _check_connect(self, endpoint: Endpoint, port: int | None, names: Callable[[], Names], only: str | None) -> None:
+        """The one connect decision: CIDR rules, then name rules for ``only`` or every name of the address.
+
+        ``port`` None: whether some port would do (``endpoint``'s own is not looked at).
         """
         address = _address(endpoint)
-        names = None if name is None else {name}
+        known: Names | None = None
+        refused: AnswerRefused | None = None
         for rule in self.rules.get(Kind.CONNECT, []):
-            if not rule.ports.allows(endpoint.port):
+            if port is not None and not rule.ports.allows(port):
                 continue
             if rule.network is not None and address in rule.network:
                 return
-            if rule.name is not None:
-                if names is None:
-                    names = names_for(endpoint)
-                if any(rule.matches_name(known) for known in names):
+            if rule.name is None:
+                continue
+            if known is None:
+                known = names()
+            for name in (sorted(known) if only is None else [only]):
+                if not rule.matches_name(name):
+                    continue
+                why = None if known.source(name) is Source.HOSTS_FILE else rebinding_reason(address)
+                if why is None:
                     return
-        raise Denied(Kind.CONNECT, _show(endpoint))
+                refused = refused or AnswerRefused(endpoint.host, name, port, why)
+        if refused is not None:
+            raise refused
+        raise Denied(Kind.CONNECT, _show(endpoint.host) if port is None else f"{_show(endpoint.host)}:{port}")
 
     def check_resolve(self, name: str) -> None:
         if self.default:
@@ -253,9 +353,9 @@ def _address(endpoint: Endpoint) -> IPAddress:
     return ipaddress.ip_address(endpoint.packed)
 
 
-def _show(endpoint: Endpoint) -> str:
-    """``host:port``, an IPv6 host in brackets, as rules are written."""
-    return f"[{endpoint.host}]:{endpoint.port}" if endpoint.socket_family == socket.AF_INET6 else f"{endpoint.host}:{endpoint.port}"
+def _show(host: str) -> str:
+    """A host as rules write it: an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host else host
 
 
-__all__ = ["DEFAULT_RULES", "Denied", "Kind", "Policy", "Rule", "parse_rule"]
+__all__ = ["DEFAULT_RULES", "AnswerRefused", "Denied", "Kind", "Policy", "Rule", "parse_rule"]

@@ -42,6 +42,9 @@ Decisions, and why:
   MAX_NEGATIVE_TTL, or DEFAULT_NEGATIVE_TTL when the reply has no SOA. Failures
   (timeouts, SERVFAIL) are not kept: the next lookup asks again.
 * Concurrent lookups of the same (name, record type) share one query.
+* :meth:`Resolver.names_for` says, for each name an address has, whether the
+  hosts file or DNS gave it (:class:`Names`, :class:`Source`): the policy lets
+  a DNS answer satisfy a name rule only outside loopback and private ranges.
 * Error codes: no such name, EAI_NONAME; the name exists but has no address of
   the family asked for, EAI_NODATA (what glibc returns); no reply after every
   attempt (timeouts, ICMP port unreachable), EAI_AGAIN; SERVFAIL, REFUSED, any
@@ -58,6 +61,7 @@ files, stat()ed on each lookup and read only when they change.
 from __future__ import annotations
 
 import collections
+import enum
 import os
 import re
 import socket
@@ -110,6 +114,35 @@ _RDTYPE_OF_FAMILY: dict[int, dns.rdatatype.RdataType] = {
 }
 #: The cache's and the flights' key: a name and one record type.
 _Key = tuple[str, dns.rdatatype.RdataType]
+
+
+class Source(enum.Enum):
+    """Where an answer came from: the operator's own hosts file, or DNS (anyone's say)."""
+
+    HOSTS_FILE = "the hosts file"
+    DNS = "DNS"
+
+
+class Names(set[str]):
+    """The names that resolved to one address (:meth:`Resolver.names_for`), and where each answer came from.
+
+    It is the set of names, as ``names_for`` always gave, so a caller that
+    asks only "which names" needs nothing more; a policy asks :meth:`source`
+    too, because a DNS answer may not lead a name rule everywhere a
+    hosts-file line may (DNS rebinding, see ``policy``). A name added later
+    counts as DNS's.
+    """
+
+    __slots__ = ("from_hosts_file",)
+
+    def __init__(self, hosts_file: Iterable[str] = (), dns_answers: Iterable[str] = ()) -> None:
+        listed = frozenset(hosts_file)
+        super().__init__(listed.union(dns_answers))
+        self.from_hosts_file = listed
+
+    def source(self, name: str) -> Source:
+        """The hosts file if it lists ``name`` for the address; DNS otherwise (also for a name not in the set)."""
+        return Source.HOSTS_FILE if name in self.from_hosts_file else Source.DNS
 
 
 class ResolveError(Exception):
@@ -374,37 +407,40 @@ class Resolver:
             (address.socket_family, kind, address.with_port(port)) for address in addresses for kind in types
         ]
 
-    def names_for(self, address: Endpoint | str, *, fresh: bool = False) -> set[str]:
-        """The names this monitor answered with ``address`` (an Endpoint, any port; or an IP literal's text).
+    def names_for(self, address: Endpoint | str, *, fresh: bool = False) -> Names:
+        """The names this monitor answered with ``address`` (an Endpoint, any port; or an IP literal's text),
+        each with where the answer came from.
 
         Why it exists: a control-protocol Connect carries only a literal
         endpoint, never the name it was made for, so a policy's name rule can
         only ask which names the monitor itself gave out for that address:
-        the hosts file's, and the answers in the cache. A front end that knows
-        the name (the broker's ``connect(..., name=...)``) needs none of this.
+        the hosts file's, and the answers in the cache. A connect made for a
+        known name (the broker's ``connect(..., name=...)``) asks only where
+        that name's answer came from.
 
         Cached answers count after their TTL too, while they stay in the cache
         (a guest may well connect long after looking an address up), unless
         ``fresh``: then only answers within their TTL, as a policy's name rules need.
+        A name both sources give counts as the hosts file's.
         """
         if isinstance(address, str):
             try:
                 parsed = parse_literal(address)
             except ResolveError:
-                return set()
+                return Names()
             if parsed is None:
-                return set()
+                return Names()
             key = parsed
         else:
             key = address if address.port == 0 else address.with_port(0)
-        names = set(self._hosts.get().by_address.get(key, ())) if self._hosts else set()
+        listed = self._hosts.get().by_address.get(key, set()) if self._hosts else set()
         now = trio.current_time()
-        names.update(
+        answered = (
             name
             for (name, _), entry in self._cache.items()
             if key in entry.outcome.addresses and not (fresh and entry.expires <= now)
         )
-        return names
+        return Names(listed, answered)
 
     async def _addresses(self, name: str, families: tuple[int, ...]) -> list[Endpoint]:
         entries = self._hosts.get().by_name.get(name, []) if self._hosts is not None else []

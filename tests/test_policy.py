@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import sys
@@ -11,10 +12,12 @@ import trio
 
 import arca_control
 from arca_control.protocol.wire import Endpoint
-from arca_monitor.policy import Kind, Policy, parse_rule
+from arca_monitor.policy import AnswerRefused, Kind, Policy, parse_rule
+from arca_monitor.resolver import Names
 
 from .conftest import LOOPBACK_RULES, blocking_client
 from .dns_server import dns_server
+from .netns import run_in_netns
 from .test_monitor import NETNS
 
 
@@ -93,33 +96,40 @@ async def test_port_zero_is_checked_against_the_port_the_kernel_chose():
         assert not session.listeners
 
 
-async def test_name_rules_follow_what_the_monitor_resolved(tmp_path):
-    zone = {"db.internal": [("A", "127.0.0.2", 1)]}
+def test_name_rules_follow_what_the_monitor_resolved(tmp_path):
+    # DNS answers in loopback or private ranges do not satisfy a name rule (rebinding, see
+    # test_rebinding.py), so the name's addresses are documentation addresses (TEST-NET-1), put on
+    # lo in an empty namespace: nothing can leave it.
+    run_in_netns(_name_rules_follow_what_the_monitor_resolved, tmp_path, "192.0.2.2/32", "192.0.2.3/32")
+
+
+async def _name_rules_follow_what_the_monitor_resolved(tmp):
+    zone = {"db.internal": [("A", "192.0.2.2", 1)]}
     async with dns_server(zone) as (_, dns_port, server):
-        hosts = tmp_path / "hosts"
-        hosts.write_text("")
-        args = ("--resolver", f"127.0.0.1:{dns_port}", "--hosts-file", str(hosts),
-                "--allow-listen", "127.0.0.0/8:*", "--allow-connect", "db.internal:*")
+        hosts = os.path.join(tmp, "hosts")
+        await trio.Path(hosts).write_text("")
+        args = ("--resolver", f"127.0.0.1:{dns_port}", "--hosts-file", hosts,
+                "--allow-listen", "192.0.2.0/24:*", "--allow-connect", "db.internal:*")
         async with arca_control.open_session(*args) as session:
-            first = await session.listen("127.0.0.2", 0)
+            first = await session.listen("192.0.2.2", 0)
             port = first.local.port
-            second = await session.listen("127.0.0.3", port)
+            second = await session.listen("192.0.2.3", port)
             # An IP literal does not get past a name rule...
             with pytest.raises(PermissionError):
-                await session.connect("127.0.0.2", port)
+                await session.connect("192.0.2.2", port)
             # ...the name does, to the address the monitor resolved for it,
             stream = await session.connect("db.internal", port)
-            assert stream.peer == Endpoint("127.0.0.2", port)
+            assert stream.peer == Endpoint("192.0.2.2", port)
             await stream.aclose()
             # and for as long as that answer is fresh, the address itself does too.
-            await (await session.connect("127.0.0.2", port)).aclose()
+            await (await session.connect("192.0.2.2", port)).aclose()
             # The name moves; once the old answer's TTL is over, only the new address passes.
-            server.zone["db.internal"] = [("A", "127.0.0.3", 60)]
+            server.zone["db.internal"] = [("A", "192.0.2.3", 60)]
             await trio.sleep(1.2)
             with pytest.raises(PermissionError):
-                await session.connect("127.0.0.2", port)
+                await session.connect("192.0.2.2", port)
             stream = await session.connect("db.internal", port)
-            assert stream.peer == Endpoint("127.0.0.3", port)
+            assert stream.peer == Endpoint("192.0.2.3", port)
             await stream.aclose()
             # Resolving a name no rule names is denied.
             with pytest.raises(PermissionError):
@@ -132,24 +142,26 @@ def test_a_connect_made_for_a_name_is_decided_by_that_names_rules():
     policy = Policy.build({Kind.CONNECT: ["api.example.test:443", "*.cdn.example.test:443"]})
     address = Endpoint("192.0.2.1", 443)
 
-    def nothing_answered(endpoint: Endpoint) -> set[str]:
+    def nothing_answered(endpoint: Endpoint) -> Names:
         assert endpoint == address
-        return set()
+        return Names()
 
-    def not_asked(endpoint: Endpoint) -> set[str]:
-        raise AssertionError("a connect made for a name asks for no names")
+    def answered_for_api(endpoint: Endpoint) -> Names:
+        return Names(dns_answers=["api.example.test"])
 
-    # A front end that resolved the name itself says which name it was: nothing is looked up.
-    policy.check_connect(address, not_asked, name="api.example.test")
-    policy.check_connect(address, not_asked, name="Img.CDN.example.test.")
-    with pytest.raises(PermissionError, match=re.escape("192.0.2.1:443")):
-        policy.check_connect(address, not_asked, name="other.example.test")
+    # A front end that resolved the name itself says which name it was: that name's rules decide.
+    policy.check_connect(address, nothing_answered, name="api.example.test")
+    policy.check_connect(address, nothing_answered, name="Img.CDN.example.test.")
+    with pytest.raises(PermissionError, match=re.escape("192.0.2.1:443")):  # another name's rule is no help
+        policy.check_connect(address, answered_for_api, name="other.example.test")
     with pytest.raises(PermissionError, match=re.escape("192.0.2.1:444")):
-        policy.check_connect(Endpoint("192.0.2.1", 444), not_asked, name="api.example.test")
+        policy.check_connect(Endpoint("192.0.2.1", 444), nothing_answered, name="api.example.test")
+    with pytest.raises(AnswerRefused):  # and a DNS answer still leads no name rule to loopback
+        policy.check_connect(Endpoint("127.0.0.1", 443), lambda endpoint: Names(), name="api.example.test")
     # A Connect that names only the address: the names the monitor answered with it decide.
     with pytest.raises(PermissionError, match=re.escape("192.0.2.1:443")):
         policy.check_connect(address, nothing_answered)
-    policy.check_connect(address, lambda endpoint: {"api.example.test"})
+    policy.check_connect(address, answered_for_api)
 
 
 async def test_peer_rules_filter_accepted_connections():

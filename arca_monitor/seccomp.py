@@ -1,0 +1,206 @@
+"""No new AF_UNIX sockets in the sandbox: a seccomp filter, installed just before the command is exec'd.
+
+``socket(AF_UNIX, ...)`` fails with EACCES, whatever the type; ``socketpair``
+keeps working, so programs keep their own IPC, and descriptors the sandbox
+already holds (its channel to the monitor) are untouched. The filter is a
+small classic-BPF program installed with ``prctl(PR_SET_SECCOMP)`` through
+ctypes, after ``prctl(PR_SET_NO_NEW_PRIVS)``: no binding is needed
+(Debian's python3-seccomp serves only the system Python, and PyPI has no
+well-kept one). A filter is kept across fork, clone and execve, and cannot be
+removed, so everything the command starts is filtered too.
+
+What the program checks, for each system call:
+
+1. The architecture (``seccomp_data.arch``), because syscall numbers differ
+   between ABIs and a process may use another one (a 32-bit binary, or
+   ``int 0x80`` from a 64-bit one). The native ABI and its compat ABI are
+   checked; a call from any other ABI kills the process.
+2. ``socket`` with domain AF_UNIX: EACCES. Only the low 32 bits of the
+   argument count, as the kernel reads an int. On x86_64 the x32 numbers
+   (bit 30 set) are checked too. i386 also has ``socketcall``, whose
+   arguments sit behind a pointer the filter cannot read: its SYS_SOCKET
+   call is refused whatever the domain (32-bit glibc calls ``socket``
+   directly; other socketcall calls pass).
+3. ``io_uring_setup``: ENOSYS, as on a kernel without io_uring. Its SOCKET
+   operation makes sockets without any system call a filter sees; programs
+   that use io_uring fall back to plain system calls on ENOSYS.
+
+Everything else is allowed. Supported machines: x86_64 (with i386) and
+aarch64 (its 32-bit ABI is not covered, so such calls are killed).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import socket
+import sys
+from dataclasses import dataclass
+
+# prctl(2) and seccomp(2) constants, from linux/prctl.h, linux/seccomp.h and linux/audit.h.
+PR_SET_NO_NEW_PRIVS = 38
+PR_SET_SECCOMP = 22
+SECCOMP_MODE_FILTER = 2
+SECCOMP_RET_KILL_PROCESS = 0x80000000
+SECCOMP_RET_ERRNO = 0x00050000
+SECCOMP_RET_ALLOW = 0x7FFF0000
+AUDIT_ARCH_X86_64 = 0xC000003E
+AUDIT_ARCH_I386 = 0x40000003
+AUDIT_ARCH_AARCH64 = 0xC00000B7
+#: x32 system calls are x86_64's numbers with this bit set (and the x86_64 arch).
+X32_SYSCALL_BIT = 0x40000000
+#: socketcall(2)'s call number for socket().
+SYS_SOCKET = 1
+
+# Classic BPF instructions used here (linux/filter.h): load a 32-bit word at an offset of
+# struct seccomp_data, jump if the accumulator equals a constant, return a constant.
+BPF_LD_W_ABS = 0x20
+BPF_JEQ_K = 0x15
+BPF_RET_K = 0x06
+# Offsets in struct seccomp_data: nr, arch, instruction pointer, then six u64 arguments
+# (little endian on both machines, so an argument's low 32 bits come first).
+OFFSET_NR = 0
+OFFSET_ARCH = 4
+OFFSET_ARG0 = 16
+
+
+@dataclass(frozen=True)
+class Abi:
+    """The system call numbers the filter checks in one ABI."""
+
+    arch: int
+    socket: int
+    io_uring_setup: int
+    socketcall: int | None = None
+    x32: bool = False
+
+
+#: By ``uname -m``: the native ABI first, then the compat ABI the kernel also runs.
+ABIS: dict[str, tuple[Abi, ...]] = {
+    "x86_64": (
+        Abi(AUDIT_ARCH_X86_64, socket=41, io_uring_setup=425, x32=True),
+        Abi(AUDIT_ARCH_I386, socket=359, io_uring_setup=425, socketcall=102),
+    ),
+    "aarch64": (Abi(AUDIT_ARCH_AARCH64, socket=198, io_uring_setup=425),),
+}
+
+#: One BPF instruction: (code, jump if true, jump if false, constant).
+Instruction = tuple[int, int, int, int]
+#: Before assembly a jump names its targets: a label, or None to go on with the next instruction.
+_Step = tuple[int, str | None, str | None, int]
+
+
+class _Assembler:
+    """BPF with named jump targets, resolved to the relative offsets BPF wants."""
+
+    def __init__(self) -> None:
+        self.steps: list[_Step] = []
+        self.labels: dict[str, int] = {}
+
+    def label(self, name: str) -> None:
+        self.labels[name] = len(self.steps)
+
+    def load(self, offset: int) -> None:
+        self.steps.append((BPF_LD_W_ABS, None, None, offset))
+
+    def jump_if(self, value: int, then: str, otherwise: str | None = None) -> None:
+        self.steps.append((BPF_JEQ_K, then, otherwise, value))
+
+    def ret(self, action: int) -> None:
+        self.steps.append((BPF_RET_K, None, None, action))
+
+    def assemble(self) -> list[Instruction]:
+        def offset(index: int, target: str | None) -> int:
+            if target is None:
+                return 0
+            distance = self.labels[target] - index - 1
+            if not 0 <= distance <= 255:
+                raise ValueError(f"BPF jump to {target} out of reach")
+            return distance
+
+        return [(code, offset(i, jt), offset(i, jf), k) for i, (code, jt, jf, k) in enumerate(self.steps)]
+
+
+def build_filter(machine: str) -> list[Instruction]:
+    """The filter's program for ``machine`` (as ``uname -m`` says); OSError ENOSYS for one not supported."""
+    abis = ABIS.get(machine)
+    if abis is None:
+        raise OSError(errno.ENOSYS, f"no seccomp filter for {machine} machines")
+    bpf = _Assembler()
+    bpf.load(OFFSET_ARCH)
+    for index, abi in enumerate(abis):
+        bpf.jump_if(abi.arch, f"abi{index}")
+    bpf.ret(SECCOMP_RET_KILL_PROCESS)
+    for index, abi in enumerate(abis):
+        bpf.label(f"abi{index}")
+        bpf.load(OFFSET_NR)
+        bpf.jump_if(abi.socket, "socket")
+        bpf.jump_if(abi.io_uring_setup, "nosys")
+        if abi.x32:
+            bpf.jump_if(abi.socket | X32_SYSCALL_BIT, "socket")
+            bpf.jump_if(abi.io_uring_setup | X32_SYSCALL_BIT, "nosys")
+        if abi.socketcall is not None:
+            bpf.jump_if(abi.socketcall, "socketcall")
+        bpf.ret(SECCOMP_RET_ALLOW)
+    bpf.label("socket")
+    bpf.load(OFFSET_ARG0)
+    bpf.jump_if(socket.AF_UNIX, "deny", "allow")
+    if any(abi.socketcall is not None for abi in abis):
+        bpf.label("socketcall")
+        bpf.load(OFFSET_ARG0)
+        bpf.jump_if(SYS_SOCKET, "deny", "allow")
+    bpf.label("deny")
+    bpf.ret(SECCOMP_RET_ERRNO | errno.EACCES)
+    bpf.label("nosys")
+    bpf.ret(SECCOMP_RET_ERRNO | errno.ENOSYS)
+    bpf.label("allow")
+    bpf.ret(SECCOMP_RET_ALLOW)
+    return bpf.assemble()
+
+
+class _SockFilter(ctypes.Structure):
+    _fields_ = (("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32))
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = (("len", ctypes.c_ushort), ("filter", ctypes.POINTER(_SockFilter)))
+
+
+def install_no_unix_sockets() -> None:
+    """Filter the calling thread, and all it forks and execs from now on; see the module docstring.
+
+    Call it in the process about to exec the command, while it has one
+    thread (after fork, in a launcher); a thread started earlier is not
+    filtered. Raises OSError if the kernel refuses or the machine is not supported.
+    """
+    program = build_filter(os.uname().machine)
+    instructions = (_SockFilter * len(program))(*(_SockFilter(*instruction) for instruction in program))
+    fprog = _SockFprog(len(program), instructions)
+    libc = ctypes.CDLL(None, use_errno=True)
+    # No new privileges: a set-uid program exec'd later cannot shed the filter, and the kernel
+    # lets a process without CAP_SYS_ADMIN install a filter only with it set.
+    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, f"prctl(PR_SET_NO_NEW_PRIVS): {os.strerror(code)}")
+    if libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, f"prctl(PR_SET_SECCOMP): {os.strerror(code)}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m arca_monitor.seccomp COMMAND [ARG...]``: install the filter, then exec the command."""
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["--"]:
+        args = args[1:]
+    if not args:
+        sys.exit("usage: python -m arca_monitor.seccomp [--] COMMAND [ARG...]")
+    install_no_unix_sockets()
+    os.execvp(args[0], args)
+
+
+if __name__ == "__main__":
+    main()
+
+
+__all__ = ["ABIS", "Abi", "Instruction", "build_filter", "install_no_unix_sockets", "main"]
