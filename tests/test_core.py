@@ -26,6 +26,8 @@ from arca_control.protocol.messages import (
 from arca_control.protocol.server import Incoming, Reject, ServerCore
 from arca_control.protocol.wire import Capability, Endpoint
 
+from .test_fastpath import wrongly_typed
+
 HERE = Endpoint("127.0.0.1", 1)
 THERE = Endpoint("127.0.0.1", 2)
 
@@ -211,7 +213,8 @@ def test_hello_ok_offers_the_common_capabilities():
 def test_a_request_that_cannot_be_encoded_registers_nothing():
     core = ready_client()
     with pytest.raises(errors.LocalProtocolError):
-        core.send(Listen(endpoint=Endpoint("127.0.0.1", 70000)))
+        # Endpoint refuses port 70000 itself; a plain pair reaches the encoder.
+        core.send(wrongly_typed(Listen(endpoint=HERE), endpoint=("127.0.0.1", 70000)))
     assert core.close() == []
 
 
