@@ -17,18 +17,21 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# Real peers that are not our code: curl (an HTTP client) and socat (a relay and UDP peer).
+# Real peers that are not our code: curl (an HTTP client) and socat (a relay and UDP peer);
+# and what arca-run's sandbox sets itself up with: nft (nftables) and ip (iproute2), in sbin.
 system-deps:
-	@command -v curl >/dev/null && command -v socat >/dev/null || \
-		(apt-get update -qq && apt-get install -y -qq curl socat)
+	@PATH="$$PATH:/usr/sbin:/sbin"; for program in curl socat nft ip; do \
+		command -v $$program >/dev/null || missing=1; done; \
+	[ -z "$$missing" ] || (apt-get update -qq && apt-get install -y -qq curl socat nftables iproute2)
 
 demo: venv system-deps
 	$(PY) -m arca_control.demo
 
-test: venv system-deps
+# Lint and strict types first (ruff and mypy come with the test extras the venv installs), then the suite.
+test: lint system-deps
 	$(PY) -m pytest
 
-# Strict types and lint (configured in pyproject.toml).
+# Strict types and lint (configured in pyproject.toml): both must report 0 errors.
 lint: venv
 	$(PY) -m ruff check .
 	$(PY) -m mypy

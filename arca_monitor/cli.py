@@ -19,6 +19,7 @@ from .audit import AuditLog
 from .config import Config, option_name
 from .policy import Kind, Policy
 from .resolver import Resolver
+from .sandbox.monitor import serve_sandboxed
 from .server import bind_path, serve_fd, serve_path
 
 if TYPE_CHECKING:
@@ -42,6 +43,10 @@ def parser() -> argparse.ArgumentParser:
     where.add_argument(
         "--socket", metavar="PATH",
         help="listen on a SEQPACKET socket at PATH (mode 0600) and serve one session per guest that connects",
+    )
+    p.add_argument(
+        "--sandbox-fd", type=int, metavar="N",
+        help="with --socket: also serve the sandbox whose init holds the other end of channel fd N (arca-run's)",
     )
     for f in dataclasses.fields(Config):
         default = f.default
@@ -124,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         config = Config(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Config)})
     except ValueError as exc:
         parser().error(str(exc))
+    if args.sandbox_fd is not None and args.socket is None:
+        parser().error("--sandbox-fd needs --socket")
     logging.basicConfig(
         stream=sys.stderr,
         level=args.log_level.upper(),
@@ -158,6 +165,11 @@ def _serve(args: argparse.Namespace, config: Config, policy: Policy, resolver: R
     try:
         if args.fd is not None:
             trio.run(serve_fd, args.fd, config, resolver, policy, audit)
+        elif args.sandbox_fd is not None:
+            sandboxed = functools.partial(
+                serve_sandboxed, args.sandbox_fd, args.socket, config, resolver, policy, audit, bound=bound
+            )
+            trio.run(_until_signalled, sandboxed)
         else:
             serve = functools.partial(serve_path, args.socket, config, resolver, policy, audit, bound=bound)
             trio.run(_until_signalled, serve)

@@ -177,7 +177,7 @@ def parse_rule(kind: Kind, text: str) -> Rule:
 
 def _name(text: str) -> str:
     name = text.lower().rstrip(".")
-    body = name[2:] if name.startswith("*.") else name
+    body = name.removeprefix("*.")
     if not body or any(not label or not all(c.isalnum() or c in "-_" for c in label) for label in body.split(".")):
         raise ValueError(f"bad name pattern {text!r}")
     return name

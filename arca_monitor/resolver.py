@@ -148,7 +148,7 @@ class Names(set[str]):
 class ResolveError(Exception):
     """A lookup that failed; ``eai`` is the ``socket.EAI_*`` code getaddrinfo would give."""
 
-    def __init__(self, eai: int, message: str):
+    def __init__(self, eai: int, message: str) -> None:
         super().__init__(message)
         self.eai = eai
         self.message = message
@@ -250,7 +250,7 @@ def check_name(name: str) -> str:
 
     if not name.isascii():
         raise bad("not ASCII; give an internationalized name in its IDNA form (xn--...)")
-    text = name[:-1] if name.endswith(".") else name
+    text = name.removesuffix(".")
     if not text:
         raise bad("empty name")
     if len(text) > MAX_NAME_LENGTH:

@@ -1,31 +1,36 @@
-"""``arca-run``: run a command as a guest with no network of its own, served by a monitor.
+"""``arca-run``: run a command in a sandbox whose only way out is a monitor.
 
     arca-run [--transparent] [monitor options] -- CMD [ARGS...]
 
 The monitor runs here, in the host's network namespace, serving a socket path in
-a private directory. CMD runs in a new, empty network namespace (only a loopback
-interface, down), with ``ARCA_MONITOR`` naming that path: every
-``arca_control.open_session()`` inside it attaches to this monitor instead of
-spawning one. Whatever CMD reaches, it reaches through the monitor.
+a private directory. CMD runs in a sandbox (``arca_monitor.sandbox``): new
+network, PID and mount namespaces, whose PID 1 is the sandbox's init. There
+``lo`` is up, and 127.0.0.1 and ::1 are the sandbox's own, as in a container;
+every TCP connection to anywhere else, every DNS query and every other UDP
+datagram goes to sockets the init made and handed to the monitor. Nothing can
+leave: the namespace has no interface but ``lo``. ``ARCA_MONITOR`` in CMD's
+environment names the monitor's path: every ``arca_control.open_session()``
+inside attaches to this monitor instead of spawning one.
 
 With ``--transparent`` a Python CMD needs no change at all: its interpreter
 calls ``arca_control.install()`` at startup (through a ``sitecustomize`` put
 on ``PYTHONPATH``), so ``urllib``, ``http.client``, ``socket.create_connection``
 and friends go through the monitor (limits in ``arca_control/transparent.py``).
-An interpreter started with ``-I``, ``-E`` or ``-S`` skips that hook; it then
-has no network at all, as without ``--transparent``.
+An interpreter started with ``-I``, ``-E`` or ``-S`` skips that hook.
 
 CMD's exit status becomes arca-run's (128 + N if a signal N ended it). SIGINT and
-SIGTERM are forwarded to CMD. When CMD exits, the monitor is shut down, which
-closes every socket it opened. If no network namespace can be made (no root and
-no user namespaces), arca-run says so and exits 126: it never runs CMD with the
-host's network.
+SIGTERM are forwarded to CMD (through the init, by its pidfd). When CMD exits,
+every process it started ends too (the init exits, and the kernel ends its PID
+namespace), and the monitor is shut down, which closes every socket it opened.
+If no namespace can be made (no root and no user namespaces), or the sandbox's
+network cannot be set up, arca-run says so and exits 126: it never runs CMD
+with the host's network.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -36,48 +41,45 @@ from typing import TYPE_CHECKING
 
 from arca_control.protocol import launch
 
-if TYPE_CHECKING:
-    import types
+from .sandbox import CANNOT_ISOLATE
+from .sandbox.launch import Pair, init_command, isolation_prefix, receive_pidfd, release
 
-#: How arca-run says that it could not isolate the command (as a shell says "cannot execute").
-CANNOT_ISOLATE = 126
+if TYPE_CHECKING:
+    import socket
+    from types import FrameType
+
+__all__ = ["CANNOT_ISOLATE", "isolation_prefix", "main"]
+
 MONITOR_START_TIMEOUT = 10.0
+FORWARDED = (signal.SIGINT, signal.SIGTERM)
 
 
 def usage() -> str:
     return (
         "usage: arca-run [--transparent] [monitor options] -- CMD [ARGS...]\n"
-        "Runs CMD in an empty network namespace; its only network is an arca monitor\n"
-        "(ARCA_MONITOR in its environment). Monitor options are arca-monitor's (see\n"
-        "arca-monitor --help), except --fd and --socket, which arca-run sets.\n"
+        "Runs CMD in a sandbox (its own loopback and PID namespace) whose only way out\n"
+        "is an arca monitor (ARCA_MONITOR in its environment). Monitor options are\n"
+        "arca-monitor's (see arca-monitor --help), except --fd, --socket and\n"
+        "--sandbox-fd, which arca-run sets.\n"
         "--transparent: a Python CMD's sockets and name lookups go through the monitor\n"
         "unchanged (arca_control.install() at its startup)."
     )
 
 
-def isolation_prefix() -> list[str] | None:
-    """The command prefix that runs a program in a new network namespace, or None if none works."""
-    unshare = shutil.which("unshare")
-    if unshare is None:
-        return None
-    # As root a plain network namespace; otherwise inside a user namespace (mapped to root).
-    for prefix in ([unshare, "--net", "--"], [unshare, "--user", "--map-root-user", "--net", "--"]):
-        probe = subprocess.run([*prefix, "true"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        if probe.returncode == 0:
-            return prefix
-    return None
+def start_monitor(path: str, options: list[str], sandbox: socket.socket) -> subprocess.Popen[bytes]:
+    """The monitor, to serve ``path`` and the sandbox on channel ``sandbox`` (see :func:`wait_for_monitor`)."""
+    fd = sandbox.fileno()
+    return subprocess.Popen([sys.executable, "-m", "arca_monitor", "--socket", path, "--sandbox-fd", str(fd),
+                             *options], pass_fds=(fd,))
 
 
-def start_monitor(path: str, options: list[str]) -> subprocess.Popen[bytes]:
-    monitor = subprocess.Popen([sys.executable, "-m", "arca_monitor", "--socket", path, *options])
+def wait_for_monitor(monitor: subprocess.Popen[bytes], path: str) -> None:
+    """Return once the monitor serves ``path``; RuntimeError if it ended or took too long."""
     deadline = time.monotonic() + MONITOR_START_TIMEOUT
     while not os.path.exists(path):
         if monitor.poll() is not None or time.monotonic() > deadline:
-            monitor.kill()
-            monitor.wait()
             raise RuntimeError("the monitor did not start (see its messages above)")
         time.sleep(0.01)
-    return monitor
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,24 +94,21 @@ def main(argv: list[str] | None = None) -> int:
     if any(opt in ("-h", "--help") for opt in options):
         print(usage())
         return 0
-    if any(opt.startswith(("--fd", "--socket")) for opt in options):
-        print("arca-run: --fd and --socket are arca-run's to set", file=sys.stderr)
+    if any(opt.startswith(("--fd", "--socket", "--sandbox-fd")) for opt in options):
+        print("arca-run: --fd, --socket and --sandbox-fd are arca-run's to set", file=sys.stderr)
         return 2
     prefix = isolation_prefix()
     if prefix is None:
         print("arca-run: cannot make a network namespace (needs root or user namespaces, and unshare);"
               " not running the command with the host's network", file=sys.stderr)
         return CANNOT_ISOLATE
-    with tempfile.TemporaryDirectory(prefix="arca-run-") as workdir:
+    with tempfile.TemporaryDirectory(prefix="arca-run-") as workdir, contextlib.closing(Pair.open()) as pair:
         os.chmod(workdir, 0o700)
         path = os.path.join(workdir, "monitor.sock")
+        monitor = start_monitor(path, options, pair.monitor_end)
+        pair.monitor_end.close()  # the monitor's now: it sees EOF when the init ends
         try:
-            monitor = start_monitor(path, options)
-        except RuntimeError as exc:
-            print(f"arca-run: {exc}", file=sys.stderr)
-            return 1
-        try:
-            return run_guest(prefix, command, path, transparent)
+            return run_guest(prefix, command, path, pair, monitor, transparent)
         finally:
             monitor.send_signal(signal.SIGTERM)  # a clean shutdown: every session and socket closed
             try:
@@ -131,27 +130,73 @@ def transparent_env(env: dict[str, str]) -> dict[str, str]:
     }
 
 
-def run_guest(prefix: list[str], command: list[str], path: str, transparent: bool = False) -> int:
+class Forwarder:
+    """SIGINT and SIGTERM for the sandbox's init (which forwards them to CMD), held until its pidfd arrives.
+
+    The init is PID 1 of its own PID namespace, a child of ``unshare``, which does
+    not forward signals: only a pidfd names it from here.
+    """
+
+    def __init__(self) -> None:
+        self.pidfd: int | None = None
+        self.held: list[int] = []
+
+    def forward(self, signum: int, frame: FrameType | None) -> None:
+        if self.pidfd is None:
+            self.held.append(signum)
+        else:
+            self.send(signum)
+
+    def attach(self, pidfd: int) -> None:
+        self.pidfd = pidfd
+        while self.held:
+            self.send(self.held.pop(0))
+
+    def send(self, signum: int) -> None:
+        if self.pidfd is not None:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(self.pidfd, signum)
+
+    def close(self) -> None:
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
+
+
+def run_guest(prefix: list[str], command: list[str], path: str, pair: Pair, monitor: subprocess.Popen[bytes],
+              transparent: bool = False) -> int:
+    """Run CMD in the sandbox (``monitor`` holds the channel's other end); its exit status.
+
+    The sandbox sets itself up while the monitor starts; CMD starts once the monitor serves ``path``.
+    """
     env = {**os.environ, launch.MONITOR_ENV: path}
     if transparent:
         env = transparent_env(env)
     try:
-        guest = subprocess.Popen([*prefix, *command], env=env)
+        guest = subprocess.Popen(init_command(prefix, pair, command), env=env, pass_fds=pair.init_fds())
     except OSError as exc:
         print(f"arca-run: {exc}", file=sys.stderr)
         return 127
-    forwarded = {}
-
-    def forward(signum: int, _frame: types.FrameType | None) -> None:
-        guest.send_signal(signum)
-
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        forwarded[signum] = signal.signal(signum, forward)
+    pair.close_init_ends()
     try:
+        wait_for_monitor(monitor, path)
+    except RuntimeError as exc:
+        guest.kill()  # unshare, and with it (--kill-child) the init, before it ran CMD
+        guest.wait()
+        print(f"arca-run: {exc}", file=sys.stderr)
+        return 1
+    forwarder = Forwarder()
+    previous = {signum: signal.signal(signum, forwarder.forward) for signum in FORWARDED}
+    try:
+        release(pair.status)
+        pidfd = receive_pidfd(pair.status)
+        if pidfd is not None:
+            forwarder.attach(pidfd)
         status = guest.wait()
     finally:
-        for signum, previous in forwarded.items():
-            signal.signal(signum, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        forwarder.close()
     return 128 - status if status < 0 else status
 
 

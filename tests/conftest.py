@@ -1,4 +1,4 @@
-"""Shared fixtures: a spawned monitor session, and real TCP peers outside the guest."""
+"""Shared fixtures and helpers: a spawned monitor session, a raw one, real TCP peers outside the guest, and a ready ClientCore."""
 
 from __future__ import annotations
 
@@ -15,10 +15,18 @@ import pytest
 import trio
 
 import arca_control
+from arca_control.protocol.client import ClientCore
+from arca_control.protocol.codec import encode
+from arca_control.protocol.core import SessionState
+from arca_control.protocol.messages import Hello, HelloOk
+from arca_control.protocol.wire import Endpoint
+
+from .raw_monitor import RawMonitor
 
 if TYPE_CHECKING:
     import socketserver
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Iterator
+    from pathlib import Path
 
 #: Rules that give back what the default allows on loopback, for tests that add rules of their own
 #: (any rule replaces the whole default).
@@ -29,12 +37,33 @@ LOOPBACK_RULES = (
     "--allow-udp", "127.0.0.0/8:*", "--allow-udp", "[::1]:*",
 )
 
+#: Endpoints for the sans-IO core tests, which never open them.
+HERE = Endpoint("127.0.0.1", 1)
+THERE = Endpoint("127.0.0.1", 2)
+
+
+def ready_client() -> ClientCore:
+    """A ClientCore past the handshake."""
+    core = ClientCore()
+    hello, _ = core.send(Hello())
+    core.receive(encode(HelloOk(request_id=hello.request_id)), [])
+    assert core.state is SessionState.READY
+    return core
+
 
 @pytest.fixture
 async def session():
     # No DNS: a name a test resolves by mistake must not reach the system's nameserver.
     async with arca_control.open_session("--no-dns") as session:
         yield session
+
+
+@pytest.fixture
+def raw(tmp_path: Path) -> Iterator[RawMonitor]:
+    """A monitor driven with hand-made frames (``raw_monitor``), killed at the end if still running."""
+    monitor = RawMonitor(tmp_path)
+    yield monitor
+    monitor.kill()
 
 
 async def read_all(stream) -> bytes:

@@ -10,7 +10,6 @@ import pytest
 
 from arca_control.protocol import errors
 from arca_control.protocol.client import (
-    ClientCore,
     CloseOrphanListener,
     Discard,
     KeepAccepted,
@@ -32,8 +31,6 @@ from arca_control.protocol.messages import (
     ControlRequest,
     Error,
     GetOption,
-    Hello,
-    HelloOk,
     Listen,
     ListenErr,
     ListenOk,
@@ -47,18 +44,9 @@ from arca_control.protocol.messages import (
     UdpBind,
     UdpBindOk,
 )
-from arca_control.protocol.wire import Endpoint, GaiError, OptionTarget
+from arca_control.protocol.wire import GaiError, OptionTarget
 
-HERE = Endpoint("127.0.0.1", 1)
-THERE = Endpoint("127.0.0.1", 2)
-
-
-def ready_client() -> ClientCore:
-    core = ClientCore()
-    hello, _ = core.send(Hello())
-    core.receive(encode(HelloOk(request_id=hello.request_id)), [])
-    return core
-
+from .conftest import HERE, THERE, ready_client
 
 # --- late replies: what comes after the guest gave up is kept or closed, never leaked ------------
 

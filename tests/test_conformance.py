@@ -7,7 +7,6 @@ that PROTOCOL.md states what the monitor does.
 
 from __future__ import annotations
 
-import array
 import dataclasses
 import errno
 import os
@@ -17,13 +16,12 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 import pytest
 import trio
 
 import arca_control
-from arca_control.protocol.channel import socketpair
 from arca_control.protocol.codec import decode, encode
 from arca_control.protocol.messages import (
     Accept,
@@ -33,13 +31,10 @@ from arca_control.protocol.messages import (
     ConnectionEnd,
     ConnectOk,
     Error,
-    ErrorReply,
     Hello,
-    HelloOk,
     Listen,
     ListenErr,
     ListenOk,
-    Message,
     Resolve,
     ResolveErr,
     ResolveOk,
@@ -51,6 +46,7 @@ from arca_control.protocol.wire import Endpoint, FamilyFilter, GaiError, SockTyp
 from arca_monitor.resolver import EAI_NODATA, ResolveError, Resolver
 
 from .dns_server import dns_server
+from .raw_monitor import RawMonitor, expect
 from .test_protocol_md import NAMESPACE, VECTORS
 
 if TYPE_CHECKING:
@@ -58,7 +54,6 @@ if TYPE_CHECKING:
 
 SPEC_PATH = Path(__file__).resolve().parent.parent / "PROTOCOL.md"
 UNNAMED = Endpoint("", 0)
-M = TypeVar("M", bound=Message)
 
 
 def spec() -> str:
@@ -74,92 +69,20 @@ def section(title: str) -> str:
     return text[start : end if end >= 0 else len(text)]
 
 
-def expect(message: Message | None, kind: type[M]) -> M:
-    """``message``, which must be exactly a ``kind``."""
-    assert type(message) is kind, message
-    assert isinstance(message, kind)  # (for the type checker)
-    return message
-
-
-def expect_error(message: Message | None, kind: type[ErrorReply], code: int) -> ErrorReply:
-    reply = expect(message, kind)
-    assert reply.errno == code, reply
-    return reply
-
-
-class Guest:
-    """A spawned ``arca-monitor --fd`` driven with hand-made frames, nothing of the guest API in between."""
-
-    def __init__(self, tmp_path: Path, *args: str) -> None:
-        self.sock, theirs = socketpair()
-        self.sock.settimeout(10)
-        self.stderr_path = tmp_path / f"monitor-{id(self)}.stderr"
-        with open(self.stderr_path, "wb") as stderr:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "arca_monitor", "--fd", str(theirs.fileno()), *args],
-                pass_fds=(theirs.fileno(),),
-                stderr=stderr,
-            )
-        theirs.close()
-
-    def send(self, message: Message) -> None:
-        self.sock.send(encode(message))
-
-    def send_bytes(self, frame: bytes) -> None:
-        self.sock.send(frame)
-
-    def receive(self) -> Message | None:
-        """The next frame (its descriptors closed), or None at the end of the session."""
-        message, groups = self.receive_with_fds()
-        for fd in (fd for group in groups for fd in group):
-            os.close(fd)
-        return message
-
-    def receive_with_fds(self) -> tuple[Message | None, list[list[int]]]:
-        """The next frame and, for each control message beside it, the descriptors it carries."""
-        fds = array.array("i")
-        data, ancillary, _, _ = self.sock.recvmsg(70000, socket.CMSG_SPACE(4 * fds.itemsize))
-        groups = []
-        for level, kind, payload in ancillary:
-            assert (level, kind) == (socket.SOL_SOCKET, socket.SCM_RIGHTS)
-            fds = array.array("i")
-            fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
-            groups.append(list(fds))
-        return (decode(data) if data else None), groups
-
-    def request(self, message: Message) -> Message | None:
-        self.send(message)
-        return self.receive()
-
-    def finish(self) -> None:
-        """Close our end: the monitor must exit 0, with no traceback or internal error in its log."""
-        self.sock.close()
-        assert self.process.wait(timeout=10) == 0
-        log = self.stderr_path.read_text()
-        assert "Traceback" not in log
-        assert "internal error" not in log
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-        self.sock.close()
-
-
 @pytest.fixture
-def guests() -> Iterator[list[Guest]]:
+def guests() -> Iterator[list[RawMonitor]]:
     """Where :func:`spawn` keeps its monitors, each killed at the end if still running."""
-    spawned: list[Guest] = []
+    spawned: list[RawMonitor] = []
     yield spawned
     for guest in spawned:
         guest.kill()
 
 
-def spawn(spawned: list[Guest], tmp_path: Path, *args: str) -> Guest:
+def spawn(spawned: list[RawMonitor], tmp_path: Path, *args: str) -> RawMonitor:
     """A monitor with these options, past the handshake."""
-    guest = Guest(tmp_path, *args)
+    guest = RawMonitor(tmp_path, *args)
     spawned.append(guest)
-    expect(guest.request(Hello(request_id=1)), HelloOk)
+    guest.hello()
     return guest
 
 
@@ -187,7 +110,7 @@ async def test_a_hosts_file_name_of_the_other_family_is_eai_nodata(tmp_path: Pat
         assert caught.value.eai == socket.EAI_NONAME
 
 
-def test_resolve_through_the_monitor_answers_eai_nodata(guests: list[Guest], tmp_path: Path) -> None:
+def test_resolve_through_the_monitor_answers_eai_nodata(guests: list[RawMonitor], tmp_path: Path) -> None:
     hosts = tmp_path / "hosts"
     hosts.write_text("10.0.0.1 only4.test\n::2 only6.test\n")
     guest = spawn(guests, tmp_path, "--no-dns", "--hosts-file", str(hosts))
@@ -203,12 +126,12 @@ def test_resolve_through_the_monitor_answers_eai_nodata(guests: list[Guest], tmp
 
 
 @pytest.mark.parametrize("allow_unix", [True, False], ids=["allow-unix", "default-policy"])
-def test_the_unnamed_unix_endpoint_is_einval(guests: list[Guest], tmp_path: Path, allow_unix: bool) -> None:
+def test_the_unnamed_unix_endpoint_is_einval(guests: list[RawMonitor], tmp_path: Path, allow_unix: bool) -> None:
     guest = spawn(guests, tmp_path, *(("--allow-unix", str(tmp_path)) if allow_unix else ()))
     # EINVAL before any policy check: with or without --allow-unix, never EIO or EACCES.
-    expect_error(guest.request(Listen(request_id=2, endpoint=UNNAMED)), ListenErr, errno.EINVAL)
-    expect_error(guest.request(Connect(request_id=3, endpoint=UNNAMED)), ConnectErr, errno.EINVAL)
-    expect_error(guest.request(UdpBind(request_id=4, endpoint=UNNAMED)), Error, errno.EINVAL)
+    expect(guest.request(Listen(request_id=2, endpoint=UNNAMED)), ListenErr, errno.EINVAL)
+    expect(guest.request(Connect(request_id=3, endpoint=UNNAMED)), ConnectErr, errno.EINVAL)
+    expect(guest.request(UdpBind(request_id=4, endpoint=UNNAMED)), Error, errno.EINVAL)
     guest.finish()  # and no "internal error" in the monitor's log
 
 
@@ -224,25 +147,25 @@ def test_the_spec_gives_einval_for_the_unnamed_unix_endpoint() -> None:
 # Item 5: AF_UNIX needs --allow-unix, and --allow-unix alone drops the loopback default.
 
 
-def test_af_unix_is_denied_by_default(guests: list[Guest], tmp_path: Path) -> None:
+def test_af_unix_is_denied_by_default(guests: list[RawMonitor], tmp_path: Path) -> None:
     guest = spawn(guests, tmp_path)
     path = Endpoint(str(tmp_path / "guest.sock"), 0)
-    listen = expect_error(guest.request(Listen(request_id=2, endpoint=path)), ListenErr, errno.EACCES)
-    connect = expect_error(guest.request(Connect(request_id=3, endpoint=path)), ConnectErr, errno.EACCES)
+    listen = expect(guest.request(Listen(request_id=2, endpoint=path)), ListenErr, errno.EACCES)
+    connect = expect(guest.request(Connect(request_id=3, endpoint=path)), ConnectErr, errno.EACCES)
     assert "--allow-unix" in listen.message
     assert "--allow-unix" in connect.message
     assert not os.path.exists(path.host)
     guest.finish()
 
 
-def test_allow_unix_alone_drops_the_loopback_default(guests: list[Guest], tmp_path: Path) -> None:
+def test_allow_unix_alone_drops_the_loopback_default(guests: list[RawMonitor], tmp_path: Path) -> None:
     guest = spawn(guests, tmp_path, "--allow-unix", str(tmp_path))
     expect(guest.request(Listen(request_id=2, endpoint=Endpoint(str(tmp_path / "guest.sock"), 0))), ListenOk)
     with socket.create_server(("127.0.0.1", 0)) as server:
         loopback = Endpoint(*server.getsockname()[:2])
-        refused = expect_error(guest.request(Connect(request_id=3, endpoint=loopback)), ConnectErr, errno.EACCES)
+        refused = expect(guest.request(Connect(request_id=3, endpoint=loopback)), ConnectErr, errno.EACCES)
     assert "--allow-connect" in refused.message
-    expect_error(guest.request(Listen(request_id=4, endpoint=Endpoint("127.0.0.1", 0))), ListenErr, errno.EACCES)
+    expect(guest.request(Listen(request_id=4, endpoint=Endpoint("127.0.0.1", 0))), ListenErr, errno.EACCES)
     guest.finish()
 
 
@@ -260,14 +183,14 @@ def test_the_spec_says_af_unix_needs_allow_unix() -> None:
 # Item 6: a second Hello of another version is EPROTONOSUPPORT, and the session goes on.
 
 
-def test_a_second_hello_of_another_version(guests: list[Guest], tmp_path: Path) -> None:
+def test_a_second_hello_of_another_version(guests: list[RawMonitor], tmp_path: Path) -> None:
     guest = spawn(guests, tmp_path)
     frame = bytearray(encode(Hello(request_id=2)))
     frame[7] = 2  # the version field, first after the header
-    guest.send_bytes(bytes(frame))
-    reply = expect_error(guest.receive(), Error, errno.EPROTONOSUPPORT)
+    guest.send(bytes(frame))
+    reply = expect(guest.receive(), Error, errno.EPROTONOSUPPORT)
     assert reply.request_id == 2
-    expect_error(guest.request(Hello(request_id=3)), Error, errno.EPROTO)  # of version 1: EPROTO
+    expect(guest.request(Hello(request_id=3)), Error, errno.EPROTO)  # of version 1: EPROTO
     expect(guest.request(Stats(request_id=4)), StatsOk)  # the session went on
     guest.finish()
 
@@ -282,12 +205,12 @@ def test_the_spec_says_what_a_second_hello_of_another_version_gets() -> None:
 # Item 7: an event from the guest is EBADMSG with a nonzero id, and ends the session unanswered with id 0.
 
 
-def test_an_event_from_the_guest(guests: list[Guest], tmp_path: Path) -> None:
+def test_an_event_from_the_guest(guests: list[RawMonitor], tmp_path: Path) -> None:
     guest = spawn(guests, tmp_path)
     event = bytearray(encode(ConnectionEnd(request_id=0, connection_id=1, status=0)))
     event[3:7] = (9).to_bytes(4, "little")
-    guest.send_bytes(bytes(event))
-    reply = expect_error(guest.receive(), Error, errno.EBADMSG)
+    guest.send(bytes(event))
+    reply = expect(guest.receive(), Error, errno.EBADMSG)
     assert reply.request_id == 9
     expect(guest.request(Stats(request_id=4)), StatsOk)  # the session went on
     assert guest.request(ConnectionEnd(request_id=0, connection_id=1, status=0)) is None  # closed, no reply
@@ -314,10 +237,10 @@ def dual_stack_vector() -> AcceptOk:
     raise AssertionError("PROTOCOL.md has no AcceptOk vector for a dual-stack listener")
 
 
-def test_the_dual_stack_accept_vector_is_what_the_monitor_sends(guests: list[Guest], tmp_path: Path) -> None:
+def test_the_dual_stack_accept_vector_is_what_the_monitor_sends(guests: list[RawMonitor], tmp_path: Path) -> None:
     guest = spawn(guests, tmp_path)
     listening = expect(guest.request(Listen(request_id=2, endpoint=Endpoint("::", 0))), ListenOk)
-    guest.send(Accept(request_id=3, listener_id=listening.listener_id))
+    guest.send(encode(Accept(request_id=3, listener_id=listening.listener_id)))
     with socket.create_connection(("127.0.0.1", listening.local.port), timeout=10):
         live = expect(guest.receive(), AcceptOk)
     vector = dual_stack_vector()
@@ -347,7 +270,7 @@ def test_the_eai_table_lists_every_code_with_its_number() -> None:
 # Item 10: ResolveOk carries at most 255 answers, the first ones in answer order.
 
 
-def test_resolve_ok_keeps_the_first_255_answers(guests: list[Guest], tmp_path: Path) -> None:
+def test_resolve_ok_keeps_the_first_255_answers(guests: list[RawMonitor], tmp_path: Path) -> None:
     v4 = [f"10.0.{i // 250}.{i % 250 + 1}" for i in range(250)]
     v6 = [f"2001:db8::{i + 1:x}" for i in range(10)]
     hosts = tmp_path / "hosts"
@@ -372,13 +295,13 @@ def test_the_spec_says_how_many_answers_resolve_ok_carries() -> None:
 # Item 11: error texts are free-form; only the errno is the contract.
 
 
-def test_a_refused_connect_keeps_the_vectors_errno_not_its_text(guests: list[Guest], tmp_path: Path) -> None:
+def test_a_refused_connect_keeps_the_vectors_errno_not_its_text(guests: list[RawMonitor], tmp_path: Path) -> None:
     vector = next(message for _, data in VECTORS if isinstance(message := decode(data), ConnectErr))
     guest = spawn(guests, tmp_path)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))  # bound, never listening: refused
         live = guest.request(Connect(request_id=4, endpoint=Endpoint(*probe.getsockname()[:2])))
-    expect_error(live, ConnectErr, vector.errno)
+    expect(live, ConnectErr, vector.errno)
     guest.finish()
 
 
@@ -393,12 +316,12 @@ def test_the_spec_says_error_texts_are_free_form() -> None:
 
 
 def test_descriptors_come_in_one_scm_rights_and_shutdown_of_tx_is_a_half_close(
-    guests: list[Guest], tmp_path: Path
+    guests: list[RawMonitor], tmp_path: Path
 ) -> None:
     guest = spawn(guests, tmp_path)
     with socket.create_server(("127.0.0.1", 0)) as server:
         server.settimeout(10)
-        guest.send(Connect(request_id=2, endpoint=Endpoint(*server.getsockname()[:2])))
+        guest.send(encode(Connect(request_id=2, endpoint=Endpoint(*server.getsockname()[:2]))))
         reply, groups = guest.receive_with_fds()
         expect(reply, ConnectOk)
         assert [len(group) for group in groups] == [2]  # one SCM_RIGHTS: the rx read end, then the tx write end
@@ -476,11 +399,11 @@ async def test_sigterm_removes_the_socket_file(socket_monitor: tuple[str, trio.P
 # Item 13: a reused pending id gets Error EBUSY first, and the pending request's own reply after.
 
 
-def test_a_reused_pending_id_gets_two_replies(guests: list[Guest], tmp_path: Path) -> None:
+def test_a_reused_pending_id_gets_two_replies(guests: list[RawMonitor], tmp_path: Path) -> None:
     guest = spawn(guests, tmp_path)
     listening = expect(guest.request(Listen(request_id=2, endpoint=Endpoint("127.0.0.1", 0))), ListenOk)
-    guest.send(Accept(request_id=5, listener_id=listening.listener_id))
-    busy = expect_error(guest.request(Accept(request_id=5, listener_id=listening.listener_id)), Error, errno.EBUSY)
+    guest.send(encode(Accept(request_id=5, listener_id=listening.listener_id)))
+    busy = expect(guest.request(Accept(request_id=5, listener_id=listening.listener_id)), Error, errno.EBUSY)
     assert busy.request_id == 5
     with socket.create_connection(listening.local, timeout=10):
         accepted = expect(guest.receive(), AcceptOk)

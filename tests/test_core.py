@@ -26,18 +26,8 @@ from arca_control.protocol.messages import (
 from arca_control.protocol.server import Incoming, Reject, ServerCore
 from arca_control.protocol.wire import Capability, Endpoint
 
+from .conftest import HERE, THERE, ready_client
 from .test_fastpath import wrongly_typed
-
-HERE = Endpoint("127.0.0.1", 1)
-THERE = Endpoint("127.0.0.1", 2)
-
-
-def ready_client() -> ClientCore:
-    core = ClientCore()
-    hello = core.send(Hello())[0]
-    core.receive(encode(HelloOk(request_id=hello.request_id)), [])
-    assert core.state is SessionState.READY
-    return core
 
 
 def test_hello_must_come_first_and_only_once():

@@ -133,34 +133,61 @@ def test_codec_checks_catch_a_planted_bug(monkeypatch, tmp_path, capsys, attribu
     assert main(["codec", "--replay", str(tmp_path), "--quiet"]) == 0
 
 
-# Bugs planted in the monitor process only, through a sitecustomize module.
+# Bugs planted in the monitor process only, through a sitecustomize module, and what the fuzzer must say of each.
 PLANTED = {
-    "fd_leak": """
+    "fd_leak": ("""
         async def run(self, _run=session.MonitorSession.run):
             os.open(os.devnull, os.O_RDONLY)  # one descriptor lost per session
             await _run(self)
         session.MonitorSession.run = run
-    """,
-    "wrong_errno": """
+    """, "fds"),
+    # The monitor's own core refuses the wrong reply and answers EIO "internal error" instead.
+    "wrong_errno": ("""
         async def send(self, reply, fds=(), _send=session.MonitorSession.send):
             if type(reply).__name__ == "Error" and reply.errno == errno.EBADMSG:
                 reply = type(reply).make(reply.request_id, errno.EPROTO, reply.message)
             await _send(self, reply, fds)
         session.MonitorSession.send = send
-    """,
+    """, "answered with an internal error"),
+    # Past the monitor's core, on the wire: the fuzzer's bystander core refuses it.
+    "wrong_errno_on_the_wire": ("""
+        from arca_control.protocol import channel, codec
+        async def send_bytes(self, data, fds=(), _send=channel.ControlChannel.send_bytes):
+            reply = codec.decode(data)
+            if type(reply).__name__ == "Error" and reply.errno == errno.EBADMSG:
+                data = codec.encode(type(reply).make(reply.request_id, errno.EPROTO, reply.message))
+            await _send(self, data, fds)
+        channel.ControlChannel.send_bytes = send_bytes
+    """, "broke the protocol"),
+    # A handler that raises is answered EIO "internal error" and the session goes on: still a finding.
+    "internal_error": ("""
+        from arca_monitor import tcp
+        async def accept(self, request):
+            raise RuntimeError("planted")
+        tcp.TcpRequests.accept = accept
+    """, "answered with an internal error"),
+    # StatsOk must carry the counts the protocol core keeps (here the monitor's core, miscounted).
+    "stats_miscounted": ("""
+        async def _stats(self, request, _stats=session.MonitorSession._stats):
+            self.core.requests[request.TYPE] += 1  # this Stats counted twice
+            await _stats(self, request)
+        session.MonitorSession._stats = _stats
+    """, "as the core counted them"),
 }
 
 
 @pytest.mark.parametrize("bug", sorted(PLANTED))
 def test_live_checks_catch_a_planted_monitor_bug(tmp_path, bug):
+    code, symptom = PLANTED[bug]
     plant = tmp_path / "plant"
     plant.mkdir()
     # Loaded by every interpreter started with this PYTHONPATH; only the monitor runs the patched code.
     (plant / "sitecustomize.py").write_text(
-        "import errno, os\nfrom arca_monitor import session\n" + textwrap.dedent(PLANTED[bug])
+        "import errno, os\nfrom arca_monitor import session\n" + textwrap.dedent(code)
     )
     env = {**os.environ, "PYTHONPATH": str(plant)}
     result = run_tool("live", "--count", "300", "--seed", "3", "--quiet", "--corpus", str(tmp_path / "found"), env=env)
     assert result.returncode == 1, result.stdout + result.stderr
     assert int(summary(result.stdout)["findings"]) > 0
+    assert symptom in result.stdout, result.stdout
     assert list((tmp_path / "found").glob("live-*.bin"))

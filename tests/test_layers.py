@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import ast
 import pathlib
-from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PACKAGES = ("arca_control", "arca_monitor", "tools")
@@ -30,7 +33,7 @@ def sources(*packages: str) -> Iterator[pathlib.Path]:
         yield from sorted((ROOT / package).rglob("*.py"))
 
 
-def imported(path: pathlib.Path) -> Iterator[tuple[ast.AST, str, list[str]]]:
+def imported(path: pathlib.Path) -> Iterator[tuple[ast.Import | ast.ImportFrom, str, list[str]]]:
     """Every import in ``path``: the node, the absolute module it names, and the names it takes."""
     name = module_name(path)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
@@ -66,9 +69,8 @@ def test_monitor_imports_only_the_protocol_of_the_guest_package() -> None:
     for path in sources("arca_monitor"):
         for node, module, names in imported(path):
             targets = [f"{module}.{n}" for n in names] if module == "arca_control" else [module]
-            for target in targets:
-                if in_package(target, "arca_control") and not in_package(target, "arca_control.protocol"):
-                    found.append(f"{module_name(path)}:{node.lineno} imports {target}")
+            found += [f"{module_name(path)}:{node.lineno} imports {target}" for target in targets
+                      if in_package(target, "arca_control") and not in_package(target, "arca_control.protocol")]
     assert not found, "\n".join(found)
 
 
@@ -103,8 +105,8 @@ def test_no_module_uses_another_modules_private_names(package: str) -> None:
     found = []
     for path in sources(package):
         here = module_name(path)
-        for node, module, names in imported(path):
-            found += [f"{here}:{node.lineno} imports {module}.{name}" for name in names
+        for statement, module, names in imported(path):
+            found += [f"{here}:{statement.lineno} imports {module}.{name}" for name in names
                       if private(name) and any(in_package(module, p) for p in PROJECT)]
         for node in ast.walk(ast.parse(path.read_text())):
             if not (isinstance(node, ast.Attribute) and private(node.attr)):

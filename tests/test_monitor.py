@@ -16,7 +16,6 @@ import trio
 
 import arca_control
 from arca_control.protocol import errors
-from arca_control.protocol.channel import socketpair
 from arca_control.protocol.codec import decode, encode
 from arca_control.protocol.messages import (
     Accept,
@@ -31,71 +30,20 @@ from arca_control.protocol.messages import (
     Listen,
     ListenOk,
 )
-from arca_control.protocol.wire import Endpoint
+from arca_control.protocol.wire import Capability, Endpoint
 
-from .conftest import LOOPBACK_RULES, read_all
+from .conftest import LOOPBACK_RULES, errno_is, read_all, wait_until
+from .raw_monitor import RawMonitor
 
 LOOPBACK = Endpoint("127.0.0.1", 0)
-
-
-class RawMonitor:
-    """A spawned monitor driven with hand-made frames, as a hostile guest would."""
-
-    def __init__(self, tmp_path, *args: str) -> None:
-        self.sock, theirs = socketpair()
-        self.sock.settimeout(10)
-        self.stderr_path = tmp_path / "monitor.stderr"
-        with open(self.stderr_path, "wb") as stderr:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "arca_monitor", "--fd", str(theirs.fileno()), *args],
-                pass_fds=(theirs.fileno(),),
-                stderr=stderr,
-            )
-        theirs.close()
-
-    def send(self, data: bytes, fds=()) -> None:
-        if fds:
-            socket.send_fds(self.sock, [data], list(fds))
-        else:
-            self.sock.send(data)
-
-    def receive(self):
-        data = self.sock.recv(70000)
-        return None if not data else decode(data)
-
-    def request(self, msg):
-        self.send(encode(msg))
-        return self.receive()
-
-    def hello(self) -> None:
-        assert isinstance(self.request(Hello(request_id=1)), HelloOk)
-
-    def fd_count(self) -> int:
-        return len(os.listdir(f"/proc/{self.process.pid}/fd"))
-
-    def finish(self) -> str:
-        """Close our end; the monitor must exit 0. Returns its stderr."""
-        self.sock.close()
-        assert self.process.wait(timeout=10) == 0
-        log = self.stderr_path.read_text()
-        assert "Traceback" not in log and "internal error" not in log
-        return log
-
-
-@pytest.fixture
-def raw(tmp_path):
-    monitor = RawMonitor(tmp_path)
-    yield monitor
-    if monitor.process.poll() is None:
-        monitor.process.kill()
-        monitor.process.wait()
 
 
 def test_garbage_before_hello_closes_the_session_with_one_line(raw):
     raw.send(b"\x01\x02")  # not even a header: no request id to answer
     assert raw.receive() is None
     log = raw.finish()
-    assert "Traceback" not in log and "bad frame" in log
+    assert "Traceback" not in log
+    assert "bad frame" in log
 
 
 def test_wrong_version_is_answered_then_closed(raw):
@@ -103,19 +51,22 @@ def test_wrong_version_is_answered_then_closed(raw):
     frame[7] = 2
     raw.send(bytes(frame))
     reply = raw.receive()
-    assert isinstance(reply, Error) and reply.request_id == 5 and reply.errno == errno.EPROTONOSUPPORT
+    assert isinstance(reply, Error)
+    assert reply.request_id == 5
+    assert reply.errno == errno.EPROTONOSUPPORT
     assert raw.receive() is None
     assert "Traceback" not in raw.finish()
 
 
 def test_request_before_hello_is_refused(raw):
     reply = raw.request(Listen(request_id=3, endpoint=LOOPBACK))
-    assert isinstance(reply, Error) and reply.request_id == 3
+    assert isinstance(reply, Error)
+    assert reply.request_id == 3
     assert raw.receive() is None
 
 
 @pytest.mark.parametrize(
-    "frame, code",
+    ("frame", "code"),
     [
         (encode(Listen(request_id=9, endpoint=LOOPBACK)) + b"x", errno.EPROTO),  # trailing byte
         (encode(Listen(request_id=9, endpoint=LOOPBACK))[:-1], errno.EPROTO),  # truncated
@@ -130,9 +81,12 @@ def test_bad_frames_get_an_error_reply_and_the_session_goes_on(raw, frame, code)
     raw.hello()
     raw.send(frame)
     reply = raw.receive()
-    assert isinstance(reply, Error) and reply.request_id == 9 and reply.errno == code
+    assert isinstance(reply, Error)
+    assert reply.request_id == 9
+    assert reply.errno == code
     listen = raw.request(Listen(request_id=10, endpoint=LOOPBACK))
-    assert isinstance(listen, ListenOk) and listen.local.port != 0
+    assert isinstance(listen, ListenOk)
+    assert listen.local.port != 0
     assert "Traceback" not in raw.finish()
 
 
@@ -142,7 +96,8 @@ def test_descriptors_sent_by_a_guest_are_refused_and_not_kept(raw):
     with open(os.devnull) as junk:
         raw.send(encode(Accept(request_id=4, listener_id=1)), fds=[junk.fileno()] * 3)
     reply = raw.receive()
-    assert isinstance(reply, Error) and reply.request_id == 4
+    assert isinstance(reply, Error)
+    assert reply.request_id == 4
     assert raw.fd_count() == baseline
     raw.finish()
 
@@ -162,7 +117,8 @@ def test_listener_errors_over_the_wire(raw):
     raw.hello()
     assert isinstance(raw.request(Accept(request_id=2, listener_id=77)), AcceptErr)
     unknown = raw.request(CloseListener(request_id=3, listener_id=77))
-    assert isinstance(unknown, Error) and unknown.errno == errno.EBADF
+    assert isinstance(unknown, Error)
+    assert unknown.errno == errno.EBADF
     ok = raw.request(Listen(request_id=4, endpoint=LOOPBACK))
     raw.send(encode(Accept(request_id=5, listener_id=ok.listener_id)))
     raw.send(encode(Accept(request_id=6, listener_id=ok.listener_id)))
@@ -181,7 +137,8 @@ def test_fd_count_returns_to_baseline_after_connections(raw):
         raw.send(encode(Accept(request_id=100 + i, listener_id=listen.listener_id)))
         client = socket.create_connection(listen.local, timeout=5)
         data, fds, _, _ = socket.recv_fds(raw.sock, 1000, 4)
-        assert decode(data).request_id == 100 + i and len(fds) == 2
+        assert decode(data).request_id == 100 + i
+        assert len(fds) == 2
         for fd in fds:
             os.close(fd)
         assert client.recv(10) == b""  # the monitor noticed the guest's close, and closed
@@ -197,9 +154,10 @@ def test_fd_count_returns_to_baseline_after_connections(raw):
 
 
 def test_requests_need_the_tcp_capability(raw):
-    assert raw.request(Hello(request_id=1, capabilities=0)).capabilities == 0
+    assert raw.request(Hello(request_id=1, capabilities=Capability(0))).capabilities == 0
     reply = raw.request(Listen(request_id=2, endpoint=LOOPBACK))
-    assert isinstance(reply, Error) and reply.errno == errno.EOPNOTSUPP
+    assert isinstance(reply, Error)
+    assert reply.errno == errno.EOPNOTSUPP
     raw.finish()
 
 
@@ -208,17 +166,22 @@ def test_a_request_id_still_pending_is_refused(raw):
     listen = raw.request(Listen(request_id=2, endpoint=LOOPBACK))
     raw.send(encode(Accept(request_id=3, listener_id=listen.listener_id)))
     again = raw.request(Accept(request_id=3, listener_id=listen.listener_id))
-    assert isinstance(again, Error) and again.errno == errno.EBUSY and again.request_id == 3
+    assert isinstance(again, Error)
+    assert again.errno == errno.EBUSY
+    assert again.request_id == 3
     raw.send(encode(Cancel(request_id=4, target=3)))
     withdrawn = raw.receive()
-    assert isinstance(withdrawn, AcceptErr) and withdrawn.request_id == 3 and withdrawn.errno == errno.ECANCELED
+    assert isinstance(withdrawn, AcceptErr)
+    assert withdrawn.request_id == 3
+    assert withdrawn.errno == errno.ECANCELED
     raw.finish()
 
 
 def test_connect_errors_over_the_wire(raw):
     raw.hello()
     reply = raw.request(Connect(request_id=2, endpoint=Endpoint("127.0.0.1", 1)))
-    assert reply.errno == errno.ECONNREFUSED and reply.request_id == 2
+    assert reply.errno == errno.ECONNREFUSED
+    assert reply.request_id == 2
     raw.finish()
 
 
@@ -239,6 +202,7 @@ GUEST = textwrap.dedent(
 
 async def test_guest_crash_frees_its_ports_and_ends_its_monitor():
     guest = await trio.lowlevel.open_process([sys.executable, "-c", GUEST], stdout=subprocess.PIPE)
+    assert guest.stdout is not None
     line = b""
     with trio.fail_after(10):
         while not line.endswith(b"\n"):
@@ -247,9 +211,7 @@ async def test_guest_crash_frees_its_ports_and_ends_its_monitor():
     guest.send_signal(signal.SIGKILL)
     await guest.wait()
     # The orphaned monitor sees EOF on the control channel, closes everything and exits.
-    with trio.fail_after(10):
-        while os.path.exists(f"/proc/{monitor_pid}") and "Z" not in _proc_state(monitor_pid):
-            await trio.sleep(0.05)
+    await wait_until(lambda: _proc_state(monitor_pid) in ("gone", "Z"), seconds=10, interval=0.05)
     socket.create_server(("127.0.0.1", port)).close()  # the port is free
 
 
@@ -266,7 +228,7 @@ async def test_monitor_crash_fails_everything_promptly():
         listener = await session.listen("127.0.0.1", 0)
         client = await session.connect(*listener.local)
         server = await listener.accept()
-        outcome = {}
+        outcome: dict[str, Exception] = {}
 
         async def pending_accept():
             try:
@@ -285,6 +247,7 @@ async def test_monitor_crash_fails_everything_promptly():
                 nursery.start_soon(pending_accept)
                 nursery.start_soon(pending_receive)
                 await trio.testing.wait_all_tasks_blocked()
+                assert session.process is not None  # open_session started the monitor
                 session.process.kill()
         assert set(outcome) == {"accept", "receive"}
         with trio.fail_after(1), pytest.raises(errors.MonitorGone):
@@ -321,16 +284,21 @@ async def test_standalone_monitor_serves_sessions_one_after_another_and_at_once(
 
 async def test_standalone_monitor_refuses_a_path_in_use(socket_monitor, tmp_path):
     path, _ = socket_monitor
-    result = subprocess.run(
-        [sys.executable, "-m", "arca_monitor", "--socket", path], capture_output=True, text=True, timeout=20
-    )
-    assert result.returncode == 1 and "another monitor" in result.stderr
+
+    async def monitor_on(socket_path: str) -> subprocess.CompletedProcess[bytes]:
+        with trio.fail_after(20):
+            return await trio.run_process(
+                [sys.executable, "-m", "arca_monitor", "--socket", socket_path], capture_stdout=True, capture_stderr=True, check=False
+            )
+
+    result = await monitor_on(path)
+    assert result.returncode == 1
+    assert b"another monitor" in result.stderr
     not_a_socket = tmp_path / "file"
     not_a_socket.write_text("x")
-    result = subprocess.run(
-        [sys.executable, "-m", "arca_monitor", "--socket", str(not_a_socket)], capture_output=True, text=True, timeout=20
-    )
-    assert result.returncode == 1 and "not a socket" in result.stderr
+    result = await monitor_on(str(not_a_socket))
+    assert result.returncode == 1
+    assert b"not a socket" in result.stderr
 
 
 def test_monitor_help_documents_every_option():
@@ -362,7 +330,8 @@ async def test_serve_listeners_serves_real_curl(session):
         result = await trio.run_process([curl, "-sS", "--max-time", "10", url, url], capture_stdout=True)
         nursery.cancel_scope.cancel()
     assert result.stdout == b"served by trio.serve_listeners through arca\n" * 2
-    assert len(served) == 2 and all(peer.host == "127.0.0.1" for peer in served)
+    assert len(served) == 2
+    assert all(peer.host == "127.0.0.1" for peer in served)
 
 
 # --- errors that need a network we must not touch: an empty namespace ------------------
@@ -371,9 +340,11 @@ NETNS = [
     "unshare", "-n", "--", "sh", "-ec",
     # lo, plus a veth pair with a static neighbour that never answers:
     # SYNs to 10.77.0.2 vanish inside this namespace, and nothing leaves the machine.
-    "ip link set lo up; ip link add v0 type veth peer name v1; ip addr add 10.77.0.1/24 dev v0;"
-    " ip link set v0 up; ip link set v1 up; ip neigh add 10.77.0.2 lladdr 02:00:00:00:00:02 dev v0;"
-    ' exec "$@"',
+    (
+        "ip link set lo up; ip link add v0 type veth peer name v1; ip addr add 10.77.0.1/24 dev v0;"
+        " ip link set v0 up; ip link set v1 up; ip neigh add 10.77.0.2 lladdr 02:00:00:00:00:02 dev v0;"
+        ' exec "$@"'
+    ),
     "sh", sys.executable, "-m", "arca_monitor",
 ]
 
@@ -382,9 +353,8 @@ async def test_unreachable_and_timeout_inside_an_empty_namespace():
     # Both destinations are inside the empty namespace; the policy must allow them by name.
     rules = ("--allow-connect", "192.0.2.1:80", "--allow-connect", "10.77.0.2:80", *LOOPBACK_RULES)
     async with arca_control.open_session(*rules, command=NETNS) as session:
-        with pytest.raises(OSError) as caught:
+        with pytest.raises(OSError, check=errno_is(errno.ENETUNREACH)):
             await session.connect("192.0.2.1", 80)  # no route at all
-        assert caught.value.errno == errno.ENETUNREACH
         with trio.fail_after(5), pytest.raises(TimeoutError) as caught:
             await session.connect("10.77.0.2", 80, timeout=0.5)
         assert caught.value.errno == errno.ETIMEDOUT

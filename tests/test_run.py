@@ -21,6 +21,11 @@ GUEST = textwrap.dedent(
         print("direct: connected")
     except OSError as exc:
         print(f"direct: errno {exc.errno}")
+    try:  # reset as soon as the monitor accepts: the connect itself may see it
+        outside = socket.create_connection(("192.0.2.1", 80), timeout=5)
+        print("intercepted: read", outside.recv(1))
+    except OSError as exc:
+        print(f"intercepted: errno {exc.errno}")
     async def main():
         async with arca_control.open_session() as session:
             stream = await session.connect("127.0.0.1", port)
@@ -35,6 +40,7 @@ GUEST = textwrap.dedent(
 
 async def test_a_guest_has_no_network_but_the_monitor():
     server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(30)  # a guest that fails before it connects fails the test, not hangs it
     port = server.getsockname()[1]
 
     async def serve():
@@ -48,11 +54,16 @@ async def test_a_guest_has_no_network_but_the_monitor():
                                         capture_stdout=True, check=False)
     server.close()
     lines = result.stdout.decode().splitlines()
-    assert lines[0] == "direct: errno 101"  # ENETUNREACH: the namespace has no network at all
-    assert lines[1] == "monitor: hello from the host"
+    # ECONNREFUSED: 127.0.0.1 is the sandbox's own loopback, where the host's server is not.
+    assert lines[0] == "direct: errno 111"
+    # A connection out (to TEST-NET-1: the sandbox has only lo, so it can reach nothing but the
+    # intercept listener) is intercepted; until the monitor has an intercept front end, it resets
+    # it (ECONNRESET).
+    assert lines[1] == "intercepted: errno 104"
+    assert lines[2] == "monitor: hello from the host"
     assert result.returncode == 7  # the guest's own exit status
     # The guest's listener went with the monitor, which arca-run shut down.
-    listened = int(lines[2].split()[1])
+    listened = int(lines[3].split()[1])
     socket.create_server(("127.0.0.1", listened)).close()
 
 
@@ -66,6 +77,7 @@ async def test_signals_reach_the_guest():
         """
     )
     process = await trio.lowlevel.open_process([*RUN, sys.executable, "-c", guest], stdout=subprocess.PIPE)
+    assert process.stdout is not None
     with trio.fail_after(20):
         assert (await process.stdout.receive_some(100)).startswith(b"ready")
         process.send_signal(signal.SIGTERM)
@@ -100,7 +112,8 @@ async def test_policy_reaches_the_guest_as_permission_error():
         [sys.executable, "-m", "arca_monitor.run", "--allow-connect", "127.0.0.2:*", "--", sys.executable, "-c", guest],
         capture_stdout=True,
     )
-    assert b"denied:" in result.stdout and b"--allow-connect" in result.stdout
+    assert b"denied:" in result.stdout
+    assert b"--allow-connect" in result.stdout
 
 
 async def test_no_namespace_means_no_run(tmp_path):
@@ -114,5 +127,6 @@ async def test_no_namespace_means_no_run(tmp_path):
         [*RUN, "sh", "-c", f"touch {marker}"], env={**os.environ, "PATH": str(bare)},
         check=False, capture_stderr=True,
     )
-    assert result.returncode == 126 and b"network namespace" in result.stderr
+    assert result.returncode == 126
+    assert b"network namespace" in result.stderr
     assert not marker.exists()

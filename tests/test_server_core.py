@@ -40,10 +40,9 @@ from arca_control.protocol.messages import (
 from arca_control.protocol.server import Incoming, Owed, Refuse, Reject, ServerCore, Withdraw, cancelled_reply
 from arca_control.protocol.wire import Capability, Endpoint
 
+from .conftest import HERE, THERE
 from .test_fastpath import wrongly_typed
 
-HERE = Endpoint("127.0.0.1", 1)
-THERE = Endpoint("127.0.0.1", 2)
 ALL = Capability.TCP | Capability.UDP | Capability.SOCKET_CHANNEL
 
 E = TypeVar("E", Incoming, Refuse, Withdraw, Reject)

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import errno
-from typing import TypeVar
-
-import pytest
 
 from arca_control.protocol.codec import encode
 from arca_control.protocol.messages import (
@@ -31,27 +28,8 @@ from arca_control.protocol.messages import (
 )
 from arca_control.protocol.wire import Capability, Endpoint, OptionTarget
 
-from .test_monitor import LOOPBACK, RawMonitor
-
-
-@pytest.fixture
-def raw(tmp_path):
-    monitor = RawMonitor(tmp_path)
-    yield monitor
-    if monitor.process.poll() is None:
-        monitor.process.kill()
-        monitor.process.wait()
-
-
-M = TypeVar("M")
-
-
-def expect(reply: object, kind: type[M], code: int | None = None) -> M:
-    """``reply``, which must be a ``kind`` (and carry errno ``code``)."""
-    assert isinstance(reply, kind), reply
-    if code is not None:
-        assert getattr(reply, "errno", None) == code, reply
-    return reply
+from .raw_monitor import expect
+from .test_monitor import LOOPBACK
 
 
 def test_stats_count_every_kind_of_error_reply(raw, stalled_address):

@@ -179,7 +179,7 @@ class Endpoint(tuple[str, int]):
         family, packed, scope_id = parse_host(host)
         _check_port(port, family)
         if family is AddressFamily.IPV6:
-            host = _ipv6_host(packed, scope_id)
+            host = ipv6_host(packed, scope_id)
         # IPv4 text inet_pton takes is already canonical; a path is itself.
         return cls._build(host, port, family, packed, scope_id)
 
@@ -290,7 +290,7 @@ class Endpoint(tuple[str, int]):
         if self.family is not AddressFamily.IPV4:
             raise ValueError(f"only an IPv4 endpoint has an IPv4-mapped form, not {self!r}")
         packed = V4_MAPPED + self.packed
-        return self._build(_ipv6_host(packed, 0), self[1], AddressFamily.IPV6, packed, 0)
+        return self._build(ipv6_host(packed, 0), self[1], AddressFamily.IPV6, packed, 0)
 
     def embedded_ipv4(self) -> Self | None:
         """The IPv4 endpoint an IPv4-mapped IPv6 one (without a scope) stands for; None for any other."""
@@ -327,7 +327,7 @@ def _check_port(port: int, family: AddressFamily) -> None:
         raise ValueError(f"port must be 0-65535, not {port}")
 
 
-def _ipv6_host(packed: bytes, scope_id: int) -> str:
-    """The canonical text of 16 address bytes and a scope id, as the kernel writes it."""
+def ipv6_host(packed: bytes, scope_id: int) -> str:
+    """The canonical text of 16 address bytes and a scope id, as the kernel writes it (an Endpoint's ``host``)."""
     host = socket.inet_ntop(socket.AF_INET6, packed)
     return f"{host}%{scope_id}" if scope_id else host

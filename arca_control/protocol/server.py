@@ -40,7 +40,7 @@ import collections
 import errno
 import types
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from . import codec, errors
 from .core import CANCELLABLE, SessionState
@@ -81,6 +81,9 @@ from .wire import (
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
+
+
+K = TypeVar("K", bound=int)
 
 
 @dataclass(frozen=True)
@@ -276,8 +279,8 @@ class ServerCore:
             bytes_up=bytes_up,
             bytes_down=bytes_down,
             denials=denials,
-            requests=tuple(sorted((int(kind), count) for kind, count in self.requests.items()))[:255],
-            errors=tuple(sorted(self.errors.items()))[:255],
+            requests=counted(self.requests),
+            errors=counted(self.errors),
         )
 
     # --- frames to the guest -----------------------------------------------------------------
@@ -363,6 +366,11 @@ class ServerCore:
     def pending(self) -> Mapping[int, AnyRequest]:
         """The requests still owed a reply by whoever carries them out, by id (read only)."""
         return types.MappingProxyType(self._pending)
+
+
+def counted(counter: Mapping[K, int]) -> tuple[tuple[int, int], ...]:
+    """A counter as StatsOk carries it: (message type or errno, count) pairs, sorted, at most 255."""
+    return tuple(sorted((int(key), count) for key, count in counter.items()))[:255]
 
 
 def cancelled_reply(request: AnyRequest) -> ErrorReply:

@@ -37,6 +37,7 @@ from .values import (
     OptionTarget,
     SockAddr,
     SockType,
+    ipv6_host,
     is_unix_path,
     valid_unix_path,
 )
@@ -234,6 +235,7 @@ __all__ = [
     "SockAddr",
     "SockType",
     "declared",
+    "ipv6_host",
     "is_unix_path",
     "valid_unix_path",
 ]

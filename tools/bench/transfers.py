@@ -12,7 +12,7 @@ import re
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import trio
 
@@ -26,6 +26,12 @@ if TYPE_CHECKING:
 
     #: A way to move a count of bytes once, timed.
     Variant = Callable[[int], Awaitable["Transfer"]]
+
+
+class ThroughArca(Protocol):
+    """A transfer through the monitor, over pipes or (``socket_channel``) over the socket channel."""
+
+    def __call__(self, nbytes: int, socket_channel: bool = False) -> Awaitable[Transfer]: ...
 
 
 @dataclass(frozen=True)
@@ -213,19 +219,17 @@ async def transfer_case(name: str, nbytes: int, repeats: int, variants: dict[str
     return TransferResult(nbytes, repeats, {variant: VariantResult(tuple(t)) for variant, t in runs.items()})
 
 
-async def download_case(sizes: Sizes, baselines: bool = True) -> TransferResult:
-    variants: dict[str, Variant] = {
-        "arca": arca_download, "arca_socket": functools.partial(arca_download, socket_channel=True),
-    }
+def variants_of(arca: ThroughArca, baselines: bool) -> dict[str, Variant]:
+    """A direction's variants: ``arca`` over pipes and over the socket channel, and the baselines if asked for."""
+    variants: dict[str, Variant] = {"arca": arca, "arca_socket": functools.partial(arca, socket_channel=True)}
     if baselines:
         variants = {"direct": direct_transfer, "socat": socat_transfer, **variants}
-    return await transfer_case("download", sizes.download_bytes, sizes.repeats, variants)
+    return variants
+
+
+async def download_case(sizes: Sizes, baselines: bool = True) -> TransferResult:
+    return await transfer_case("download", sizes.download_bytes, sizes.repeats, variants_of(arca_download, baselines))
 
 
 async def upload_case(sizes: Sizes, baselines: bool = True) -> TransferResult:
-    variants: dict[str, Variant] = {
-        "arca": arca_upload, "arca_socket": functools.partial(arca_upload, socket_channel=True),
-    }
-    if baselines:
-        variants = {"direct": direct_transfer, "socat": socat_transfer, **variants}
-    return await transfer_case("upload", sizes.upload_bytes, sizes.repeats, variants)
+    return await transfer_case("upload", sizes.upload_bytes, sizes.repeats, variants_of(arca_upload, baselines))

@@ -1,5 +1,9 @@
 """One live guest session: frames sent to a real monitor one by one, every answer checked against the model.
 
+Each frame back goes through the model's bystander core first (a bad frame, a
+reply that answers nothing owed, a second reply, a wrong type or descriptor
+count), then must be the answer the model expects, in its place; an EIO
+"internal error" reply, the monitor's own bug, is a finding wherever it comes.
 Between mutated frames and bursts of them it sends probes, valid requests
 whose answer is known (some wait, to be cancelled or to accept a real
 connection whose bytes must go both ways), so a monitor that still answers
@@ -18,14 +22,15 @@ from arca_control.protocol import codec, errors
 from arca_control.protocol.messages import (
     Accept,
     AcceptOk,
+    AnyRequest,
     Cancel,
     CloseListener,
     Connect,
     ConnectionEnd,
-    ControlRequest,
     ErrorReply,
     Listen,
     Message,
+    Stats,
 )
 from arca_control.protocol.wire import HEADER_SIZE, LENGTH_FIELD_MAX, Endpoint
 
@@ -38,6 +43,11 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from .run import Run
+
+
+def is_internal_error(msg: Message) -> bool:
+    """The monitor's answer to a bug of its own (a handler that raised, a reply that broke the protocol)."""
+    return isinstance(msg, ErrorReply) and msg.errno == errno.EIO and msg.message.startswith("internal error")
 
 
 class LiveSession:
@@ -71,7 +81,7 @@ class LiveSession:
         return expect
 
     def receive(self, keep_fds: list[int] | None = None) -> Message | None:
-        """The next frame from the monitor (None at EOF); its descriptors go to ``keep_fds`` or are closed."""
+        """The next frame from the monitor (None at EOF), checked by the core; its descriptors go to ``keep_fds`` or are closed."""
         while True:
             try:
                 data, fds, _, _ = socket.recv_fds(self.sock, HEADER_SIZE + LENGTH_FIELD_MAX, 4, socket.MSG_CMSG_CLOEXEC)
@@ -83,16 +93,18 @@ class LiveSession:
                 if not data and not fds:
                     self.transcript.append("<- EOF")
                     return None
-                msg = codec.decode(data, max_payload=LENGTH_FIELD_MAX)
-                if len(fds) != msg.FDS:
-                    raise Violation(f"{msg!r} came with {len(fds)} descriptors")
-            except errors.ProtocolError as exc:
+                msg = self.model.core.observe(data, len(fds))
+            except errors.RemoteProtocolError as exc:
                 raise Violation(f"the monitor sent a bad frame {data.hex(' ')}: {exc!r}") from None
+            except errors.LocalProtocolError as exc:
+                raise Violation(f"the monitor broke the protocol with {data.hex(' ')} and {len(fds)} fds: {exc}") from None
             finally:
                 for fd in fds if keep_fds is None else ():
                     os.close(fd)
             self.transcript.append(f"<- {msg!r}")
             self.run.counts["replies"][type(msg).__name__] += 1
+            if is_internal_error(msg):
+                raise Violation(f"the monitor answered with an internal error, a bug of its own: {msg!r}")
             if not (isinstance(msg, ConnectionEnd) and msg.connection_id in self.connections):
                 return msg  # (a connection of an earlier probe ending answers nothing)
 
@@ -107,8 +119,8 @@ class LiveSession:
                 raise Violation(f"got {reply or 'EOF'!r}, expected {want}")
             if expect.code is not None and (not isinstance(reply, ErrorReply) or reply.errno != expect.code):
                 raise Violation(f"got {reply!r}, expected {want} with errno {errno.errorcode[expect.code]}")
-            if expect.check is not None and not expect.check(reply):
-                raise Violation(f"wrong contents in {reply!r}")
+            if expect.check is not None and (wrong := expect.check(reply)) is not None:
+                raise Violation(f"wrong contents in {reply!r}: {wrong}")
         if expect.close and (extra := self.receive()) is not None:
             raise Violation(f"got {extra!r} where the session should have closed")
         return reply
@@ -125,23 +137,37 @@ class LiveSession:
     def burst(self) -> None:
         """Mutated frames sent back to back: inline replies must come in request order."""
         expects = []
+        named: set[int] = set()  # the request ids the burst's frames so far name
         for _ in range(self.rng.randint(2, 6)):
             data, msg = self.mutated()
-            # A Connect's reply comes from a task of its own, in any order; a listener a Listen
-            # opens is known only from its reply, too late for the frames after it here.
-            if isinstance(msg, (Connect, Listen)):
-                data = codec.encode(Accept(request_id=self.request_id(), listener_id=0)) + b"x"
+            if msg is not None and self.out_of_step(msg, named):
+                msg = Accept(request_id=self.request_id(), listener_id=0)
+                data = codec.encode(msg) + b"x"
+            if msg is not None:
+                named |= {msg.request_id, msg.target} if isinstance(msg, Cancel) else {msg.request_id}
             expects.append(self.send(data, "burst"))
             if self.model.closed:
                 break
         for expect in expects:
             self.check(expect)
 
+    def out_of_step(self, msg: Message, named: set[int]) -> bool:
+        """Whether the answer to ``msg`` in a burst could not be known, in its place, when the burst is sent."""
+        # A Connect's reply, and a withdrawn Connect's ECANCELED, come from a task of its own, in any
+        # order; a listener a Listen opens is known only from its reply, too late for the frames after it.
+        if isinstance(msg, (Connect, Listen)) or (
+            isinstance(msg, Cancel) and isinstance(self.model.core.pending.get(msg.target), Connect)
+        ):
+            return True
+        # The monitor answers an earlier frame of the burst before it reads this one, but the core
+        # here is fed the whole burst before any reply: to it, that id would still be pending.
+        return msg.request_id in named or (isinstance(msg, Cancel) and msg.target in named)
+
     def probe(self) -> None:
         """A valid request whose answer is known; some wait, to be cancelled or to accept a connection."""
         m, rid = self.model, self.request_id()
         listener = self.rng.choice(list(m.listeners)) if m.listeners else 0xFFFFFFFF
-        probes: dict[str, ControlRequest] = {
+        probes: dict[str, AnyRequest] = {
             "listen": Listen(request_id=rid, endpoint=Endpoint("127.0.0.1", 0)),
             "accept_unknown": Accept(request_id=rid, listener_id=0xFFFFFFFF),
             "connect_refused": Connect(request_id=rid, endpoint=m.refused, timeout_ms=5000),
@@ -149,6 +175,7 @@ class LiveSession:
             "connect_cancel": Connect(request_id=rid, endpoint=m.stalled),
             "cancel_unknown": Cancel(request_id=rid, target=self.rng.getrandbits(32) | 1 << 31),
             "fds": Accept(request_id=rid, listener_id=0xFFFFFFFF),
+            "stats": Stats(request_id=rid),  # its counts must be the core's
         }
         if m.listeners:
             probes.update(close_listener=CloseListener(request_id=rid, listener_id=listener),
@@ -164,7 +191,7 @@ class LiveSession:
         self.check(self.send(frame, kind))
         if kind == "accept_connect":
             self.connect_to(listener)
-        elif rid in m.pending and self.rng.random() < 0.8:  # else it stays pending, maybe to the session's end
+        elif m.waiting(rid) and self.rng.random() < 0.8:  # else it stays pending, maybe to the session's end
             if self.rng.random() < 0.5:  # the id of a pending request may not be reused
                 self.check(self.send(codec.encode(Accept(request_id=rid, listener_id=0xFFFFFFFF)), "same_id"))
             self.check(self.send(codec.encode(Cancel(request_id=self.request_id(), target=rid)), kind))
@@ -172,17 +199,16 @@ class LiveSession:
     def connect_to(self, listener: int) -> None:
         """Connect a real client: the oldest Accept queued on ``listener`` gets it; bytes go both ways."""
         fds: list[int] = []
-        rid = next(r for r, queued_on in self.model.pending.items() if queued_on == listener)
+        rid = self.model.queued(listener)[0]
         with socket.create_connection(self.model.listeners[listener], timeout=self.TIMEOUT) as client:
             try:
                 # Connection ids count 1, 2, ... per session; only these round trips make connections here.
                 wanted = (len(self.connections) + 1, self.model.listeners[listener], Endpoint.from_sockaddr(client.getsockname()))
-                expect = Expect(rid, (AcceptOk,), check=lambda r: isinstance(r, AcceptOk)
-                                and (r.connection_id, r.local, r.peer) == wanted)
+                expect = Expect(rid, (AcceptOk,), check=lambda r: None if isinstance(r, AcceptOk)
+                                and (r.connection_id, r.local, r.peer) == wanted else f"{wanted} expected")
                 reply = self.check(expect, fds)
                 if not isinstance(reply, AcceptOk):  # check() let nothing else through
                     raise Violation(f"got {reply!r}, expected AcceptOk")
-                del self.model.pending[rid]
                 self.connections.add(reply.connection_id)
                 client.sendall(b"ping")
                 if not select.select([fds[0]], [], [], self.TIMEOUT)[0] or os.read(fds[0], 16) != b"ping":
