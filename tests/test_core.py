@@ -24,7 +24,7 @@ from arca_control.protocol.messages import (
     ListenOk,
 )
 from arca_control.protocol.server import Incoming, Reject, ServerCore
-from arca_control.protocol.wire import Capability, Endpoint
+from arca_control.protocol.wire import Capability
 
 from .conftest import HERE, THERE, ready_client
 from .test_fastpath import wrongly_typed

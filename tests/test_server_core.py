@@ -38,7 +38,7 @@ from arca_control.protocol.messages import (
     UdpBind,
 )
 from arca_control.protocol.server import Incoming, Owed, Refuse, Reject, ServerCore, Withdraw, cancelled_reply
-from arca_control.protocol.wire import Capability, Endpoint
+from arca_control.protocol.wire import Capability
 
 from .conftest import HERE, THERE
 from .test_fastpath import wrongly_typed
