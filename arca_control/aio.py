@@ -30,7 +30,7 @@ from .portal import Portal, discard_result
 from .session import ArcaSession, SessionStats
 from .session import open_session as _open_trio_session
 from .stream import ArcaListener
-from .sync import AddrInfo, IPAddress, accept, close_listener, connect, getaddrinfo, ip_sockaddr, stats
+from .sync import AddrInfo, IPAddress, accept, close_listener, connect, getaddrinfo, stats
 
 if TYPE_CHECKING:
     import concurrent.futures
@@ -194,7 +194,7 @@ class Server:
         self._idle = asyncio.Event()
         self._idle.set()
         #: The bound address, with the kernel's port for port 0, as ``server.sockets[0].getsockname()``.
-        self.sockets = (_Address(ip_sockaddr(listener.local)),)
+        self.sockets = (_Address(listener.local.ip_sockaddr()),)
 
     def get_loop(self) -> asyncio.AbstractEventLoop:
         return self._loop

@@ -131,8 +131,8 @@ async def run(args: argparse.Namespace) -> int:
         host, port = args.address[0], int(args.address[1])
         if args.udp:
             if args.mode == "connect":
-                (_, _, target), *_ = await session.resolve(host, port, type=socket.SOCK_DGRAM)
-                sock = await session.udp_bind("::" if ":" in target.host else "0.0.0.0", 0)
+                (family, _, target), *_ = await session.resolve(host, port, type=socket.SOCK_DGRAM)
+                sock = await session.udp_bind("::" if family == socket.AF_INET6 else "0.0.0.0", 0)
                 sock.connect(*target)
             else:
                 sock = await session.udp_bind(host, port)

@@ -22,13 +22,12 @@ from .protocol.addresses import ip_endpoint
 from .protocol.records import (
     MAX_RECORD,
     SNDBUF_NEEDED,
-    V4_MAPPED,
     decode_record,
     encode_endpoint,
     max_payload,
     size_channel,
 )
-from .protocol.wire import AddressFamily, Endpoint, ipv6_host, parse_ip
+from .protocol.wire import AddressFamily, Endpoint
 from .stream import ConflictDetector
 
 if TYPE_CHECKING:
@@ -39,12 +38,9 @@ if TYPE_CHECKING:
 
 def _twin(endpoint: Endpoint) -> Endpoint | None:
     """The same peer as an IPv4-mapped IPv6 address sees it, or the other way round; None for plain IPv6."""
-    family, packed, scope_id = parse_ip(endpoint.host)
-    if family == AddressFamily.IPV4:
-        return Endpoint(ipv6_host(V4_MAPPED + packed, 0), endpoint.port)
-    if packed.startswith(V4_MAPPED) and not scope_id:
-        return Endpoint(socket.inet_ntoa(packed[12:]), endpoint.port)
-    return None
+    if endpoint.family == AddressFamily.IPV4:
+        return endpoint.ipv4_mapped()
+    return endpoint.embedded_ipv4()
 
 
 def checked_endpoint(address: tuple[str, int]) -> Endpoint:
@@ -97,7 +93,7 @@ class ArcaDatagramSocket(trio.abc.AsyncResource):
         self.peer: Endpoint | None = None
         #: Datagrams dropped by recvfrom/recv because they came from a peer other than :attr:`peer`.
         self.dropped_filtered = 0
-        self._ipv4_only = parse_ip(local.host)[0] == AddressFamily.IPV4
+        self._ipv4_only = local.family == AddressFamily.IPV4
         self._on_close = on_close
         #: The socket in its session (options by socket id), if it has one.
         self.handle = handle
@@ -151,7 +147,7 @@ class ArcaDatagramSocket(trio.abc.AsyncResource):
 
     def _checked_peer(self, address: tuple[str, int]) -> Endpoint:
         endpoint = checked_endpoint(address)
-        if self._ipv4_only and ":" in endpoint.host:
+        if self._ipv4_only and endpoint.family == AddressFamily.IPV6:
             raise OSError(errno.EAFNOSUPPORT, f"{endpoint.host} is IPv6 and this socket is IPv4")
         return endpoint
 

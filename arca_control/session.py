@@ -86,10 +86,6 @@ def _type_name(kind: int) -> str:
         return str(kind)
 
 
-_FAMILY_FILTERS = {0: FamilyFilter.ANY, socket.AF_INET: FamilyFilter.IPV4, socket.AF_INET6: FamilyFilter.IPV6}
-_SOCK_TYPES = {0: SockType.ANY, socket.SOCK_STREAM: SockType.STREAM, socket.SOCK_DGRAM: SockType.DGRAM}
-
-
 class SessionStats(TypedDict):
     """``ArcaSession.stats()``: what the session holds now and has done so far."""
 
@@ -253,17 +249,16 @@ class ArcaSession:
             raise socket.gaierror(socket.EAI_NONAME, "a host name is at most 253 bytes")
         if port is not None and not (isinstance(port, int) and 0 <= port <= 0xFFFF):
             raise socket.gaierror(socket.EAI_SERVICE, f"port {port!r} is out of range")
-        if family not in _FAMILY_FILTERS or type not in _SOCK_TYPES:
-            raise socket.gaierror(socket.EAI_FAMILY if family not in _FAMILY_FILTERS else socket.EAI_SOCKTYPE,
-                                  f"family {family} or type {type} not supported")
-        reply, _ = await self.request(
-            Resolve(name=host, port=port or 0, family=_FAMILY_FILTERS[family], socktype=_SOCK_TYPES[type])
-        )
-        return [
-            (socket.AF_INET6 if ":" in endpoint.host else socket.AF_INET,
-             socket.SOCK_STREAM if kind is SockType.STREAM else socket.SOCK_DGRAM, endpoint)
-            for kind, endpoint in reply.addresses
-        ]
+        try:
+            wanted = FamilyFilter.of_socket_family(family)
+        except ValueError as exc:
+            raise socket.gaierror(socket.EAI_FAMILY, str(exc)) from None
+        try:
+            socktype = SockType.of_socket_type(type)
+        except ValueError as exc:
+            raise socket.gaierror(socket.EAI_SOCKTYPE, str(exc)) from None
+        reply, _ = await self.request(Resolve(name=host, port=port or 0, family=wanted, socktype=socktype))
+        return [(endpoint.socket_family, kind.socket_type, endpoint) for kind, endpoint in reply.addresses]
 
     async def stats(self) -> SessionStats:
         """This session's counters, from the monitor: what is open, bytes each way,

@@ -34,6 +34,7 @@ import trio
 
 from .portal import Portal, current_portal
 from .protocol import errors
+from .protocol.values import IPSockAddr, SockAddr
 from .session import ArcaSession, SessionStats
 from .session import open_session as _open_trio_session
 
@@ -41,7 +42,6 @@ if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
 
     from .handle import Handle
-    from .protocol.wire import Endpoint
     from .stream import ArcaListener, ArcaStream
 
 #: The stdlib's own "no timeout given" marker, so that callers passing it along (http.client) mean the same.
@@ -49,9 +49,9 @@ if TYPE_CHECKING:
 DEFAULT_TIMEOUT: object = vars(socket)["_GLOBAL_DEFAULT_TIMEOUT"]
 
 #: An IP address as the stdlib's sockets give it: (host, port), or (host, port, flowinfo, scope id) for IPv6.
-IPAddress = tuple[str, int] | tuple[str, int, int, int]
+IPAddress = IPSockAddr
 #: Any address a relayed connection has: an IP address, or an AF_UNIX path.
-Address = IPAddress | str
+Address = SockAddr
 #: One entry of ``getaddrinfo``, as the stdlib types it.
 AddrInfo = tuple[
     socket.AddressFamily, socket.SocketKind, int, str, tuple[str, int] | tuple[str, int, int, int] | tuple[int, bytes]
@@ -173,17 +173,6 @@ async def _get_option(session: ArcaSession, handle: Handle, level: int, name: in
     return await handle.get_option(level, name)
 
 
-def ip_sockaddr(endpoint: Endpoint) -> IPAddress:
-    """An IP Endpoint as the stdlib gives addresses: (host, port), or (host, port, 0, scope) for IPv6."""
-    if ":" in endpoint.host:
-        host, _, scope = endpoint.host.partition("%")
-        return (host, endpoint.port, 0, int(scope) if scope.isdigit() else socket.if_nametoindex(scope) if scope else 0)
-    return (endpoint.host, endpoint.port)
-
-
-def sockaddr(endpoint: Endpoint) -> Address:
-    """An Endpoint as the stdlib gives addresses: an IP address (``ip_sockaddr``), or an AF_UNIX path."""
-    return endpoint.host if endpoint.is_unix else ip_sockaddr(endpoint)
 
 
 def socket_from(stream: ArcaStream, portal: Portal | None = None) -> ArcaSocket:
@@ -194,7 +183,7 @@ def socket_from(stream: ArcaStream, portal: Portal | None = None) -> ArcaSocket:
     options = ConnectionOptions(portal, stream.handle) if portal is not None else None
     plain = stream.detach()
     try:
-        relayed = Relayed(sockaddr(stream.local), sockaddr(stream.peer), options)
+        relayed = Relayed(stream.local.sockaddr(), stream.peer.sockaddr(), options)
         return ArcaSocket(socket.AF_UNIX, socket.SOCK_STREAM, fileno=plain.detach(), relayed=relayed)
     except BaseException:
         plain.close()
@@ -253,7 +242,7 @@ async def getaddrinfo(
     found = await session.resolve(host, number, family, kind)
     return [
         (socket.AddressFamily(found_family), socket.SocketKind(found_kind), _PROTOCOL_OF[socket.SocketKind(found_kind)],
-         host if flags & socket.AI_CANONNAME and index == 0 else "", ip_sockaddr(endpoint))
+         host if flags & socket.AI_CANONNAME and index == 0 else "", endpoint.ip_sockaddr())
         for index, (found_family, found_kind, endpoint) in enumerate(found)
     ]
 
@@ -302,7 +291,7 @@ class Listener:
 
     def getsockname(self) -> IPAddress:
         """The address really bound (the kernel's port for port 0)."""
-        return ip_sockaddr(self._listener.local)
+        return self._listener.local.ip_sockaddr()
 
     def accept(self) -> tuple[ArcaSocket, Address]:
         """Wait for the next connection: ``(socket, peer address)``, as ``socket.accept`` gives."""

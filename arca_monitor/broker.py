@@ -7,7 +7,7 @@ cannot be done at all (EAFNOSUPPORT, EINVAL), then checks the policy and the
 limits, opens the socket through ``net``, and returns it; or raises an
 ``OSError`` with the errno to report: ``policy.Denied`` (EACCES, counted as a
 denial), a limit's errno (``config``), or the kernel's. A front end asks, say,
-``sock = await broker.connect(destination)`` and decides itself how to hand
+``sock = await broker.connect(endpoint, name=...)`` and decides itself how to hand
 the socket to its client. The broker knows nothing of the control protocol:
 no messages, no request ids.
 
@@ -151,7 +151,7 @@ class Broker:
             if endpoint.is_unix:
                 self.policy.check_unix(endpoint.host)
             elif endpoint.port:
-                self.policy.check_bind(kind, endpoint.host, endpoint.port)
+                self.policy.check_bind(kind, endpoint)
 
     def _check_bound(self, kind: Kind, sock: socket.socket) -> Endpoint:
         """After binding: the address really bound, checked with the port the kernel gave (port 0). Closes a denied socket."""
@@ -159,7 +159,7 @@ class Broker:
             local = net.endpoint_of(sock.getsockname())
             if not local.is_unix:
                 with self._deciding():
-                    self.policy.check_bind(kind, local.host, local.port)
+                    self.policy.check_bind(kind, local)
         except BaseException:
             sock.close()
             raise
@@ -167,7 +167,7 @@ class Broker:
 
     def peer_allowed(self, peer: Endpoint) -> bool:
         """Whether a connection accepted from ``peer`` may reach the guest (``--allow-peer``)."""
-        return peer.is_unix or self.policy.check_peer(peer.host)
+        return peer.is_unix or self.policy.check_peer(peer)
 
     @staticmethod
     def _refuse_impossible(endpoint: Endpoint, *, v6only: bool = False, udp: bool = False) -> None:
@@ -210,16 +210,23 @@ class Broker:
         """A listener or UDP socket the broker opened is closed: it no longer counts."""
         self.held[what] -= 1
 
-    def start_connect(self, endpoint: Endpoint) -> socket.socket | Connecting:
+    def start_connect(self, endpoint: Endpoint, *, name: str | None = None) -> socket.socket | Connecting:
         """Begin a connect the policy and the limits allow: the socket if the kernel settled it at once, else a
-        :class:`Connecting` to finish (which counts as in flight until then)."""
+        :class:`Connecting` to finish (which counts as in flight until then).
+
+        ``name`` is the name the connect is made for, when the front end knows
+        it (one that resolved the name to ``endpoint`` through the monitor):
+        the policy's rules for that name decide. Without it, as for a
+        control-protocol Connect (which carries only an address), the names
+        the monitor answered with that address do.
+        """
         self._refuse_impossible(endpoint)
         with self._deciding():
             if endpoint.is_unix:
                 self.policy.check_unix(endpoint.host)
             else:
-                names = functools.partial(self.resolver.names_for, fresh=True)
-                self.policy.check_connect(endpoint.host, endpoint.port, names)
+                answered = functools.partial(self.resolver.names_for, fresh=True)
+                self.policy.check_connect(endpoint, answered, name=name)
         return self._start_allowed(endpoint)
 
     def _start_allowed(self, endpoint: Endpoint) -> socket.socket | Connecting:
@@ -230,9 +237,12 @@ class Broker:
             return sock
         return Connecting(sock, self._slot(), self.config.connect_timeout)
 
-    async def connect(self, endpoint: Endpoint, seconds: float | None = None) -> socket.socket:
-        """A connected socket to ``endpoint``, if the policy and the limits allow it; raises Denied or OSError."""
-        return await self._finish(self.start_connect(endpoint), seconds)
+    async def connect(self, endpoint: Endpoint, seconds: float | None = None, *, name: str | None = None) -> socket.socket:
+        """A connected socket to ``endpoint``, if the policy and the limits allow it; raises Denied or OSError.
+
+        ``name``: the name the connect is made for, if known (see :meth:`start_connect`).
+        """
+        return await self._finish(self.start_connect(endpoint, name=name), seconds)
 
     def addresses_for(self, name: str, port: int, hosts: Iterable[str], names_for: Callable[[str], Names]) -> list[str]:
         """Of ``hosts`` (what ``name`` resolved to), those a connection made for ``name`` may use, by that name's

@@ -43,6 +43,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import os
 import socket
 import time
 from typing import TYPE_CHECKING
@@ -147,7 +148,7 @@ class Intercept:
             raise Refused("failed", f"resolving {name}: {exc}", errno.EHOSTUNREACH) from None
         except OSError as exc:
             code = exc.errno or errno.EIO
-            raise Refused("failed", exc.strerror or str(exc), code) from None
+            raise Refused("failed", f"{os.strerror(code)} ({exc.strerror or exc})", code) from None
 
     async def _connect_name(self, name: str, port: int) -> socket.socket:
         """Connect to the first of ``name``'s addresses its own rules allow; the last error if none connects."""
@@ -163,7 +164,7 @@ class Intercept:
             try:
                 return await self.broker.connect_decided(Endpoint(host, port))
             except OSError as exc:
-                failure = exc
+                failure = OSError(exc.errno, f"connecting to {shown(Endpoint(host, port))}: {exc.strerror or exc}")
                 if exc.errno in (errno.EMFILE, errno.EAGAIN):  # a limit: another address would meet it too
                     break
         assert failure is not None  # addresses_for never returns an empty list

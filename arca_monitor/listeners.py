@@ -20,6 +20,8 @@ import trio
 
 from arca_control.protocol.messages import AcceptErr, Endpoint
 
+from . import net
+
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
@@ -127,8 +129,8 @@ class Listener:
                 await self._reply(AcceptErr.make(request.request_id, exc.errno or errno.EIO, f"accept: {exc.strerror}"))
                 continue
             try:
-                peer = Endpoint.from_sockaddr(conn.getpeername())
-            except OSError:  # gone already
+                peer = net.endpoint_of(conn.getpeername())
+            except OSError:  # gone already, or from an address the wire has no form for
                 conn.close()
                 continue
             if not self._peer_allowed(peer):

@@ -10,11 +10,10 @@ which the guest raises as ``socket.gaierror``.
 from __future__ import annotations
 
 import functools
-import socket
 from typing import TYPE_CHECKING
 
 from arca_control.protocol.messages import ResolveErr, ResolveOk, fit_text
-from arca_control.protocol.wire import FamilyFilter, GaiError, SockType
+from arca_control.protocol.wire import GaiError, SockType
 
 from .resolver import ResolveError
 
@@ -24,11 +23,6 @@ if TYPE_CHECKING:
     from .broker import Broker
     from .inflight import Slot
     from .tcp import Send, Start
-
-_FAMILIES = {FamilyFilter.ANY: 0, FamilyFilter.IPV4: socket.AF_INET, FamilyFilter.IPV6: socket.AF_INET6}
-_SOCK_TYPES = {SockType.ANY: 0, SockType.STREAM: socket.SOCK_STREAM, SockType.DGRAM: socket.SOCK_DGRAM}
-_SOCK_TYPE_OF = {int(socket.SOCK_STREAM): SockType.STREAM, int(socket.SOCK_DGRAM): SockType.DGRAM}
-
 
 class NameRequests:
     """One session's name lookups."""
@@ -53,10 +47,10 @@ class NameRequests:
         rid = request.request_id
         try:
             found = await self.broker.lookup(
-                request.name, request.port, _FAMILIES[request.family], _SOCK_TYPES[request.socktype]
+                request.name, request.port, request.family.socket_family, request.socktype.socket_type
             )
         except ResolveError as exc:
             await self._send(ResolveErr(request_id=rid, eai=GaiError(-exc.eai), message=fit_text(exc.message)), ())
             return
-        entries = tuple((_SOCK_TYPE_OF[kind], endpoint) for kind, endpoint in found)[:255]
+        entries = tuple((SockType.of_socket_type(kind), endpoint) for kind, endpoint in found)[:255]
         await self._send(ResolveOk(request_id=rid, addresses=entries), ())

@@ -2,8 +2,9 @@
 
 Nothing here resolves a name: ``socket.bind`` and ``socket.connect`` would ask
 the system resolver, without saying so, for anything that is not an IP
-literal, so every address is parsed strictly first (``wire.parse_ip``) and the
-kernel only ever sees the numeric form.
+literal. Every address arrives here as an ``Endpoint``, parsed strictly where
+it entered (the wire, a guest's text), so the kernel only ever sees the
+numeric form its ``sockaddr()`` gives.
 """
 
 from __future__ import annotations
@@ -15,34 +16,26 @@ import socket
 
 import trio
 
-from arca_control.protocol import wire
-from arca_control.protocol.wire import Endpoint
-
-#: A socket address as Python's sockets take and give it: a path, (host, port), or (host, port, flowinfo, scope id).
-SockAddr = str | tuple[str, int] | tuple[str, int, int, int]
+from arca_control.protocol.wire import Endpoint, SockAddr
 
 
 def sockaddr_of(endpoint: Endpoint) -> tuple[socket.AddressFamily, SockAddr]:
-    """The socket family and address for an endpoint; EAFNOSUPPORT for anything but an IP literal or a path."""
-    host, port = endpoint
-    if wire.is_unix_path(host):
-        if not host:
-            raise OSError(errno.EINVAL, "an unnamed AF_UNIX address cannot be bound or connected to")
-        return socket.AF_UNIX, host
-    try:
-        family, packed, scope_id = wire.parse_ip(host)
-    except (ValueError, TypeError):
-        raise OSError(errno.EAFNOSUPPORT, f"not an IP address literal: {host!r}") from None
-    if family == wire.AddressFamily.IPV4:
-        return socket.AF_INET, (socket.inet_ntop(socket.AF_INET, packed), port)
-    return socket.AF_INET6, (socket.inet_ntop(socket.AF_INET6, packed), port, 0, scope_id)
+    """The socket family and address for an endpoint; EINVAL for the unnamed AF_UNIX address."""
+    if endpoint.is_unix and not endpoint.host:
+        raise OSError(errno.EINVAL, "an unnamed AF_UNIX address cannot be bound or connected to")
+    return endpoint.socket_family, endpoint.sockaddr()
 
 
 def endpoint_of(sockaddr: SockAddr | bytes) -> Endpoint:
-    """The Endpoint of an address a socket of ours gave (``getsockname``, ``getpeername``)."""
-    if isinstance(sockaddr, (str, bytes)):  # AF_UNIX: a path, "" for an unnamed socket
-        return Endpoint(os.fsdecode(sockaddr), 0)
-    return Endpoint.from_sockaddr(sockaddr)
+    """The Endpoint of an address a socket of ours gave (``getsockname``, ``getpeername``).
+
+    EAFNOSUPPORT for one the wire cannot carry (an AF_UNIX peer bound to an
+    abstract-namespace name), as for any other address of a family it has no form for.
+    """
+    try:
+        return Endpoint.from_sockaddr(sockaddr)
+    except ValueError as exc:
+        raise OSError(errno.EAFNOSUPPORT, f"an address the protocol cannot carry: {exc}") from None
 
 
 def new_stream_socket(family: socket.AddressFamily) -> socket.socket:

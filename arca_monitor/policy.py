@@ -24,9 +24,13 @@ link-local, ...: ``rebinding.rebinding_reason`` has the list). A CIDR rule
 that covers the address still allows it: the operator named it. The denial,
 an :class:`AnswerRefused`, names the address, the name and the reason, and
 says which rule would allow it. :meth:`Policy.check_connect` applies this to
-a guest's Connect, and :meth:`Policy.addresses_for` to a connection made for
-a known name (the sandbox's intercept path, where a pool address says which
-name was meant).
+a guest's Connect, and to a connect made for a known name (``name=``, from a
+front end that knows which name was meant: then only that name's rules
+count); :meth:`Policy.addresses_for` to the addresses a name resolved to (the
+sandbox's intercept path, where a pool address says which name was meant).
+
+Every check takes the ``Endpoint`` as it was parsed where it entered: the
+address compared against a rule is built from its packed bytes, not its text.
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from arca_control.protocol.wire import Endpoint
+
 from .rebinding import rebinding_reason
 from .resolver import Source
 
@@ -47,6 +53,9 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
 
     from .resolver import Names
+
+#: An IP address as the rules' networks hold them.
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 class Kind(enum.Enum):
@@ -216,25 +225,32 @@ class Policy:
         """Whether any name may be looked up in DNS (a resolve rule, or a connect rule naming a host)."""
         return bool(self.rules.get(Kind.RESOLVE)) or any(r.name for r in self.rules.get(Kind.CONNECT, []))
 
-    def check_bind(self, kind: Kind, host: str, port: int) -> None:
-        """A listen or UDP bind on ``host:port`` (the port really bound)."""
-        address = ipaddress.ip_address(host.split("%")[0])
+    def check_bind(self, kind: Kind, endpoint: Endpoint) -> None:
+        """A listen or UDP bind on an IP ``endpoint`` (its port the one really bound)."""
+        address = _address(endpoint)
         for rule in self.rules.get(kind, []):
-            if rule.network is not None and address in rule.network and rule.ports.allows(port):
+            if rule.network is not None and address in rule.network and rule.ports.allows(endpoint.port):
                 return
-        raise Denied(kind, f"{_show(host)}:{port}")
+        raise Denied(kind, f"{_show(endpoint.host)}:{endpoint.port}")
 
-    def check_connect(self, host: str, port: int, names_for: Callable[[str], Names]) -> None:
-        """A guest's connect to ``host:port``: by a CIDR rule, or a name rule for a name the monitor resolved to it.
+    def check_connect(
+        self, endpoint: Endpoint, names_for: Callable[[Endpoint], Names], *, name: str | None = None
+    ) -> None:
+        """A connect to the IP ``endpoint``: by a CIDR rule, or a name rule for a name the monitor resolved to it.
 
-        ``names_for(address)`` gives the names (fresh answers only) and their
-        sources. The Connect names only an address, so any name the address
-        has counts: one the hosts file gives lets a name rule reach it even
-        when DNS gave it for another name too. Raises :class:`AnswerRefused` when only a DNS answer that
+        ``names_for(endpoint)`` gives the names the monitor answered with this
+        address (fresh answers only) and their sources. A control-protocol
+        Connect names only an address, so any name the address has counts: one
+        the hosts file gives lets a name rule reach it even when DNS gave it
+        for another name too. ``name`` is the name the connect was made for,
+        when the front end knows it (it resolved that name to ``endpoint``
+        through the monitor): then only that name's rules count, and
+        ``names_for`` says only where its answer came from. Raises
+        :class:`AnswerRefused` when only a DNS answer that
         :func:`rebinding_reason` refuses would have allowed it, else Denied.
         """
-        address = ipaddress.ip_address(host.split("%")[0])
-        self._check_connect(host, port, functools.partial(names_for, str(address)), None)
+        only = None if name is None else name.lower().rstrip(".")
+        self._check_connect(endpoint, endpoint.port, functools.partial(names_for, endpoint), only)
 
     def addresses_for(
         self, name: str, port: int | None, hosts: Iterable[str], names_for: Callable[[str], Names]
@@ -257,7 +273,7 @@ class Policy:
         hosts = list(hosts)
         for host in hosts:
             try:
-                self._check_connect(host, port, functools.partial(names_for, host), name)
+                self._check_connect(Endpoint(host, 0), port, functools.partial(names_for, host), name)
             except AnswerRefused as refusal:
                 refused.append(refusal)
             except Denied:
@@ -271,9 +287,12 @@ class Policy:
         tried = ", ".join(hosts)
         raise Denied(Kind.CONNECT, (name if port is None else f"{name}:{port}") + (f" ({tried})" if tried else ""))
 
-    def _check_connect(self, host: str, port: int | None, names: Callable[[], Names], only: str | None) -> None:
-        """The one connect decision: CIDR rules, then name rules for ``only`` or every name of the address."""
-        address = ipaddress.ip_address(host.split("%")[0])
+    def _check_connect(self, endpoint: Endpoint, port: int | None, names: Callable[[], Names], only: str | None) -> None:
+        """The one connect decision: CIDR rules, then name rules for ``only`` or every name of the address.
+
+        ``port`` None: whether some port would do (``endpoint``'s own is not looked at).
+        """
+        address = _address(endpoint)
         known: Names | None = None
         refused: AnswerRefused | None = None
         for rule in self.rules.get(Kind.CONNECT, []):
@@ -288,13 +307,13 @@ class Policy:
             for name in (sorted(known) if only is None else [only]):
                 if not rule.matches_name(name):
                     continue
-                why = None if known.source(name) is Source.HOSTS_FILE else rebinding_reason(str(address))
+                why = None if known.source(name) is Source.HOSTS_FILE else rebinding_reason(address)
                 if why is None:
                     return
-                refused = refused or AnswerRefused(host, name, port, why)
+                refused = refused or AnswerRefused(endpoint.host, name, port, why)
         if refused is not None:
             raise refused
-        raise Denied(Kind.CONNECT, _show(host) if port is None else f"{_show(host)}:{port}")
+        raise Denied(Kind.CONNECT, _show(endpoint.host) if port is None else f"{_show(endpoint.host)}:{port}")
 
     def check_resolve(self, name: str) -> None:
         if self.default:
@@ -304,14 +323,12 @@ class Policy:
                 return
         raise Denied(Kind.RESOLVE, name)
 
-    def check_peer(self, host: str) -> bool:
-        """Whether an accepted connection from ``host`` may reach the guest."""
+    def check_peer(self, peer: Endpoint) -> bool:
+        """Whether an accepted connection from the IP endpoint ``peer`` may reach the guest."""
         rules = self.rules.get(Kind.PEER)
         if not rules:
             return True
-        address = ipaddress.ip_address(host.split("%")[0])
-        if address.version == 6 and address.ipv4_mapped:
-            address = address.ipv4_mapped
+        address = _address(peer.embedded_ipv4() or peer)
         return any(rule.network is not None and address in rule.network for rule in rules)
 
     def check_unix(self, path: str) -> None:
@@ -331,7 +348,13 @@ class Policy:
         raise Denied(Kind.UNIX, path)
 
 
+def _address(endpoint: Endpoint) -> IPAddress:
+    """The address of an IP endpoint as the rules' networks compare it (no scope), from its packed bytes."""
+    return ipaddress.ip_address(endpoint.packed)
+
+
 def _show(host: str) -> str:
+    """A host as rules write it: an IPv6 address in brackets."""
     return f"[{host}]" if ":" in host else host
 
 

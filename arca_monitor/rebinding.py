@@ -43,18 +43,19 @@ _IPV4_CARRIERS = (
 )
 
 
-def rebinding_reason(host: str) -> str | None:
-    """Why a DNS answer of ``host`` (an IP literal) may not satisfy a name rule, or None if it may.
+def rebinding_reason(host: str | ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    """Why a DNS answer of ``host`` (an IP literal, or the address already parsed) may not satisfy a name rule,
+    or None if it may.
 
     "a private address (RFC 1918)", "the IPv4-mapped form of 10.0.0.1, a
     private address (RFC 1918)" and so on. ``host`` may carry an IPv6 scope.
     """
-    address = ipaddress.ip_address(host.split("%")[0])
+    address = host if not isinstance(host, str) else ipaddress.ip_address(host.split("%")[0])
     if isinstance(address, ipaddress.IPv6Address):
         for carrier, form in _IPV4_CARRIERS:
             if address in carrier:
                 inner = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
-                why = rebinding_reason(str(inner))
+                why = rebinding_reason(inner)
                 return None if why is None else f"the {form} form of {inner}, {why}"
     for network, why in _SPECIAL_RANGES:
         if address in network:

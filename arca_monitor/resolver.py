@@ -5,9 +5,9 @@ address of this name" questions. Nothing here calls ``socket.getaddrinfo`` or
 ``gethostbyname``: those would ask the system resolver (NSS, nscd, whatever
 the host has configured) behind our back. Instead, in this order:
 
-1. IP literals are answered from themselves. Strict forms only, as in
-   ``wire.parse_ip`` (no "127.1"); an IPv6 scope may be a number or the name of
-   one of the host's interfaces, and comes back as ``%N``.
+1. IP literals are answered from themselves. Strict forms only, as an
+   ``Endpoint`` parses them (no "127.1"); an IPv6 scope may be a number or the
+   name of one of the host's interfaces, and comes back as ``%N``.
 2. The hosts file, parsed again whenever it changes (inode, mtime or size).
 3. A cache shared by every session (one :class:`Resolver` per monitor).
 4. DNS queries (A and/or AAAA) sent with dnspython's async API on trio, to the
@@ -62,7 +62,6 @@ from __future__ import annotations
 
 import collections
 import enum
-import ipaddress
 import os
 import re
 import socket
@@ -78,8 +77,8 @@ import dns.rdatatype
 import dns.resolver
 import trio
 
-from arca_control.protocol import wire
-from arca_control.protocol.wire import Endpoint
+from arca_control.protocol.values import ScopeError, parse_host
+from arca_control.protocol.wire import AddressFamily, Endpoint
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -113,7 +112,6 @@ _RDTYPE_OF_FAMILY: dict[int, dns.rdatatype.RdataType] = {
     socket.AF_INET6: dns.rdatatype.AAAA,
     socket.AF_INET: dns.rdatatype.A,
 }
-_FAMILY_OF_RDTYPE = {rdtype: family for family, rdtype in _RDTYPE_OF_FAMILY.items()}
 #: The cache's and the flights' key: a name and one record type.
 _Key = tuple[str, dns.rdatatype.RdataType]
 
@@ -160,7 +158,7 @@ class ResolveError(Exception):
 class _Outcome:
     """What one record type of one name came to: addresses, or an EAI code and why."""
 
-    addresses: tuple[str, ...] = ()
+    addresses: tuple[Endpoint, ...] = ()
     eai: int = 0
     message: str = ""
 
@@ -186,10 +184,10 @@ class _NoReply(Exception):
 
 @dataclass
 class _HostsTable:
-    #: name → [(family, host)] in file order, without duplicates.
-    by_name: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
-    #: host → names, for :meth:`Resolver.names_for`.
-    by_host: dict[str, set[str]] = field(default_factory=dict)
+    #: name → addresses (Endpoints of port 0) in file order, without duplicates.
+    by_name: dict[str, list[Endpoint]] = field(default_factory=dict)
+    #: address → names, for :meth:`Resolver.names_for`.
+    by_address: dict[Endpoint, set[str]] = field(default_factory=dict)
 
 
 class _WatchedFile(Generic[T]):
@@ -227,31 +225,21 @@ def _shown(name: str) -> str:
     return shown
 
 
-def parse_literal(text: str) -> tuple[int, str] | None:
-    """``(family, Endpoint host)`` of an IP literal; None if ``text`` is not one.
+def parse_literal(text: str) -> Endpoint | None:
+    """The address (an Endpoint of port 0) an IP literal stands for; None if ``text`` is not one.
 
-    Raises ResolveError(EAI_NONAME) for an IPv6 literal whose scope names no
-    interface of this host.
+    Raises ResolveError(EAI_NONAME) for an IPv6 literal whose scope is out of
+    range or names no interface of this host.
     """
     try:
-        address = ipaddress.ip_address(text)
-    except ValueError:
+        family, packed, scope_id = parse_host(text, interface_names=True)
+    except ScopeError as exc:
+        raise ResolveError(socket.EAI_NONAME, f"{_shown(text)}: {exc.reason[:_SHOWN_NAME_LENGTH]}") from None
+    except (ValueError, TypeError):
         return None
-    if address.version == 4:
-        return socket.AF_INET, str(address)
-    scope = address.scope_id
-    scope_id = 0
-    if scope:
-        if scope.isdigit():
-            scope_id = int(scope)
-            if scope_id > 0xFFFFFFFF:
-                raise ResolveError(socket.EAI_NONAME, f"{_shown(text)}: scope id out of range")
-        else:
-            try:
-                scope_id = socket.if_nametoindex(scope)
-            except OSError:
-                raise ResolveError(socket.EAI_NONAME, f"{_shown(text)}: no interface {_shown(scope)}") from None
-    return socket.AF_INET6, wire.ipv6_host(address.packed, scope_id)
+    if family == AddressFamily.UNIX:  # a path is no literal a name could stand for
+        return None
+    return Endpoint.from_packed(family, packed, 0, scope_id)
 
 
 def check_name(name: str) -> str:
@@ -309,23 +297,35 @@ def parse_hosts(path: str) -> _HostsTable:
             entries = table.by_name.setdefault(name, [])
             if literal not in entries:
                 entries.append(literal)
-            table.by_host.setdefault(literal[1], set()).add(name)
+            table.by_address.setdefault(literal, set()).add(name)
     return table
 
 
-def parse_resolv_conf(path: str) -> list[tuple[str, int]]:
-    """The nameservers of a resolv.conf file, as (IP literal, port 53)."""
+def parse_resolv_conf(path: str) -> list[Endpoint]:
+    """The nameservers of a resolv.conf file, each an IP literal at port 53 (a server that is none is skipped)."""
     try:
         config = dns.resolver.Resolver(filename=path, configure=True)
     except (dns.exception.DNSException, OSError, ValueError):
         return []
-    return [(server, DNS_PORT) for server in config.nameservers if isinstance(server, str)]
+    servers = []
+    for server in config.nameservers:
+        address = _literal_or_none(server) if isinstance(server, str) else None
+        if address is not None:
+            servers.append(address.with_port(DNS_PORT))
+    return servers
 
 
-def _in_order(addresses: Iterable[tuple[int, str]]) -> list[tuple[int, str]]:
+def _literal_or_none(text: str) -> Endpoint | None:
+    try:
+        return parse_literal(text)
+    except ResolveError:
+        return None
+
+
+def _in_order(addresses: Iterable[Endpoint]) -> list[Endpoint]:
     """IPv6 first, then IPv4, each in the order given, without duplicates."""
     unique = list(dict.fromkeys(addresses))
-    return [a for a in unique if a[0] == socket.AF_INET6] + [a for a in unique if a[0] == socket.AF_INET]
+    return [a for a in unique if a.family == AddressFamily.IPV6] + [a for a in unique if a.family == AddressFamily.IPV4]
 
 
 class Resolver:
@@ -349,20 +349,22 @@ class Resolver:
     ) -> None:
         if cache_size < 0 or timeout <= 0 or attempts < 1:
             raise ValueError("cache_size must be >= 0, timeout > 0 and attempts >= 1")
+        server = None
         if nameserver is not None:
             host, port = nameserver
             # A nameserver named by a host name would need a resolver to find it.
-            if parse_literal(host) is None or not 0 < port <= 0xFFFF:
+            address = _literal_or_none(host)
+            if address is None or not 0 < port <= 0xFFFF:
                 raise ValueError(f"nameserver must be (IP literal, port), not {nameserver!r}")
-            nameserver = (host, port)
+            server = address.with_port(port)
         self.dns = dns
         self.cache_size = cache_size
         self.timeout = timeout
         self.attempts = attempts
-        self._nameserver = nameserver
+        self._nameserver = server
         self._hosts = _WatchedFile(hosts_file, parse_hosts, _HostsTable()) if hosts_file else None
         # Read lazily: a Resolver given a nameserver, or with DNS off, never reads it.
-        self._resolv_conf: _WatchedFile[list[tuple[str, int]]] = _WatchedFile(
+        self._resolv_conf: _WatchedFile[list[Endpoint]] = _WatchedFile(
             "/etc/resolv.conf", parse_resolv_conf, []
         )
         self._backend = _TRIO_BACKEND
@@ -396,40 +398,53 @@ class Resolver:
 
         literal = parse_literal(name)
         if literal is not None:
-            if literal[0] not in families:
+            if literal.socket_family not in families:
                 raise ResolveError(EAI_ADDRFAMILY, f"{_shown(name)}: address of another family")
             addresses = [literal]
         else:
             addresses = await self._addresses(check_name(name), families)
-        return [(found, kind, Endpoint(host, port)) for found, host in addresses for kind in types]
+        return [
+            (address.socket_family, kind, address.with_port(port)) for address in addresses for kind in types
+        ]
 
-    def names_for(self, address: str, *, fresh: bool = False) -> Names:
-        """The names that resolved to ``address``: hosts-file names and cached answers, each with its source.
+    def names_for(self, address: Endpoint | str, *, fresh: bool = False) -> Names:
+        """The names this monitor answered with ``address`` (an Endpoint, any port; or an IP literal's text),
+        each with where the answer came from.
+
+        Why it exists: a control-protocol Connect carries only a literal
+        endpoint, never the name it was made for, so a policy's name rule can
+        only ask which names the monitor itself gave out for that address:
+        the hosts file's, and the answers in the cache. A connect made for a
+        known name (the broker's ``connect(..., name=...)``) asks only where
+        that name's answer came from.
 
         Cached answers count after their TTL too, while they stay in the cache
         (a guest may well connect long after looking an address up), unless
         ``fresh``: then only answers within their TTL, as a policy's name rules need.
         A name both sources give counts as the hosts file's.
         """
-        try:
-            literal = parse_literal(address)
-        except ResolveError:
-            return Names()
-        if literal is None:
-            return Names()
-        host = literal[1]
-        listed = self._hosts.get().by_host.get(host, set()) if self._hosts else set()
+        if isinstance(address, str):
+            try:
+                parsed = parse_literal(address)
+            except ResolveError:
+                return Names()
+            if parsed is None:
+                return Names()
+            key = parsed
+        else:
+            key = address if address.port == 0 else address.with_port(0)
+        listed = self._hosts.get().by_address.get(key, set()) if self._hosts else set()
         now = trio.current_time()
         answered = (
             name
             for (name, _), entry in self._cache.items()
-            if host in entry.outcome.addresses and not (fresh and entry.expires <= now)
+            if key in entry.outcome.addresses and not (fresh and entry.expires <= now)
         )
         return Names(listed, answered)
 
-    async def _addresses(self, name: str, families: tuple[int, ...]) -> list[tuple[int, str]]:
+    async def _addresses(self, name: str, families: tuple[int, ...]) -> list[Endpoint]:
         entries = self._hosts.get().by_name.get(name, []) if self._hosts is not None else []
-        found = [entry for entry in entries if entry[0] in families]
+        found = [entry for entry in entries if entry.socket_family in families]
         if found:
             return _in_order(found)
         # The hosts file knows the name, with addresses of another family only:
@@ -453,7 +468,7 @@ class Resolver:
                 for rdtype in rdtypes:
                     nursery.start_soon(look_up, rdtype)
 
-        found = [(_FAMILY_OF_RDTYPE[rdtype], host) for rdtype in rdtypes for host in outcomes[rdtype].addresses]
+        found = [address for rdtype in rdtypes for address in outcomes[rdtype].addresses]
         if found:
             # One family answering is enough, even if the other failed.
             return _in_order(found)
@@ -504,7 +519,7 @@ class Resolver:
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
 
-    def _nameservers(self) -> list[tuple[str, int]]:
+    def _nameservers(self) -> list[Endpoint]:
         if self._nameserver is not None:
             return [self._nameserver]
         return self._resolv_conf.get()
@@ -517,7 +532,7 @@ class Resolver:
         no_reply = _Outcome(eai=socket.EAI_AGAIN, message="no reply from the nameserver")
         failure: _Outcome | None = None
         # A server that answered with a failure is not asked again; one that did not answer is.
-        failed: set[tuple[str, int]] = set()
+        failed: set[Endpoint] = set()
         for _ in range(self.attempts):
             for server in nameservers:
                 if server in failed:
@@ -543,10 +558,10 @@ class Resolver:
                 break
         return failure or no_reply, None
 
-    async def _ask(self, query: dns.message.Message, server: tuple[str, int]) -> dns.message.Message:
+    async def _ask(self, query: dns.message.Message, server: Endpoint) -> dns.message.Message:
         """One attempt at one server: the reply, or _NoReply after ``timeout`` seconds."""
         host, port = server
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        family = server.socket_family
         with trio.move_on_after(self.timeout):
             try:
                 # A connected socket (a fresh one, so a fresh source port, per
@@ -584,7 +599,6 @@ def _read_response(response: dns.message.Message, rdtype: dns.rdatatype.RdataTyp
         if rcode == dns.rcode.NXDOMAIN:
             return _Outcome(eai=socket.EAI_NONAME, message="no such name"), ttl
         return _Outcome(eai=EAI_NODATA, message="no address of the family asked for"), ttl
-    family = _FAMILY_OF_RDTYPE[rdtype]
-    # inet_ntop's form, as every Endpoint host is written.
-    hosts = (socket.inet_ntop(family, socket.inet_pton(family, rdata.address)) for rdata in chain.answer)
-    return _Outcome(addresses=tuple(dict.fromkeys(hosts))), min(chain.minimum_ttl, MAX_TTL)
+    # Parsed once, here: the answer's addresses are kept as Endpoints (of port 0).
+    addresses = (Endpoint(rdata.address, 0) for rdata in chain.answer)
+    return _Outcome(addresses=tuple(dict.fromkeys(addresses))), min(chain.minimum_ttl, MAX_TTL)

@@ -1,6 +1,6 @@
 """``arca-run``: run a command in a sandbox whose only way out is a monitor.
 
-    arca-run [--transparent] [--publish [HOST_ADDR:]HOST_PORT:GUEST_PORT]... [monitor options] -- CMD [ARGS...]
+    arca-run [--publish [HOST_ADDR:]HOST_PORT:GUEST_PORT]... [monitor options] -- CMD [ARGS...]
 
 The monitor runs here, in the host's network namespace, serving a socket path in
 a private directory. CMD runs in a sandbox (``arca_monitor.sandbox``): new
@@ -12,6 +12,14 @@ leave: the namespace has no interface but ``lo``. ``ARCA_MONITOR`` in CMD's
 environment names the monitor's path: every ``arca_control.open_session()``
 inside attaches to this monitor instead of spawning one.
 
+The monitor serves those sockets (``arca_monitor.sandbox_front``): each TCP
+connection is decided by the policy and relayed from the host; each DNS
+query is answered from the resolve rules (``host.arca.internal`` is the
+host's loopback, so ``--allow-connect 127.0.0.1:8000`` lets
+``curl http://host.arca.internal:8000/`` through). So every program, in any
+language, needs no change. ``--transparent`` is accepted and does nothing
+(it says so once on stderr): it once patched a Python CMD's socket module.
+
 ``--publish [HOST_ADDR:]HOST_PORT:GUEST_PORT`` (repeatable) publishes a server
 in the sandbox: arca-run listens on HOST_ADDR (default 127.0.0.1; HOST_PORT 0
 lets the kernel choose) before anything starts, so that a port already taken
@@ -20,12 +28,6 @@ relays each connection to GUEST_PORT on the sandbox's own loopback
 (``arca_monitor.publish``). Once the monitor serves, and before CMD starts,
 arca-run prints ``published HOST_ADDR:HOSTPORT -> sandbox port GUESTPORT`` on
 stderr for each.
-
-With ``--transparent`` a Python CMD needs no change at all: its interpreter
-calls ``arca_control.install()`` at startup (through a ``sitecustomize`` put
-on ``PYTHONPATH``), so ``urllib``, ``http.client``, ``socket.create_connection``
-and friends go through the monitor (limits in ``arca_control/transparent.py``).
-An interpreter started with ``-I``, ``-E`` or ``-S`` skips that hook.
 
 CMD's exit status becomes arca-run's (128 + N if a signal N ended it). SIGINT and
 SIGTERM are forwarded to CMD (through the init, by its pidfd). When CMD exits,
@@ -43,7 +45,6 @@ import os
 import signal
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import time
 from typing import TYPE_CHECKING
@@ -63,21 +64,22 @@ __all__ = ["CANNOT_ISOLATE", "isolation_prefix", "main"]
 
 MONITOR_START_TIMEOUT = 10.0
 FORWARDED = (signal.SIGINT, signal.SIGTERM)
+TRANSPARENT_NOTE = ("arca-run: --transparent is no longer needed and does nothing: every program's TCP and DNS"
+                    " go through the monitor")
 
 
 def usage() -> str:
     return (
-        "usage: arca-run [--transparent] [--publish [HOST_ADDR:]HOST_PORT:GUEST_PORT]... [monitor options]\n"
-        "                -- CMD [ARGS...]\n"
+        "usage: arca-run [--publish [HOST_ADDR:]HOST_PORT:GUEST_PORT]... [monitor options] -- CMD [ARGS...]\n"
         "Runs CMD in a sandbox (its own loopback and PID namespace) whose only way out\n"
         "is an arca monitor (ARCA_MONITOR in its environment). Monitor options are\n"
-        "arca-monitor's (see arca-monitor --help), except --fd, --socket and\n"
+        "arca-monitor's (see arca-monitor --help), except --fd, --socket,\n"
         "--sandbox-fd and --publish-fd, which arca-run sets.\n"
         "--publish [HOST_ADDR:]HOST_PORT:GUEST_PORT: listen on the host (default address\n"
         "127.0.0.1, IPv6 in brackets; HOST_PORT 0: the kernel chooses) and relay each\n"
         "connection to GUEST_PORT on the sandbox's loopback. Repeatable.\n"
-        "--transparent: a Python CMD's sockets and name lookups go through the monitor\n"
-        "unchanged (arca_control.install() at its startup)."
+        "Every program's TCP and DNS go through the monitor; the host's loopback is\n"
+        "host.arca.internal. --transparent is accepted and does nothing."
     )
 
 
@@ -142,8 +144,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     split = argv.index("--")
     options, command = argv[:split], argv[split + 1 :]
-    transparent = "--transparent" in options
-    options = [opt for opt in options if opt != "--transparent"]
+    if "--transparent" in options:
+        print(TRANSPARENT_NOTE, file=sys.stderr)
+        options = [opt for opt in options if opt != "--transparent"]
     if any(opt in ("-h", "--help") for opt in options):
         print(usage())
         return 0
@@ -166,14 +169,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"arca-run: {exc.strerror}", file=sys.stderr)
         return 1
     try:
-        return run_monitored(prefix, command, options, published, transparent)
+        return run_monitored(prefix, command, options, published)
     finally:
         for sock, _ in published:
             sock.close()  # (at the latest: the monitor has its own copies from the start)
 
 
 def run_monitored(prefix: list[str], command: list[str], options: list[str],
-                  published: list[tuple[socket.socket, int]], transparent: bool) -> int:
+                  published: list[tuple[socket.socket, int]]) -> int:
     """Start the monitor (handing it the ``published`` listeners, closed here once it has them), run CMD, stop
     the monitor."""
     announce = [publish_spec.announcement(sock, port) for sock, port in published]
@@ -185,7 +188,7 @@ def run_monitored(prefix: list[str], command: list[str], options: list[str],
         for sock, _ in published:
             sock.close()  # the monitor's now: when it ends, so do they
         try:
-            return run_guest(prefix, command, path, pair, monitor, transparent, announce)
+            return run_guest(prefix, command, path, pair, monitor, announce)
         finally:
             monitor.send_signal(signal.SIGTERM)  # a clean shutdown: every session and socket closed
             try:
@@ -193,18 +196,6 @@ def run_monitored(prefix: list[str], command: list[str], options: list[str],
             except subprocess.TimeoutExpired:
                 monitor.kill()
                 monitor.wait()
-
-
-def transparent_env(env: dict[str, str]) -> dict[str, str]:
-    """``env`` for a Python guest that installs transparent mode at startup."""
-    paths = sysconfig.get_paths()
-    sites = dict.fromkeys([launch.package_root(), paths["purelib"], paths["platlib"]])
-    return {
-        **env,
-        launch.TRANSPARENT_ENV: "1",
-        launch.SITE_ENV: os.pathsep.join(sites),
-        "PYTHONPATH": os.pathsep.join(filter(None, [launch.site_hook_dir(), env.get("PYTHONPATH", "")])),
-    }
 
 
 class Forwarder:
@@ -241,15 +232,13 @@ class Forwarder:
 
 
 def run_guest(prefix: list[str], command: list[str], path: str, pair: Pair, monitor: subprocess.Popen[bytes],
-              transparent: bool = False, announce: Sequence[str] = ()) -> int:
+              announce: Sequence[str] = ()) -> int:
     """Run CMD in the sandbox (``monitor`` holds the channel's other end); its exit status.
 
     The sandbox sets itself up while the monitor starts; once the monitor serves ``path``, the
     ``announce`` lines (the published ports) go to stderr, and then CMD starts.
     """
     env = {**os.environ, launch.MONITOR_ENV: path}
-    if transparent:
-        env = transparent_env(env)
     try:
         guest = subprocess.Popen(init_command(prefix, pair, command), env=env, pass_fds=pair.init_fds())
     except OSError as exc:

@@ -51,12 +51,9 @@ from arca_control.protocol.records import (
     encode_endpoint,
     size_channel,
 )
-from arca_control.protocol.wire import AddressFamily, Endpoint
+from arca_control.protocol.wire import AddressFamily, Endpoint, IPSockAddr
 
 log = logging.getLogger("arca_monitor.udp")
-
-#: An IP socket address as Python's sockets give and take it: (host, port), or (host, port, flowinfo, scope id).
-SockAddr = tuple[str, int] | tuple[str, int, int, int]
 
 #: Datagrams moved per direction before yielding to other tasks, so a flood cannot starve the monitor.
 DATAGRAMS_PER_TURN = 64
@@ -117,7 +114,7 @@ class DatagramRelay:
         #: The errno of the latest outbound drop (0: none yet).
         self.last_error = 0
         # The last source and its endpoint bytes: datagrams tend to come from one peer in a row.
-        self._last_source: SockAddr | None = None
+        self._last_source: IPSockAddr | None = None
         self._last_header = b""
 
     def __repr__(self) -> str:
@@ -170,7 +167,7 @@ class DatagramRelay:
             self._deliver(view, count, source)
         return False
 
-    def _deliver(self, view: memoryview, count: int, source: SockAddr) -> None:
+    def _deliver(self, view: memoryview, count: int, source: IPSockAddr) -> None:
         header = self._source_header(source)
         start = MAX_ENDPOINT - len(header)
         view[start:MAX_ENDPOINT] = header
@@ -187,7 +184,7 @@ class DatagramRelay:
             return
         self.received += 1
 
-    def _source_header(self, source: SockAddr) -> bytes:
+    def _source_header(self, source: IPSockAddr) -> bytes:
         if source != self._last_source:
             self._last_header = encode_endpoint(Endpoint.from_sockaddr(source))
             self._last_source = source
@@ -226,7 +223,7 @@ class DatagramRelay:
     async def _send_out(self, record: memoryview) -> None:
         try:
             destination, start = decode_record(record)
-            address = self._sockaddr(record[0], destination)
+            address = self._sockaddr(destination)
         except ValueError:
             self._drop_out(errno.EINVAL)
             return
@@ -247,22 +244,20 @@ class DatagramRelay:
             self.sent += 1
             return
 
-    def _sockaddr(self, family: int, destination: Endpoint) -> SockAddr:
+    def _sockaddr(self, destination: Endpoint) -> IPSockAddr:
         """The numeric address ``sendto`` takes for ``destination`` on this socket.
 
-        Decided by the family byte, not by the host's text: an endpoint of any
-        other family (an AF_UNIX path, a name) must never reach sendto, which
-        would resolve it as a host name.
+        Decided by the endpoint's family, parsed from the record's family byte:
+        an endpoint of any other family (an AF_UNIX path) must never reach
+        sendto. An IPv4 destination goes out of an IPv6 socket in its mapped form.
         """
-        host, port = destination
-        if family == AddressFamily.IPV4:
-            return (f"::ffff:{host}", port, 0, 0) if self._ipv6 else (host, port)
-        if family != AddressFamily.IPV6:
-            raise OSError(errno.EAFNOSUPPORT, f"no datagrams to endpoints of family {family}")
+        if destination.family is AddressFamily.IPV4:
+            return (f"::ffff:{destination.host}", destination.port, 0, 0) if self._ipv6 else destination.ip_sockaddr()
+        if destination.family is not AddressFamily.IPV6:
+            raise OSError(errno.EAFNOSUPPORT, f"no datagrams to endpoints of family {destination.family}")
         if not self._ipv6:
             raise OSError(errno.EAFNOSUPPORT, "an IPv6 destination on an IPv4 socket")
-        literal, _, scope = host.partition("%")
-        return (literal, port, 0, int(scope or 0))
+        return destination.ip_sockaddr()
 
     def _drop_out(self, error: int | None) -> None:
         self.dropped_outbound += 1

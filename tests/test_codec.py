@@ -22,6 +22,7 @@ from arca_control.protocol.messages import (
 from arca_control.protocol.wire import DEFAULT_MAX_PAYLOAD, ENDPOINT, HEADER_SIZE, Endpoint
 
 from .strategies import message_of, messages
+from .test_fastpath import wrongly_typed
 
 
 @pytest.mark.parametrize("cls", list(REGISTRY.values()), ids=lambda c: c.__name__)
@@ -157,8 +158,9 @@ def test_eof_inside_a_frame_is_truncation():
 @pytest.mark.parametrize(
     "msg",
     [
-        Listen(request_id=1, endpoint=Endpoint("127.0.0.1", 70000)),
-        Listen(request_id=1, endpoint=Endpoint("localhost", 80)),
+        # Endpoint refuses these itself (tests/test_endpoint.py); a plain pair reaches the encoder.
+        wrongly_typed(Listen(request_id=1, endpoint=Endpoint("127.0.0.1", 80)), endpoint=("127.0.0.1", 70000)),
+        wrongly_typed(Listen(request_id=1, endpoint=Endpoint("127.0.0.1", 80)), endpoint=("localhost", 80)),
         Listen(request_id=0, endpoint=Endpoint("127.0.0.1", 80)),
         Listen(request_id=2**32, endpoint=Endpoint("127.0.0.1", 80)),
         ConnectionEnd(request_id=5, connection_id=1),

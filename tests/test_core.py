@@ -24,9 +24,10 @@ from arca_control.protocol.messages import (
     ListenOk,
 )
 from arca_control.protocol.server import Incoming, Reject, ServerCore
-from arca_control.protocol.wire import Capability, Endpoint
+from arca_control.protocol.wire import Capability
 
 from .conftest import HERE, THERE, ready_client
+from .test_fastpath import wrongly_typed
 
 
 def test_hello_must_come_first_and_only_once():
@@ -202,7 +203,8 @@ def test_hello_ok_offers_the_common_capabilities():
 def test_a_request_that_cannot_be_encoded_registers_nothing():
     core = ready_client()
     with pytest.raises(errors.LocalProtocolError):
-        core.send(Listen(endpoint=Endpoint("127.0.0.1", 70000)))
+        # Endpoint refuses port 70000 itself; a plain pair reaches the encoder.
+        core.send(wrongly_typed(Listen(endpoint=HERE), endpoint=("127.0.0.1", 70000)))
     assert core.close() == []
 
 

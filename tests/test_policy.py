@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import sys
 
@@ -11,7 +12,8 @@ import trio
 
 import arca_control
 from arca_control.protocol.wire import Endpoint
-from arca_monitor.policy import Kind, Policy, parse_rule
+from arca_monitor.policy import AnswerRefused, Kind, Policy, parse_rule
+from arca_monitor.resolver import Names
 
 from .conftest import LOOPBACK_RULES, blocking_client
 from .dns_server import dns_server
@@ -134,6 +136,32 @@ async def _name_rules_follow_what_the_monitor_resolved(tmp):
                 await session.resolve("other.internal")
             await first.aclose()
             await second.aclose()
+
+
+def test_a_connect_made_for_a_name_is_decided_by_that_names_rules():
+    policy = Policy.build({Kind.CONNECT: ["api.example.test:443", "*.cdn.example.test:443"]})
+    address = Endpoint("192.0.2.1", 443)
+
+    def nothing_answered(endpoint: Endpoint) -> Names:
+        assert endpoint == address
+        return Names()
+
+    def answered_for_api(endpoint: Endpoint) -> Names:
+        return Names(dns_answers=["api.example.test"])
+
+    # A front end that resolved the name itself says which name it was: that name's rules decide.
+    policy.check_connect(address, nothing_answered, name="api.example.test")
+    policy.check_connect(address, nothing_answered, name="Img.CDN.example.test.")
+    with pytest.raises(PermissionError, match=re.escape("192.0.2.1:443")):  # another name's rule is no help
+        policy.check_connect(address, answered_for_api, name="other.example.test")
+    with pytest.raises(PermissionError, match=re.escape("192.0.2.1:444")):
+        policy.check_connect(Endpoint("192.0.2.1", 444), nothing_answered, name="api.example.test")
+    with pytest.raises(AnswerRefused):  # and a DNS answer still leads no name rule to loopback
+        policy.check_connect(Endpoint("127.0.0.1", 443), lambda endpoint: Names(), name="api.example.test")
+    # A Connect that names only the address: the names the monitor answered with it decide.
+    with pytest.raises(PermissionError, match=re.escape("192.0.2.1:443")):
+        policy.check_connect(address, nothing_answered)
+    policy.check_connect(address, answered_for_api)
 
 
 async def test_peer_rules_filter_accepted_connections():

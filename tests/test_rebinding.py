@@ -18,6 +18,7 @@ import pytest
 import trio
 
 import arca_control
+from arca_control.protocol.wire import Endpoint
 from arca_monitor.name_pool import HOST_NAME
 from arca_monitor.policy import AnswerRefused, Denied, Kind, Policy
 from arca_monitor.rebinding import rebinding_reason
@@ -95,7 +96,7 @@ async def test_a_dns_answer_in_a_special_range_does_not_satisfy_a_name_rule(tmp_
             family = socket.AF_INET if rdtype == "A" else socket.AF_INET6
             [(_, _, endpoint)] = await resolver.resolve(name, 443, family=family, type=socket.SOCK_STREAM)
             with pytest.raises(AnswerRefused) as caught:
-                policy.check_connect(endpoint.host, 443, lambda a: resolver.names_for(a, fresh=True))
+                policy.check_connect(endpoint, lambda a: resolver.names_for(a, fresh=True))
             refusal = caught.value
             assert refusal.errno == errno.EACCES
             assert isinstance(refusal, Denied)
@@ -107,7 +108,7 @@ async def test_a_dns_answer_in_a_special_range_does_not_satisfy_a_name_rule(tmp_
             )
         # The same rule still reaches an ordinary address DNS gave.
         [(_, _, endpoint)] = await resolver.resolve("public.example.test", 443, family=socket.AF_INET, type=socket.SOCK_STREAM)
-        policy.check_connect(endpoint.host, 443, lambda a: resolver.names_for(a, fresh=True))
+        policy.check_connect(endpoint, lambda a: resolver.names_for(a, fresh=True))
 
 
 def test_a_refusal_always_fits_the_wire_and_keeps_the_rule():
@@ -130,11 +131,11 @@ async def test_a_cidr_rule_naming_the_range_allows_it(tmp_path):
         resolver = Resolver(hosts_file=_hosts_file(tmp_path), nameserver=(host, port))
         await resolver.resolve("private.example.test", 443, family=socket.AF_INET)
         await resolver.resolve("metadata.example.test", 443, family=socket.AF_INET)
-        policy.check_connect("10.0.0.1", 443, lambda a: resolver.names_for(a, fresh=True))
+        policy.check_connect(Endpoint("10.0.0.1", 443), lambda a: resolver.names_for(a, fresh=True))
         with pytest.raises(AnswerRefused):  # the rule names 10/8, not the metadata address
-            policy.check_connect("169.254.169.254", 443, lambda a: resolver.names_for(a, fresh=True))
+            policy.check_connect(Endpoint("169.254.169.254", 443), lambda a: resolver.names_for(a, fresh=True))
         with pytest.raises(Denied) as caught:  # another port: the CIDR rule does not cover it, the name rule is refused
-            policy.check_connect("10.0.0.1", 444, lambda a: resolver.names_for(a, fresh=True))
+            policy.check_connect(Endpoint("10.0.0.1", 444), lambda a: resolver.names_for(a, fresh=True))
         assert "--allow-connect" in str(caught.value)
 
 
@@ -145,14 +146,14 @@ async def test_a_hosts_file_answer_still_satisfies_a_name_rule(tmp_path):
         [(_, _, endpoint)] = await resolver.resolve("db.example.test", 5432, family=socket.AF_INET, type=socket.SOCK_STREAM)
         assert endpoint.host == "127.0.0.1"
         assert server.count() == 0
-        policy.check_connect("127.0.0.1", 5432, lambda a: resolver.names_for(a, fresh=True))
+        policy.check_connect(Endpoint("127.0.0.1", 5432), lambda a: resolver.names_for(a, fresh=True))
         assert policy.addresses_for("db.example.test", 5432, ["127.0.0.1"], resolver.names_for) == ["127.0.0.1"]
         # DNS answering another allowed name with that address changes nothing: a guest's Connect
         # names only the address, which the hosts file lets the rule reach; a connection made for
         # the DNS name (the intercept path) is refused.
         policy = Policy.build({Kind.CONNECT: ["*.example.test:5432"]})
         await resolver.resolve("loop.example.test", 5432, family=socket.AF_INET)
-        policy.check_connect("127.0.0.1", 5432, lambda a: resolver.names_for(a, fresh=True))
+        policy.check_connect(Endpoint("127.0.0.1", 5432), lambda a: resolver.names_for(a, fresh=True))
         with pytest.raises(AnswerRefused):
             policy.addresses_for("loop.example.test", 5432, ["127.0.0.1"], resolver.names_for)
 
@@ -178,7 +179,7 @@ async def test_addresses_for_a_name_keep_the_usable_ones_and_only_that_names_rul
         # Two names on one CDN address: the guest path allows the address by either name the monitor
         # resolved to it, but a connection made for cdn-b (its pool address says so) gets cdn-b's rules only.
         assert await hosts_of("cdn-a.example.test") == await hosts_of("cdn-b.example.test") == ["192.0.2.7"]
-        policy.check_connect("192.0.2.7", 443, lambda a: resolver.names_for(a, fresh=True))
+        policy.check_connect(Endpoint("192.0.2.7", 443), lambda a: resolver.names_for(a, fresh=True))
         assert policy.addresses_for("cdn-a.example.test", 443, ["192.0.2.7"], resolver.names_for) == ["192.0.2.7"]
         with pytest.raises(Denied) as caught:
             policy.addresses_for("CDN-B.example.test.", 443, ["192.0.2.7"], resolver.names_for)

@@ -21,7 +21,7 @@ GUEST = textwrap.dedent(
         print("direct: connected")
     except OSError as exc:
         print(f"direct: errno {exc.errno}")
-    try:  # reset as soon as the monitor accepts: the connect itself may see it
+    try:  # denied, so reset as soon as the monitor accepts: the connect itself may see it
         outside = socket.create_connection(("192.0.2.1", 80), timeout=5)
         print("intercepted: read", outside.recv(1))
     except OSError as exc:
@@ -57,8 +57,7 @@ async def test_a_guest_has_no_network_but_the_monitor():
     # ECONNREFUSED: 127.0.0.1 is the sandbox's own loopback, where the host's server is not.
     assert lines[0] == "direct: errno 111"
     # A connection out (to TEST-NET-1: the sandbox has only lo, so it can reach nothing but the
-    # intercept listener) is intercepted; until the monitor has an intercept front end, it resets
-    # it (ECONNRESET).
+    # intercept listener) is intercepted; no rule allows it, so the monitor resets it at once (ECONNRESET).
     assert lines[1] == "intercepted: errno 104"
     assert lines[2] == "monitor: hello from the host"
     assert result.returncode == 7  # the guest's own exit status

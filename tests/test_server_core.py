@@ -38,9 +38,10 @@ from arca_control.protocol.messages import (
     UdpBind,
 )
 from arca_control.protocol.server import Incoming, Owed, Refuse, Reject, ServerCore, Withdraw, cancelled_reply
-from arca_control.protocol.wire import Capability, Endpoint
+from arca_control.protocol.wire import Capability
 
 from .conftest import HERE, THERE
+from .test_fastpath import wrongly_typed
 
 ALL = Capability.TCP | Capability.UDP | Capability.SOCKET_CHANNEL
 
@@ -225,7 +226,8 @@ def test_an_unencodable_reply_leaves_the_request_owed_and_the_internal_error_may
     core = ready()
     incoming(core, Listen(request_id=3, endpoint=HERE))
     with pytest.raises(errors.LocalProtocolError):
-        core.send(ListenOk(request_id=3, listener_id=1, local=Endpoint("127.0.0.1", 70000)))
+        # Endpoint refuses port 70000 itself; a plain pair reaches the encoder.
+        core.send(wrongly_typed(ListenOk(request_id=3, listener_id=1, local=HERE), local=("127.0.0.1", 70000)))
     assert core.owes(3)
     core.send(Error.make(3, errno.EIO, "internal error"))
     assert not core.owes(3)

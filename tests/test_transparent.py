@@ -1,8 +1,10 @@
 """Transparent mode: unmodified stdlib clients (urllib, http.client, socket) through the monitor.
 
-Two ways in: ``arca_control.install()`` in this process, and ``arca-run
---transparent`` running an unmodified program in an empty network namespace,
-where nothing but the monitor can carry its connections.
+Two ways in: ``arca_control.install()`` in this process, and plain
+``arca-run`` running an unmodified program in its sandbox, where nothing but
+the monitor can carry its connections: the host's server is reached as
+``host.arca.internal`` (127.0.0.1 there is the sandbox's own), allowed by a
+rule for the host's 127.0.0.1. ``--transparent`` is an accepted no-op now.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import ssl
 import subprocess
 import sys
 import textwrap
+import time
 import urllib.request
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -31,7 +34,13 @@ from .conftest import closed_port, errno_is, serving
 if TYPE_CHECKING:
     from arca_control.session import SessionStats
 
-RUN = [sys.executable, "-m", "arca_monitor.run", "--transparent", "--no-dns"]
+RUN = [sys.executable, "-m", "arca_monitor.run", "--no-dns"]
+
+
+def from_sandbox(url: str) -> tuple[str, str]:
+    """The host's ``url`` as the sandbox reaches it, and the rule that lets it through."""
+    port = url.rsplit(":", 1)[1]
+    return url.replace("127.0.0.1", "host.arca.internal"), f"--allow-connect=127.0.0.1:{port}"
 
 
 class Hello(http.server.BaseHTTPRequestHandler):
@@ -150,9 +159,10 @@ APP = textwrap.dedent(
 )
 
 
-def test_arca_run_transparent_runs_an_unmodified_program():
+def test_arca_run_runs_an_unmodified_program():
     with http_server() as url:
-        result = _run("--", sys.executable, "-c", APP, url)
+        inside, rule = from_sandbox(url)
+        result = _run(rule, "--", sys.executable, "-I", "-c", APP, inside)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
         "hello /urllib from 127.0.0.1",
@@ -173,20 +183,24 @@ def test_without_transparent_the_same_program_has_no_network():
 
 
 def test_the_monitors_policy_still_decides():
+    """A denied connection is reset at once (the program's connect had already succeeded against the monitor)."""
     with http_server() as url:
         port = int(url.rsplit(":", 1)[1])
+        inside, _ = from_sandbox(url)
         result = _run("--allow-connect", f"127.0.0.1:{port + 1 if port < 65535 else port - 1}", "--",
-                      sys.executable, "-c",
+                      sys.executable, "-I", "-c",
                       "import urllib.request, sys\n"
                       "try:\n urllib.request.urlopen(sys.argv[1], timeout=5)\n"
-                      "except OSError as exc:\n print(type(exc.reason).__name__, exc.reason.errno)", url)
-    assert result.stdout.strip() == "PermissionError 13", result.stderr
+                      "except OSError as exc:\n"
+                      " reason = getattr(exc, 'reason', exc)  # URLError if it came before the request went\n"
+                      " print(type(reason).__name__, reason.errno)", inside)
+    assert result.stdout.strip() == "ConnectionResetError 104", result.stderr
 
 
 def test_https_through_transparent_mode(tmp_path):
     ca = trustme.CA()
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("localhost", "127.0.0.1").configure_cert(server_context)
+    ca.issue_cert("localhost", "127.0.0.1", "host.arca.internal").configure_cert(server_context)
     ca_file = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
     app = textwrap.dedent(
@@ -197,7 +211,8 @@ def test_https_through_transparent_mode(tmp_path):
         """
     )
     with http_server(server_context) as url:
-        result = _run("--", sys.executable, "-c", app, url, str(ca_file))
+        inside, rule = from_sandbox(url)
+        result = _run(rule, "--", sys.executable, "-I", "-c", app, inside, str(ca_file))
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "hello /tls from 127.0.0.1"
 
@@ -207,7 +222,7 @@ def test_asyncio_in_transparent_mode():
         """
         import asyncio, sys
         async def main():
-            reader, writer = await asyncio.open_connection("127.0.0.1", int(sys.argv[1]))
+            reader, writer = await asyncio.open_connection("host.arca.internal", int(sys.argv[1]))
             writer.write(b"GET /asyncio HTTP/1.0\\r\\n\\r\\n")
             await writer.drain()
             print((await reader.read()).split(b"\\r\\n\\r\\n", 1)[1].decode())
@@ -216,7 +231,8 @@ def test_asyncio_in_transparent_mode():
         """
     )
     with http_server() as url:
-        result = _run("--", sys.executable, "-c", app, url.rsplit(":", 1)[1])
+        _, rule = from_sandbox(url)
+        result = _run(rule, "--", sys.executable, "-I", "-c", app, url.rsplit(":", 1)[1])
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "hello /asyncio from 127.0.0.1"
 
@@ -255,10 +271,25 @@ def test_the_startup_hook_needs_a_monitor_and_keeps_the_programs_own_sitecustomi
     env.update(ARCA_TRANSPARENT="1", PYTHONPATH=os.pathsep.join([hook, str(own)]))
     result = subprocess.run([sys.executable, "-c", check], env=env, capture_output=True, text=True, timeout=60)
     assert result.stdout.split() == ["True", "socket"], result.stderr
-    # Under arca-run --transparent: installed, and the program's own sitecustomize still ran.
-    result = subprocess.run([*RUN, "--", sys.executable, "-c", check], capture_output=True, text=True, timeout=60,
-                            env={**os.environ, "PYTHONPATH": str(own)})
+    # ARCA_TRANSPARENT with ARCA_MONITOR (a monitor of its own, not arca-run): installed, and the
+    # program's own sitecustomize still ran.
+    socket_path = tmp_path / "monitor.sock"
+    monitor = subprocess.Popen([sys.executable, "-m", "arca_monitor", "--socket", str(socket_path), "--no-dns"])
+    try:
+        deadline = time.monotonic() + 30
+        while not socket_path.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=60,
+                                env={**env, "ARCA_MONITOR": str(socket_path)})
+    finally:
+        monitor.terminate()
+        monitor.wait(timeout=30)
     assert result.stdout.split() == ["True", "arca_control.transparent"], result.stderr
+    # Under arca-run, --transparent is a no-op that says so once: nothing is patched, nothing needs to be.
+    result = subprocess.run([*RUN, "--transparent", "--", sys.executable, "-c", check], capture_output=True,
+                            text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(own)})
+    assert result.stdout.split() == ["True", "socket"], result.stderr
+    assert result.stderr.count("--transparent is no longer needed") == 1
 
 
 def test_aio_and_sync_guests_attach_to_arca_runs_monitor():

@@ -1,8 +1,9 @@
-"""The README walk-through, claim by claim: arca-run, policy and arca-cat together."""
+"""The README walk-through, claim by claim: arca-run, policy, arca-cat and unmodified programs together."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -89,8 +90,54 @@ async def test_piping_a_file_through_arca_cat(tmp_path):
     assert hashlib.sha256(received).digest() == hashlib.sha256(data).digest()
 
 
+async def test_curl_by_name_through_a_name_rule(tmp_path):
+    """Step 4: a hosts-file name for the host's loopback, reached by curl through the sandbox's DNS and its rule."""
+    (tmp_path / "hello.txt").write_text("hello by name\n")
+    (tmp_path / "hosts").write_text("127.0.0.1 files.example.test\n")
+    server = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "http.server", "0", "--bind", "127.0.0.1", "--directory", str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    )
+    assert server.stdout is not None
+    try:
+        seen = b""
+        with trio.fail_after(20):
+            while not (found := re.search(rb"port (\d+)", seen)):
+                seen += await server.stdout.receive_some(4096)
+        port = int(found.group(1))
+        with trio.fail_after(60):
+            result = await trio.run_process(
+                [*RUN, "--no-dns", "--hosts-file", str(tmp_path / "hosts"), "--allow-connect",
+                 f"files.example.test:{port}", "--", "curl", "-s", f"http://files.example.test:{port}/hello.txt"],
+                capture_stdout=True, check=False,
+            )
+    finally:
+        server.kill()
+        await server.wait()
+    assert (result.returncode, result.stdout) == (0, b"hello by name\n")
+
+
+async def test_a_denied_destination_and_its_audit_line():
+    """Step 5: curl fails at once (exit 7 or 56), and the audit log names the missing rule."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        other = port + 1 if port < 65535 else port - 1
+        with trio.fail_after(60):
+            result = await trio.run_process(
+                [*RUN, "--no-dns", "--audit-log", "-", "--allow-connect", f"127.0.0.1:{port}", "--",
+                 "curl", "-s", f"http://host.arca.internal:{other}/"],
+                capture_stdout=True, capture_stderr=True, check=False,
+            )
+    assert result.returncode in (7, 56)
+    [line] = [json.loads(text) for text in result.stderr.decode().splitlines() if '"intercept"' in text]
+    assert (line["session"], line["name"], line["decision"], line["errno"]) == (
+        0, "host.arca.internal", "denied", "EACCES")
+    assert line["reason"] == (f"denied by policy: no --allow-connect rule for host.arca.internal:{other}"
+                              " (127.0.0.1, ::1)")
+
+
 async def test_a_dev_server_published_to_the_host(tmp_path):
-    """Step 4: ``arca-run --publish 0:8000 -- python -m http.server 8000``, then curl at the printed port."""
+    """Step 6: ``arca-run --publish 0:8000 -- python -m http.server 8000``, then curl at the printed port."""
     page = b"<p>served from the sandbox</p>\n"
     (tmp_path / "index.html").write_bytes(page)
     server = [sys.executable, "-m", "http.server", "8000", "--bind", "127.0.0.1", "--directory", str(tmp_path)]

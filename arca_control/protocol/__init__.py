@@ -1,7 +1,8 @@
 """arca_control.protocol: what the guest and the monitor share, and nothing else.
 
 The layers, each depending only on those before it: ``errors`` (the one error
-hierarchy), ``values`` (Endpoint and the enums), ``layouts`` and ``fastfields``
+hierarchy), ``endpoint`` (the one address type, parsed once) and ``values``
+(it and the enums), ``layouts`` and ``fastfields``
 (each field type in construct, and with struct), ``examples`` (random valid
 values), ``fieldtype`` (what binds those together), ``wire`` (the header, and
 one declaration per field type), ``messages`` (typed messages), ``fastpath``

@@ -2,39 +2,36 @@
 
 Only literals pass: IPv4 and IPv6 (with a scope id, where an interface name
 becomes its index on the guest's side) and absolute AF_UNIX paths. Names are
-resolved by the monitor (``ArcaSession.resolve``), never here.
+resolved by the monitor (``ArcaSession.resolve``), never here. Both parse
+through ``endpoint.parse_host``, once: what they return is the Endpoint the
+wire carries as it is.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import os
-import socket
 
-from .wire import UNIX_PATH_MAX, AddressFamily, Endpoint, ipv6_host, parse_ip
+from .values import UNIX_PATH_MAX, AddressFamily, Endpoint, ScopeError, parse_host
 
 
 def ip_endpoint(host: str, port: int) -> Endpoint:
     """Check an address the way socket.connect would, before it goes on the wire.
 
     IPv4 or IPv6 literals; an IPv6 scope may name an interface (``fe80::1%eth0``),
-    which becomes its index here, on the guest's side.
+    which becomes its index here, on the guest's side. ValueError if it is none.
     """
-    if isinstance(host, str) and "%" in host:
-        address, _, scope = host.partition("%")
-        if not scope.isdigit():
-            try:
-                host = f"{address}%{socket.if_nametoindex(scope)}"
-            except OSError:
-                raise ValueError(f"no interface {scope!r} for the scope of {host!r}") from None
     try:
-        family, packed, scope_id = parse_ip(host)
+        family, packed, scope_id = parse_host(host, interface_names=True)
+    except ScopeError:
+        raise
     except (ValueError, TypeError):
-        raise ValueError(f"{host!r} is not an IP address literal") from None
-    if not isinstance(port, int) or not 0 <= port <= 0xFFFF:
-        raise ValueError(f"port must be 0-65535, not {port!r}")
-    canonical = str(ipaddress.IPv4Address(packed)) if family == AddressFamily.IPV4 else ipv6_host(packed, scope_id)
-    return Endpoint(canonical, port)
+        family = AddressFamily.UNIX
+    if family == AddressFamily.UNIX:  # not a literal (a path is not one either)
+        raise ValueError(f"{host!r} is not an IP address literal")
+    try:
+        return Endpoint.from_packed(family, packed, port, scope_id)
+    except (ValueError, TypeError):
+        raise ValueError(f"port must be 0-65535, not {port!r}") from None
 
 
 def unix_endpoint(path: str | bytes | os.PathLike[str] | os.PathLike[bytes]) -> Endpoint:
@@ -44,6 +41,7 @@ def unix_endpoint(path: str | bytes | os.PathLike[str] | os.PathLike[bytes]) -> 
         raise ValueError(f"abstract-namespace names are refused: {path!r}")
     if not path.startswith("/"):
         raise ValueError(f"an AF_UNIX path must be absolute: {path!r}")
-    if "\0" in path or len(path.encode()) > UNIX_PATH_MAX:
-        raise ValueError(f"not a usable AF_UNIX path (NUL, or over {UNIX_PATH_MAX} bytes): {path!r}")
-    return Endpoint(path, 0)
+    try:
+        return Endpoint(path, 0)
+    except ValueError:
+        raise ValueError(f"not a usable AF_UNIX path (NUL, or over {UNIX_PATH_MAX} bytes): {path!r}") from None

@@ -10,10 +10,9 @@ shrunk draw is a simple value.
 from __future__ import annotations
 
 import errno
-import socket
 from typing import TYPE_CHECKING, TypeVar
 
-from .values import UNIX_PATH_MAX, Endpoint, ipv6_host
+from .values import UNIX_PATH_MAX, AddressFamily, Endpoint
 
 if TYPE_CHECKING:
     import random
@@ -68,10 +67,10 @@ def endpoint(rng: random.Random) -> Endpoint:
     """An IPv4, IPv6 (with a scope id or not) or AF_UNIX endpoint (named or unnamed)."""
     family = rng.randrange(3)
     if family == 0:
-        return Endpoint(socket.inet_ntoa(rng.randbytes(4)), rng.randint(0, 0xFFFF))
+        return Endpoint.from_packed(AddressFamily.IPV4, rng.randbytes(4), rng.randint(0, 0xFFFF))
     if family == 1:
         scope_id = rng.getrandbits(32) if rng.randrange(2) else 0
-        return Endpoint(ipv6_host(rng.randbytes(16), scope_id), rng.randint(0, 0xFFFF))
+        return Endpoint.from_packed(AddressFamily.IPV6, rng.randbytes(16), rng.randint(0, 0xFFFF), scope_id)
     if not rng.randrange(8):
         return Endpoint("", 0)
     return Endpoint("/" + text(rng, UNIX_PATH_MAX - 1, _PATH_RANGES), 0)

@@ -18,13 +18,12 @@ must not see untrusted data.
 from __future__ import annotations
 
 import errno
-import socket
 import struct
 from collections.abc import Callable, Iterable
 from typing import TypeVar
 
 from .errors import InvalidField, LocalProtocolError, UnsupportedVersion
-from .values import AddressFamily, Capability, Endpoint, ipv6_host, parse_ip, valid_unix_path
+from .values import AddressFamily, Capability, Endpoint
 
 T = TypeVar("T")
 A = TypeVar("A")
@@ -39,12 +38,24 @@ Writer = Callable[[object], bytes]
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
-_SCOPE_PORT = struct.Struct("<IH")
+#: An endpoint's address and port after its family byte; and the whole endpoint, family first, to write.
+_unpack_ipv4 = struct.Struct("<4sH").unpack_from
+_unpack_ipv6 = struct.Struct("<16sIH").unpack_from
+_IPV4_ENDPOINT = struct.Struct("<B4sH")
+_IPV6_ENDPOINT = struct.Struct("<B16sIH")
 _COUNT = struct.Struct("<HI")
 _KNOWN_ERRNOS = frozenset(errno.errorcode)
 
 #: The one message for every field that runs past the end of its payload.
 SHORT = "a length inside the payload lies"
+
+# Bound once: every endpoint read or written goes through these.
+_from_packed = Endpoint.from_packed
+_IPV4 = AddressFamily.IPV4
+_IPV6 = AddressFamily.IPV6
+_UNIX = AddressFamily.UNIX
+_pack_ipv4 = _IPV4_ENDPOINT.pack
+_pack_ipv6 = _IPV6_ENDPOINT.pack
 
 
 # --- readers ---------------------------------------------------------------------------------
@@ -112,25 +123,30 @@ def read_text(data: bytes, at: int) -> tuple[str, int]:
 
 
 def read_endpoint(data: bytes, at: int) -> tuple[Endpoint, int]:
+    """An endpoint, built from its packed bytes: no text is parsed."""
     if at + 1 > len(data):
         raise InvalidField(SHORT)
     family = data[at]
-    if family == AddressFamily.IPV4:
+    if family == _IPV4:
         if at + 7 > len(data):
             raise InvalidField(SHORT)
-        port = _U16.unpack_from(data, at + 5)[0]
-        return Endpoint(socket.inet_ntoa(data[at + 1 : at + 5]), port), at + 7
-    if family == AddressFamily.IPV6:
+        packed, port = _unpack_ipv4(data, at + 1)
+        return _from_packed(_IPV4, packed, port), at + 7
+    if family == _IPV6:
         if at + 23 > len(data):
             raise InvalidField(SHORT)
-        scope_id, port = _SCOPE_PORT.unpack_from(data, at + 17)
-        return Endpoint(ipv6_host(data[at + 1 : at + 17], scope_id), port), at + 23
-    if family == AddressFamily.UNIX:
-        path, at = read_text(data, at + 1)
-        port, at = read_u16(data, at)
-        if not valid_unix_path(path) or port:
-            raise InvalidField(f"not an AF_UNIX endpoint: {path!r} port {port}")
-        return Endpoint(path, 0), at
+        packed, scope_id, port = _unpack_ipv6(data, at + 1)
+        return _from_packed(_IPV6, packed, port, scope_id), at + 23
+    if family == _UNIX:
+        if at + 2 > len(data):
+            raise InvalidField(SHORT)
+        start = at + 2
+        end = start + data[at + 1]
+        port, at = read_u16(data, end)
+        try:
+            return _from_packed(_UNIX, data[start:end], port), at
+        except ValueError as exc:
+            raise InvalidField(f"not an AF_UNIX endpoint: {exc}") from None
     raise InvalidField(f"{family} is not a valid AddressFamily")
 
 
@@ -244,24 +260,26 @@ def pair(value: object) -> tuple[object, object]:
 
 
 def write_endpoint(value: object) -> bytes:
-    host, port = value if isinstance(value, tuple) and len(value) == 2 else pair(value)  # an Endpoint, mostly
-    if not isinstance(host, str):  # ipaddress would take an int, as an IPv4 address
+    """An Endpoint's packed form as it is; any other (host, port) pair is parsed into one first."""
+    endpoint = value if isinstance(value, Endpoint) else endpoint_of(value)
+    family = endpoint.family
+    if family is _IPV4:
+        return _pack_ipv4(family, endpoint.packed, endpoint[1])
+    if family is _IPV6:
+        return _pack_ipv6(family, endpoint.packed, endpoint.scope_id, endpoint[1])
+    path = endpoint.packed
+    return bytes((family, len(path))) + path + b"\0\0"
+
+
+def endpoint_of(value: object) -> Endpoint:
+    """The Endpoint a ``(host, port)`` pair stands for; LocalProtocolError if it stands for none."""
+    host, port = value if isinstance(value, tuple) and len(value) == 2 else pair(value)
+    if not isinstance(host, str) or not isinstance(port, int):  # ipaddress would take an int, as an IPv4 address
         raise LocalProtocolError(f"not an endpoint: {value!r}")
-    if not host or host[0] == "/":  # is_unix_path, inline: every reply with a connection builds two
-        try:
-            path = host.encode()
-        except UnicodeError:
-            raise LocalProtocolError(f"not a UTF-8 path: {host!r}") from None
-        if not valid_unix_path(host) or port != 0:
-            raise LocalProtocolError(f"not an AF_UNIX endpoint: {value!r}")
-        return bytes([AddressFamily.UNIX, len(path)]) + path + _U16.pack(0)
     try:
-        family, packed, scope_id = parse_ip(host)
-    except ValueError:
-        raise LocalProtocolError(f"not an IP endpoint: {value!r}") from None
-    if family == AddressFamily.IPV4:
-        return bytes([family]) + packed + write_u16(port)
-    return bytes([family]) + packed + _U32.pack(scope_id) + write_u16(port)
+        return Endpoint(host, port)
+    except ValueError as exc:
+        raise LocalProtocolError(f"not an endpoint: {value!r} ({exc})") from None
 
 
 def u8_enum_writer(values: Iterable[int], name: str) -> Writer:

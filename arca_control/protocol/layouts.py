@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import enum
 import errno
-import ipaddress
 from typing import TYPE_CHECKING, Any, Never, TypeVar
 
 from construct import (
@@ -35,7 +34,7 @@ from construct import (
     this,
 )
 
-from .values import AddressFamily, Capability, Endpoint, ipv6_host, is_unix_path, parse_ip, valid_unix_path
+from .values import AddressFamily, Capability, Endpoint
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -109,29 +108,33 @@ def _end_status(value: int, context: Context) -> int:
 
 
 def _decode_endpoint(obj: Container[Any], context: Context) -> Endpoint:
-    if obj.family == AddressFamily.IPV4:
-        return Endpoint(str(ipaddress.IPv4Address(obj.address)), obj.port)
-    if obj.family == AddressFamily.UNIX:
-        if not valid_unix_path(obj.address) or obj.port:
-            raise ValidationError(f"not an AF_UNIX endpoint: {obj.address!r} port {obj.port}")
-        return Endpoint(obj.address, 0)
-    return Endpoint(ipv6_host(obj.address.packed, obj.address.scope_id), obj.port)
+    try:
+        if obj.family == AddressFamily.UNIX:
+            return Endpoint.from_packed(AddressFamily.UNIX, obj.address.encode(), obj.port)
+        if obj.family == AddressFamily.IPV4:
+            return Endpoint.from_packed(AddressFamily.IPV4, obj.address, obj.port)
+        return Endpoint.from_packed(AddressFamily.IPV6, obj.address.packed, obj.port, obj.address.scope_id)
+    except ValueError as exc:
+        raise ValidationError(f"not an endpoint: {exc}") from None
 
 
 def _encode_endpoint(obj: tuple[str, int], context: Context) -> Fields:
-    host, port = obj
-    if not isinstance(host, str):  # ipaddress would take an int, as an IPv4 address
-        raise ValidationError(f"not an endpoint: {obj!r}")
-    if is_unix_path(host):
-        if not valid_unix_path(host) or port != 0:
-            raise ValidationError(f"not an AF_UNIX endpoint: {host!r} port {port}")
-        return {"family": AddressFamily.UNIX, "address": host, "port": 0}
-    try:
-        family, packed, scope_id = parse_ip(host)
-    except (ValueError, TypeError):
-        raise ValidationError(f"not an IP address literal: {host!r}") from None
-    address = packed if family == AddressFamily.IPV4 else {"packed": packed, "scope_id": scope_id}
-    return {"family": family, "address": address, "port": port}
+    if isinstance(obj, Endpoint):
+        endpoint = obj
+    else:
+        host, port = obj
+        if not isinstance(host, str) or not isinstance(port, int):  # ipaddress would take an int, as an IPv4 address
+            raise ValidationError(f"not an endpoint: {obj!r}")
+        try:
+            endpoint = Endpoint(host, port)
+        except ValueError as exc:
+            raise ValidationError(f"not an endpoint: {obj!r} ({exc})") from None
+    if endpoint.family == AddressFamily.UNIX:
+        return {"family": AddressFamily.UNIX, "address": endpoint.host, "port": 0}
+    if endpoint.family == AddressFamily.IPV4:
+        return {"family": AddressFamily.IPV4, "address": endpoint.packed, "port": endpoint.port}
+    address = {"packed": endpoint.packed, "scope_id": endpoint.scope_id}
+    return {"family": AddressFamily.IPV6, "address": address, "port": endpoint.port}
 
 
 U16: Construct[int, int] = Int16ul

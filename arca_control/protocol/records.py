@@ -27,7 +27,8 @@ from __future__ import annotations
 import socket
 
 from .errors import InvalidField, LocalProtocolError
-from .wire import ENDPOINT, AddressFamily, Endpoint, parse_ip
+from .values import V4_MAPPED
+from .wire import ENDPOINT, AddressFamily, Endpoint
 
 #: The largest UDP payloads: 65,535 less the IPv4 and UDP headers; less the
 #: UDP header only for IPv6, whose header is not counted in its payload length.
@@ -47,7 +48,6 @@ SNDBUF_NEEDED = MAX_RECORD + 32
 # Bound once: every datagram record is read or written through these.
 _read_endpoint = ENDPOINT.read
 _write_endpoint = ENDPOINT.write
-V4_MAPPED = b"\0" * 10 + b"\xff\xff"
 _IP_FAMILIES = frozenset({AddressFamily.IPV4, AddressFamily.IPV6})
 
 
@@ -68,7 +68,7 @@ def decode_record(record: bytes | bytearray | memoryview) -> tuple[Endpoint, int
         raise ValueError(f"not a datagram record: {exc}") from None
 
 
-def encode_endpoint(endpoint: tuple[str, int]) -> bytes:
+def encode_endpoint(endpoint: Endpoint | tuple[str, int]) -> bytes:
     """The endpoint bytes that go in front of a payload; ValueError if not an IP literal and a port."""
     try:
         return _write_endpoint(endpoint)
@@ -85,7 +85,6 @@ def size_channel(sock: socket.socket, size: int = CHANNEL_BUFFER) -> None:
 
 def max_payload(endpoint: Endpoint) -> int:
     """The largest payload the kernel sends to ``endpoint`` (an IPv4-mapped one travels as IPv4)."""
-    family, packed, _ = parse_ip(endpoint.host)
-    if family == AddressFamily.IPV4 or packed.startswith(V4_MAPPED):
+    if endpoint.family == AddressFamily.IPV4 or endpoint.packed.startswith(V4_MAPPED):
         return MAX_PAYLOAD_IPV4
     return MAX_PAYLOAD_IPV6

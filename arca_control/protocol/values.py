@@ -1,4 +1,4 @@
-"""The Python values the wire carries: ``Endpoint``, the enums and flags, and the address checks.
+"""The Python values the wire carries: ``Endpoint`` (from ``endpoint.py``), the enums and flags.
 
 Nothing here knows about bytes. ``layouts.py`` (construct) and ``fastfields.py``
 (struct) lay these values out, and ``wire.py`` declares each field type from
@@ -8,63 +8,22 @@ the two; this module sits below all three so that each of them can name them.
 from __future__ import annotations
 
 import enum
-import functools
-import ipaddress
-import os
 import socket
-from typing import NamedTuple, TypeGuard
 
-#: The longest AF_UNIX path: sun_path is 108 bytes, with a NUL at the end.
-UNIX_PATH_MAX = 107
-
-#: An address as Python's socket functions take and return it: an AF_UNIX path,
-#: an IPv4 ``(host, port)``, an IPv6 ``(host, port, flowinfo, scope_id)``.
-SockAddr = str | tuple[str, int] | tuple[str, int, int, int]
-
-
-class Endpoint(NamedTuple):
-    """An address and port. For IPv4 it equals Python's ``(host, port)`` tuple.
-
-    An IPv6 host is in its compressed form, with ``%N`` for a nonzero scope id
-    (``fe80::1%2``); :meth:`sockaddr` gives the 4-tuple Python's sockets use.
-    An AF_UNIX endpoint is its absolute path with port 0 (``""`` for an unnamed
-    socket, as a connecting client's own address is).
-    """
-
-    host: str
-    port: int
-
-    @property
-    def is_unix(self) -> bool:
-        return is_unix_path(self.host)
-
-    def sockaddr(self) -> SockAddr:
-        """The address as Python's socket functions take and return it."""
-        if self.is_unix:
-            return self.host
-        address = ipaddress.ip_address(self.host)
-        if isinstance(address, ipaddress.IPv4Address):
-            return (self.host, self.port)
-        return (str(address).split("%")[0], self.port, 0, int(address.scope_id or 0))
-
-    @classmethod
-    def from_sockaddr(cls, sockaddr: SockAddr | bytes) -> Endpoint:
-        """The Endpoint of an address Python's sockets returned (IPv4, IPv6 or AF_UNIX)."""
-        if isinstance(sockaddr, (str, bytes)):
-            return cls(os.fsdecode(sockaddr), 0)
-        host, port = sockaddr[0], sockaddr[1]
-        if len(sockaddr) == 4 and sockaddr[3]:
-            host = f"{host.split('%')[0]}%{sockaddr[3]}"
-        return cls(host, port)
-
-
-class AddressFamily(enum.IntEnum):
-    """The tag in front of every endpoint. 3 is reserved; 5 and up are unknown."""
-
-    IPV4 = 1
-    IPV6 = 2
-    # 3 is reserved for a later version, so the layout has room for it: a host name.
-    UNIX = 4
+from .endpoint import (
+    UNIX_PATH_MAX,
+    V4_MAPPED,
+    AddressFamily,
+    Endpoint,
+    IPSockAddr,
+    ScopeError,
+    SockAddr,
+    ipv6_host,
+    is_unix_path,
+    parse_host,
+    scope_index,
+    valid_unix_path,
+)
 
 
 class ListenFlags(enum.IntFlag, boundary=enum.STRICT):
@@ -85,6 +44,19 @@ class FamilyFilter(enum.IntEnum):
     IPV4 = 1
     IPV6 = 2
 
+    @classmethod
+    def of_socket_family(cls, family: int) -> FamilyFilter:
+        """The filter for getaddrinfo's ``family`` (0, AF_INET or AF_INET6); ValueError for another."""
+        for member, number in _FILTER_FAMILIES.items():
+            if number == family:
+                return member
+        raise ValueError(f"address family {family} not supported")
+
+    @property
+    def socket_family(self) -> int:
+        """getaddrinfo's ``family`` for it: 0 (AF_UNSPEC), AF_INET or AF_INET6."""
+        return _FILTER_FAMILIES[self]
+
 
 class SockType(enum.IntEnum):
     """Which socket type a Resolve entry is for (getaddrinfo's type; ANY only in a request)."""
@@ -92,6 +64,26 @@ class SockType(enum.IntEnum):
     ANY = 0
     STREAM = 1
     DGRAM = 2
+
+    @classmethod
+    def of_socket_type(cls, kind: int) -> SockType:
+        """The SockType of getaddrinfo's ``type`` (0, SOCK_STREAM or SOCK_DGRAM); ValueError for another."""
+        for member, number in _SOCKET_TYPES.items():
+            if number == kind:
+                return member
+        raise ValueError(f"socket type {kind} not supported")
+
+    @property
+    def socket_type(self) -> int:
+        """getaddrinfo's ``type`` for it: 0, SOCK_STREAM or SOCK_DGRAM."""
+        return _SOCKET_TYPES[self]
+
+
+#: The one mapping of each to the socket module's numbers (the guest's requests, the monitor's resolver).
+_FILTER_FAMILIES: dict[FamilyFilter, int] = {
+    FamilyFilter.ANY: 0, FamilyFilter.IPV4: socket.AF_INET, FamilyFilter.IPV6: socket.AF_INET6
+}
+_SOCKET_TYPES: dict[SockType, int] = {SockType.ANY: 0, SockType.STREAM: socket.SOCK_STREAM, SockType.DGRAM: socket.SOCK_DGRAM}
 
 
 class GaiError(enum.IntEnum):
@@ -136,34 +128,25 @@ SUPPORTED_CAPABILITIES = Capability.TCP | Capability.UDP | Capability.SOCKET_CHA
 DEFAULT_CAPABILITIES = Capability.TCP | Capability.UDP
 
 
-def ipv6_host(packed: bytes, scope_id: int) -> str:
-    """The Endpoint host for 16 address bytes and a scope id, written as the kernel writes it."""
-    host = socket.inet_ntop(socket.AF_INET6, packed)
-    return f"{host}%{scope_id}" if scope_id else host
-
-
-def is_unix_path(host: object) -> TypeGuard[str]:
-    """An AF_UNIX endpoint's host: an absolute path, or "" for an unnamed socket."""
-    return isinstance(host, str) and (host == "" or host.startswith("/"))
-
-
-def valid_unix_path(host: str) -> bool:
-    """A path the kernel can take as sun_path: absolute (or ""), no NUL, at most 107 bytes."""
-    return is_unix_path(host) and "\0" not in host and len(host.encode()) <= UNIX_PATH_MAX
-
-
-@functools.lru_cache(maxsize=4096)
-def parse_ip(host: str) -> tuple[AddressFamily, bytes, int]:
-    """``(family, packed address, scope id)`` of an IP literal; ValueError for anything else.
-
-    Strict: no names, no "127.1" shorthand, no leading zeros; a scope id must be a number.
-    Cached: every connection's reply encodes two endpoints, mostly the same few
-    addresses, and ``ipaddress`` parsing was most of the cost of building it.
-    """
-    address = ipaddress.ip_address(host)
-    if isinstance(address, ipaddress.IPv4Address):
-        return AddressFamily.IPV4, address.packed, 0
-    scope = address.scope_id
-    if scope is not None and not (scope.isdigit() and int(scope) <= 0xFFFFFFFF):
-        raise ValueError(f"scope id {scope!r} is not a number (use socket.if_nametoindex)")
-    return AddressFamily.IPV6, address.packed, int(scope or 0)
+__all__ = [
+    "DEFAULT_CAPABILITIES",
+    "SUPPORTED_CAPABILITIES",
+    "UNIX_PATH_MAX",
+    "V4_MAPPED",
+    "AddressFamily",
+    "Capability",
+    "Endpoint",
+    "FamilyFilter",
+    "GaiError",
+    "IPSockAddr",
+    "ListenFlags",
+    "OptionTarget",
+    "ScopeError",
+    "SockAddr",
+    "SockType",
+    "ipv6_host",
+    "is_unix_path",
+    "parse_host",
+    "scope_index",
+    "valid_unix_path",
+]

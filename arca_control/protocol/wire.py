@@ -32,13 +32,13 @@ from .values import (
     Endpoint,
     FamilyFilter,
     GaiError,
+    IPSockAddr,
     ListenFlags,
     OptionTarget,
     SockAddr,
     SockType,
     ipv6_host,
     is_unix_path,
-    parse_ip,
     valid_unix_path,
 )
 
@@ -229,6 +229,7 @@ __all__ = [
     "FamilyFilter",
     "FieldType",
     "GaiError",
+    "IPSockAddr",
     "ListenFlags",
     "OptionTarget",
     "SockAddr",
@@ -236,6 +237,5 @@ __all__ = [
     "declared",
     "ipv6_host",
     "is_unix_path",
-    "parse_ip",
     "valid_unix_path",
 ]
