@@ -45,7 +45,7 @@ class Running:
 
     process: trio.Process
     ports: list[tuple[str, int, int]]
-    rest: list[bytes] = field(default_factory=list)
+    rest: list[bytes | bytearray] = field(default_factory=list)
 
 
 @pytest.fixture(params=["root", "user"])
@@ -100,7 +100,7 @@ async def arca_run_published(mode: Mode, count: int, *argv: str):
             await process.wait()
 
 
-async def drain(stream: trio.abc.ReceiveStream, into: list[bytes]) -> None:
+async def drain(stream: trio.abc.ReceiveStream, into: list[bytes | bytearray]) -> None:
     while data := await stream.receive_some(65536):
         into.append(data)
 
