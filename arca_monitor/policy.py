@@ -1,17 +1,8 @@
-"""What a guest may reach: rules, the default when none is given, and the decisions.
+"""What a guest may reach: the default when no rule is given, and the decisions (the rules' syntax is ``rules``'s).
 
-A rule is ``ADDR[/PREFIX][:PORTS]``. ADDR is an IPv4 address, an IPv6 address
-in brackets (``[::1]``), a host name, or a wildcard domain (``*.example.test``,
-which matches names below example.test, not example.test itself). PORTS is a
-port, a range ``A-B``, or ``*``. Privileged ports (below 1024) are allowed only
-by a rule whose range names them: ``*``, or no PORTS at all, means 1024-65535.
-
-Kinds: ``listen``, ``connect`` and ``udp`` rules (for listen and udp, ADDR is
-the address bound: ``[::]`` allows the IPv6 wildcard itself), ``resolve`` name
-patterns, ``peer`` CIDRs that accepted connections must come from, and
-``unix`` directories. Everything no rule allows is denied. With no rule at all
-the default applies: connect to loopback; listen and bind UDP on loopback and
-the wildcards, ports 1024 and up; resolve from the hosts file only.
+Everything no rule allows is denied. With no rule at all the default
+applies: connect to loopback; listen and bind UDP on loopback and the
+wildcards, ports 1024 and up; resolve from the hosts file only.
 
 A connect rule that names a host allows the addresses the monitor itself
 resolved for that name, while its answer is fresh (``Resolver.names_for`` with
@@ -35,12 +26,10 @@ address compared against a rule is built from its packed bytes, not its text.
 
 from __future__ import annotations
 
-import enum
 import errno
 import functools
 import ipaddress
 import os
-import tomllib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -48,26 +37,16 @@ from arca_control.protocol.wire import Endpoint
 
 from .rebinding import rebinding_reason
 from .resolver import Source
+from .rules import Kind, load_toml, parse_rule
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
 
     from .resolver import Names
+    from .rules import Rule
 
 #: An IP address as the rules' networks hold them.
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-
-class Kind(enum.Enum):
-    LISTEN = "listen"
-    CONNECT = "connect"
-    UDP = "udp"
-    RESOLVE = "resolve"
-    PEER = "peer"
-    UNIX = "unix"
-
-
-PRIVILEGED = 1024
 
 
 class Denied(PermissionError):
@@ -106,82 +85,6 @@ class AnswerRefused(Denied):
 #: The longest error text the wire carries (a 255-byte field).
 MAX_MESSAGE = 255
 
-@dataclass(frozen=True)
-class Ports:
-    low: int
-    high: int
-
-    @classmethod
-    def parse(cls, text: str | None) -> Ports:
-        if text is None or text == "*":  # "*", or no port at all: every port but the privileged ones
-            return cls(PRIVILEGED, 65535)
-        low, sep, high = text.partition("-")
-        try:
-            ports = cls(int(low), int(high) if sep else int(low))
-        except ValueError:
-            raise ValueError(f"bad port range {text!r}") from None
-        if not 0 < ports.low <= ports.high <= 65535:
-            raise ValueError(f"bad port range {text!r}")
-        return ports
-
-    def allows(self, port: int) -> bool:
-        return self.low <= port <= self.high
-
-
-@dataclass(frozen=True)
-class Rule:
-    kind: Kind
-    text: str
-    network: ipaddress.IPv4Network | ipaddress.IPv6Network | None = None
-    name: str | None = None  # exact name, or "*.domain"
-    ports: Ports = Ports(PRIVILEGED, 65535)
-
-    def matches_name(self, name: str) -> bool:
-        name = name.lower().rstrip(".")
-        if self.name is None:
-            return False
-        if self.name.startswith("*."):
-            return name.endswith(self.name[1:]) and name != self.name[2:]
-        return name == self.name
-
-
-def parse_rule(kind: Kind, text: str) -> Rule:
-    """One rule of ``kind`` from its text; ValueError with the reason if it is malformed."""
-    text = text.strip()
-    if kind is Kind.RESOLVE:
-        return Rule(kind, text, name=_name(text))
-    if kind is Kind.UNIX:
-        if not text.startswith("/"):
-            raise ValueError(f"an --allow-unix rule is an absolute directory, not {text!r}")
-        return Rule(kind, os.path.normpath(text))
-    if kind is Kind.PEER:
-        return Rule(kind, text, network=ipaddress.ip_network(text.strip("[]"), strict=False))
-    ports_text = None
-    if text.startswith("["):
-        end = text.index("]")
-        address, rest = text[1:end], text[end + 1 :]
-        prefix, _, ports_text = rest.partition(":") if ":" in rest else (rest, "", None)
-        network = ipaddress.ip_network(address + prefix, strict=False)
-        return Rule(kind, text, network=network, ports=Ports.parse(ports_text))
-    address, sep, ports_text = text.rpartition(":")
-    if not sep:
-        address, ports_text = text, None
-    try:
-        network = ipaddress.ip_network(address, strict=False)
-    except ValueError:
-        if "/" in address:
-            raise ValueError(f"bad address in rule {text!r}") from None
-        return Rule(kind, text, name=_name(address), ports=Ports.parse(ports_text))
-    return Rule(kind, text, network=network, ports=Ports.parse(ports_text))
-
-
-def _name(text: str) -> str:
-    name = text.lower().rstrip(".")
-    body = name.removeprefix("*.")
-    if not body or any(not label or not all(c.isalnum() or c in "-_" for c in label) for label in body.split(".")):
-        raise ValueError(f"bad name pattern {text!r}")
-    return name
-
 
 DEFAULT_RULES = {
     Kind.CONNECT: ["127.0.0.0/8:1-65535", "[::1]:1-65535"],
@@ -207,18 +110,7 @@ class Policy:
     @classmethod
     def from_toml(cls, path: str, extra: dict[Kind, list[str]]) -> dict[Kind, list[str]]:
         """The rule texts of a TOML file (``connect = ["..."]`` and so on), with ``extra`` added."""
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-        merged = {kind: list(extra.get(kind, [])) for kind in Kind}
-        for key, values in data.items():
-            try:
-                kind = Kind(key.removeprefix("allow-").removeprefix("allow_"))
-            except ValueError:
-                raise ValueError(f"{path}: unknown rule kind {key!r}") from None
-            if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
-                raise ValueError(f"{path}: {key} must be a list of strings")
-            merged[kind] += values
-        return merged
+        return load_toml(path, extra)
 
     @property
     def dns_allowed(self) -> bool:
@@ -358,4 +250,4 @@ def _show(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-__all__ = ["DEFAULT_RULES", "AnswerRefused", "Denied", "Kind", "Policy", "Rule", "parse_rule"]
+__all__ = ["DEFAULT_RULES", "AnswerRefused", "Denied", "Kind", "Policy", "parse_rule"]
