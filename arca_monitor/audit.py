@@ -6,8 +6,10 @@ stdout, which may carry a guest's data. Each line has ``ts`` (Unix time),
 
 * ``request``: ``request_id``, ``op`` (the message name), what it names
   (``endpoint``, ``listener_id``, ``name``, ...) and ``decision``:
-  ``allowed``, ``denied`` (with ``reason``, naming the missing rule), or
-  ``failed`` (with ``errno`` and ``reason``);
+  ``allowed``, ``denied`` (with ``reason``, naming the missing rule, and
+  ``rule``, the option that would allow exactly this request, such as
+  ``--allow-connect 127.0.0.1:8000``), or ``failed`` (with ``errno`` and
+  ``reason``);
 * ``open``: a connection handed to the guest (``connection_id``, ``via``
   accept or connect, ``channel`` pipes or socket, ``local``, ``peer``);
 * ``guest_eof`` / ``peer_eof``: a half-close, by the guest or by the peer;

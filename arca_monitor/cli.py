@@ -19,7 +19,7 @@ import trio
 from . import publish_spec
 from .audit import AuditLog
 from .config import Config, option_name
-from .policy import Kind, Policy
+from .policy import Default, Kind, Policy
 from .publish import Published
 from .resolver import Resolver
 from .sandbox.monitor import serve_sandboxed
@@ -79,9 +79,15 @@ def parser() -> argparse.ArgumentParser:
         "policy",
         "Everything no rule allows is denied. A rule is ADDR[/PREFIX][:PORTS]: ADDR an IPv4 address, an "
         "IPv6 address in brackets ([::1]), a host name or *.domain; PORTS a port, A-B or * (* and no PORTS "
-        "mean 1024-65535: privileged ports must be named). Each flag may be repeated. With no rule at all: "
-        "connect to loopback; listen and UDP on loopback and the wildcards, ports 1024 and up; resolve "
-        "from the hosts file only.",
+        "mean 1024-65535: privileged ports must be named). Each flag may be repeated. With no rule at all, "
+        "--default-policy applies.",
+    )
+    rules.add_argument(
+        "--default-policy", choices=[d.value for d in Default], default=Default.LOOPBACK.value,
+        help="what applies when no rule is given at all: loopback (a bare arca-monitor's and open_session()'s: "
+             "connect to loopback, any port; listen and UDP on loopback and the wildcards, ports 1024 and up; "
+             "resolve from the hosts file only) or none (arca-run's: nothing outside the sandbox, names from the "
+             "hosts file only) (default: %(default)s)",
     )
     for kind, what in (
         ("listen", "addresses and ports to listen on (the address bound: [::] is the IPv6 wildcard)"),
@@ -171,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
             given = {kind: getattr(args, f"allow_{kind.value}") for kind in Kind}
             if args.policy:
                 given = Policy.from_toml(args.policy, given)
-            policy = Policy.build(given)
+            policy = Policy.build(given, Default(args.default_policy))
             resolver = Resolver(hosts_file=args.hosts_file, nameserver=args.resolver,
                                 dns=not args.no_dns and policy.dns_allowed)
             audit = owned.enter_context(AuditLog.to(args.audit_log))

@@ -26,7 +26,8 @@ host's socket), then "guest_eof"/"peer_eof" and "close" (``how``,
 ``bytes_up``, ``bytes_down``, ``seconds``), as the control protocol's
 connections do; it counts against ``--max-connections`` and in the broker's
 bytes meanwhile. A connection that is not opened writes one "intercept"
-line: ``decision`` "denied" (the reason names the missing rule) or "failed"
+line: ``decision`` "denied" (the reason names the missing rule, ``rule`` the
+option that would allow it: ``--allow-connect 127.0.0.1:8000``) or "failed"
 (``errno`` and ``reason``: refused, unreachable, timed out, no such name...).
 
 Error handling: a denied or failed connection is reset at once (SO_LINGER
@@ -75,11 +76,13 @@ HOST_LOOPBACK = ("127.0.0.1", "::1")
 class Refused(Exception):
     """A connection that is not opened, for its one audit line: denied by policy, or failed (with its errno)."""
 
-    def __init__(self, decision: str, reason: str, code: int) -> None:
+    def __init__(self, decision: str, reason: str, code: int, rule: str | None = None) -> None:
         super().__init__(reason)
         self.decision = decision
         self.reason = reason
         self.code = code
+        #: For a denial: the rule that would allow the connection (``Denied.rule``).
+        self.rule = rule
 
 
 def _host_names(_address: str) -> Names:
@@ -143,7 +146,7 @@ class Intercept:
                 return await self.broker.connect(destination)
             return await self._connect_name(name, destination.port)
         except Denied as exc:
-            raise Refused("denied", exc.strerror or str(exc), errno.EACCES) from None
+            raise Refused("denied", exc.strerror or str(exc), errno.EACCES, exc.rule) from None
         except ResolveError as exc:
             raise Refused("failed", f"resolving {name}: {exc}", errno.EHOSTUNREACH) from None
         except OSError as exc:
@@ -174,7 +177,9 @@ class Intercept:
         """Reset the program's connection at once, and write its one audit line."""
         reset_on_close(guest)
         code = errno.errorcode.get(refused.code, str(refused.code)) if refused.code else None
-        self.broker.record("intercept", **fields, decision=refused.decision, errno=code, reason=refused.reason)
+        allowing = {"rule": refused.rule} if refused.decision == "denied" else {}
+        self.broker.record("intercept", **fields, decision=refused.decision, errno=code, reason=refused.reason,
+                           **allowing)
         log.info("intercept: %s -> %s %s: %s", fields["source"], fields["destination"], refused.decision,
                  refused.reason)
 

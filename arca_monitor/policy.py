@@ -1,8 +1,15 @@
 """What a guest may reach: the default when no rule is given, and the decisions (the rules' syntax is ``rules``'s).
 
-Everything no rule allows is denied. With no rule at all the default
-applies: connect to loopback; listen and bind UDP on loopback and the
-wildcards, ports 1024 and up; resolve from the hosts file only.
+Everything no rule allows is denied. With no rule at all a default
+applies, one of two (:class:`Default`): ``loopback`` (a bare monitor's and
+``open_session()``'s): connect to loopback; listen and bind UDP on loopback
+and the wildcards, ports 1024 and up; resolve from the hosts file only.
+``none`` (arca-run's): nothing at all outside the sandbox, names from the
+hosts file only.
+
+Every :class:`Denied` carries ``rule``: the one rule (as a command-line
+option) that would have allowed exactly what was refused, for the error's
+reader and the audit log's ``rule`` field.
 
 A connect rule that names a host allows the addresses the monitor itself
 resolved for that name, while its answer is fresh (``Resolver.names_for`` with
@@ -26,6 +33,7 @@ address compared against a rule is built from its packed bytes, not its text.
 
 from __future__ import annotations
 
+import enum
 import errno
 import functools
 import ipaddress
@@ -50,11 +58,16 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 class Denied(PermissionError):
-    """A request no rule allows: EACCES, with the kind of rule that was missing."""
+    """A request no rule allows: EACCES, with the kind of rule that was missing and the rule that would allow it.
 
-    def __init__(self, kind: Kind, what: str, message: str | None = None) -> None:
+    ``rule`` is that rule as an option (``--allow-connect 127.0.0.1:8000``);
+    by default the missing kind's option with ``what``.
+    """
+
+    def __init__(self, kind: Kind, what: str, message: str | None = None, *, rule: str | None = None) -> None:
         super().__init__(errno.EACCES, message or f"denied by policy: no --allow-{kind.value} rule for {what}")
         self.kind = kind
+        self.rule = rule or f"--allow-{kind.value} {what}"
 
 
 class AnswerRefused(Denied):
@@ -76,7 +89,7 @@ class AnswerRefused(Denied):
         overflow = len(text.encode()) - MAX_MESSAGE
         if overflow > 0:
             text = message(name[: max(1, len(name) - overflow - 3)] + "...")
-        super().__init__(Kind.CONNECT, shown, text)
+        super().__init__(Kind.CONNECT, shown, text, rule=f"--allow-connect {shown}")
         self.address = address
         self.name = name
         self.why = why
@@ -93,6 +106,19 @@ DEFAULT_RULES = {
 }
 
 
+class Default(enum.Enum):
+    """Which default applies when no rule is given at all (``--default-policy``)."""
+
+    #: A bare monitor's and ``open_session()``'s: loopback, listening and UDP on loopback and the wildcards.
+    LOOPBACK = "loopback"
+    #: arca-run's: nothing outside the sandbox (names from the hosts file only).
+    NONE = "none"
+
+
+#: The rules each default stands for.
+DEFAULTS: dict[Default, dict[Kind, list[str]]] = {Default.LOOPBACK: DEFAULT_RULES, Default.NONE: {}}
+
+
 @dataclass
 class Policy:
     rules: dict[Kind, list[Rule]] = field(default_factory=dict)
@@ -100,10 +126,11 @@ class Policy:
     default: bool = False
 
     @classmethod
-    def build(cls, given: Mapping[Kind, Iterable[str]]) -> Policy:
-        """The policy for these rule texts; the default when there are none at all."""
-        default = not any(list(texts) for texts in given.values())
-        source = {kind: list(texts) for kind, texts in (DEFAULT_RULES if default else given).items()}
+    def build(cls, given: Mapping[Kind, Iterable[str]], fallback: Default = Default.LOOPBACK) -> Policy:
+        """The policy for these rule texts; the ``fallback`` default when there are none at all."""
+        listed = {kind: list(texts) for kind, texts in given.items()}
+        default = not any(listed.values())
+        source = DEFAULTS[fallback] if default else listed
         rules = {kind: [parse_rule(kind, text) for text in texts] for kind, texts in source.items()}
         return cls(rules, default)
 
@@ -177,7 +204,8 @@ class Policy:
         if refused:
             raise refused[0]
         tried = ", ".join(hosts)
-        raise Denied(Kind.CONNECT, (name if port is None else f"{name}:{port}") + (f" ({tried})" if tried else ""))
+        wanted = name if port is None else f"{name}:{port}"
+        raise Denied(Kind.CONNECT, wanted + (f" ({tried})" if tried else ""), rule=f"--allow-connect {wanted}")
 
     def _check_connect(self, endpoint: Endpoint, port: int | None, names: Callable[[], Names], only: str | None) -> None:
         """The one connect decision: CIDR rules, then name rules for ``only`` or every name of the address.
@@ -250,4 +278,4 @@ def _show(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-__all__ = ["DEFAULT_RULES", "AnswerRefused", "Denied", "Kind", "Policy", "parse_rule"]
+__all__ = ["DEFAULTS", "DEFAULT_RULES", "AnswerRefused", "Default", "Denied", "Kind", "Policy", "parse_rule"]

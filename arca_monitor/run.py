@@ -20,6 +20,15 @@ host's loopback, so ``--allow-connect 127.0.0.1:8000`` lets
 language, needs no change. ``--transparent`` is accepted and does nothing
 (it says so once on stderr): it once patched a Python CMD's socket module.
 
+With no rule at all, arca-run allows nothing outside the sandbox (it starts
+the monitor with ``--default-policy none``): no connect, no listen or UDP on
+the host, and names from the hosts file only, while the sandbox's own
+loopback and ``--publish`` work as ever. Every ``open_session()`` inside
+attaches to the same monitor, so it gets the same rules. A bare
+``arca-monitor`` and an ``open_session()`` outside keep the ``loopback``
+default (``policy.Default``). ``--default-policy loopback`` asks arca-run
+for that one.
+
 ``--publish [HOST_ADDR:]HOST_PORT:GUEST_PORT`` (repeatable) publishes a server
 in the sandbox: arca-run listens on HOST_ADDR (default 127.0.0.1; HOST_PORT 0
 lets the kernel choose) before anything starts, so that a port already taken
@@ -63,6 +72,9 @@ if TYPE_CHECKING:
 __all__ = ["CANNOT_ISOLATE", "isolation_prefix", "main"]
 
 MONITOR_START_TIMEOUT = 10.0
+#: The monitor's option for the default policy, and arca-run's default: nothing outside the sandbox.
+DEFAULT_OPTION = "--default-policy"
+RUN_DEFAULT = "none"
 FORWARDED = (signal.SIGINT, signal.SIGTERM)
 TRANSPARENT_NOTE = ("arca-run: --transparent is no longer needed and does nothing: every program's TCP and DNS"
                     " go through the monitor")
@@ -79,7 +91,15 @@ def usage() -> str:
         "127.0.0.1, IPv6 in brackets; HOST_PORT 0: the kernel chooses) and relay each\n"
         "connection to GUEST_PORT on the sandbox's loopback. Repeatable.\n"
         "Every program's TCP and DNS go through the monitor; the host's loopback is\n"
-        "host.arca.internal. --transparent is accepted and does nothing."
+        "host.arca.internal. --transparent is accepted and does nothing.\n"
+        "With no rule at all, arca-run allows nothing outside the sandbox: no connect,\n"
+        "no listen or UDP on the host, names from the hosts file only (--default-policy\n"
+        "none); the sandbox's own loopback and --publish work as ever. A bare\n"
+        "arca-monitor and open_session() default instead to loopback: connect to\n"
+        "loopback, listen and UDP on loopback and the wildcards (ports 1024 and up),\n"
+        "names from the hosts file only. Allow what CMD needs, e.g.\n"
+        "--allow-connect 127.0.0.1:8000 for host.arca.internal:8000; each refusal's\n"
+        "audit line names the rule that would allow it."
     )
 
 
@@ -89,8 +109,11 @@ def start_monitor(path: str, options: list[str], sandbox: socket.socket,
     (each with its guest port); see :func:`wait_for_monitor`."""
     fd = sandbox.fileno()
     publish = [arg for sock, port in published for arg in ("--publish-fd", publish_spec.fd_option(sock, port))]
+    # With no rule at all, nothing outside the sandbox (unless the caller chose a default itself).
+    chosen = any(opt == DEFAULT_OPTION or opt.startswith(f"{DEFAULT_OPTION}=") for opt in options)
+    default = [] if chosen else [DEFAULT_OPTION, RUN_DEFAULT]
     return subprocess.Popen([sys.executable, "-m", "arca_monitor", "--socket", path, "--sandbox-fd", str(fd),
-                             *publish, *options], pass_fds=(fd, *(sock.fileno() for sock, _ in published)))
+                             *publish, *default, *options], pass_fds=(fd, *(sock.fileno() for sock, _ in published)))
 
 
 def split_publish(options: list[str]) -> tuple[list[str], list[publish_spec.PublishSpec]]:

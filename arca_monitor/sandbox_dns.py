@@ -99,6 +99,8 @@ class QueryRecord:
     rcode: str
     reason: str = ""
     answer: str | None = None
+    #: For a denied query: the rule that would allow it (``Denied.rule``).
+    rule: str | None = None
 
 
 @dataclass(frozen=True)
@@ -123,6 +125,7 @@ class _Outcome:
     reason: str = ""
     records: list[dns.rrset.RRset] = field(default_factory=list)
     answer: str | None = None
+    rule: str | None = None
 
 
 class SandboxDNS:
@@ -180,7 +183,7 @@ class SandboxDNS:
         response.set_rcode(outcome.rcode)
         response.answer.extend(outcome.records)
         self._audit(QueryRecord(transport, name, rdtype, outcome.decision, dns.rcode.to_text(outcome.rcode),
-                                outcome.reason, outcome.answer))
+                                outcome.reason, outcome.answer, outcome.rule))
         return response.to_wire()
 
     async def _outcome(
@@ -208,7 +211,7 @@ class SandboxDNS:
         try:
             self.decisions.may_resolve(name)
         except Denied as denied:
-            return _Outcome(dns.rcode.NXDOMAIN, Decision.DENIED, denied.strerror or str(denied))
+            return _Outcome(dns.rcode.NXDOMAIN, Decision.DENIED, denied.strerror or str(denied), rule=denied.rule)
         failure = await self._look_up(name)
         if failure is not None:
             return failure
@@ -230,7 +233,7 @@ class SandboxDNS:
         except trio.TooSlowError:
             return _Outcome(dns.rcode.SERVFAIL, Decision.FAILED, f"no answer within {self.lookup_timeout:g} s")
         except Denied as denied:
-            return _Outcome(dns.rcode.NXDOMAIN, Decision.DENIED, denied.strerror or str(denied))
+            return _Outcome(dns.rcode.NXDOMAIN, Decision.DENIED, denied.strerror or str(denied), rule=denied.rule)
         except ResolveError as error:
             if error.eai == socket.EAI_NONAME:
                 return _Outcome(dns.rcode.NXDOMAIN, Decision.FAILED, error.message)

@@ -13,12 +13,14 @@ numbered from 1, and keep brokers of their own), and one
   ``sandbox.dns_tcp``: every query answered here from the resolve rules,
   allowed names with pool addresses, nothing forwarded. Each query is
   audited as "dns" (``transport``, ``name``, ``type``, ``decision``,
-  ``rcode``, ``reason``, ``answer``); a denied one counts as a denial.
+  ``rcode``, ``reason``, ``answer``, and for a denied one ``rule``, the
+  option that would allow it); a denied one counts as a denial.
 * the published ports (:mod:`.publish`): each connection to one of arca-run's
   ``--publish`` listeners relayed to its port on the sandbox's loopback;
 * refused UDP (``sandbox.receive_refusals``): each datagram the rules refused
   is audited as "udp_refused" (``source``, ``destination``, ``uid``,
-  ``bytes``), and records the kernel could not deliver as
+  ``bytes``, ``decision`` "denied", ``reason``, and ``rule`` null: no rule
+  allows it) and counts as a denial, and records the kernel could not deliver as
   "udp_refused_unreadable" with a ``count``. General UDP is a later step.
 
 Resource handling: the DNS server gets duplicates of the sandbox's DNS
@@ -72,7 +74,7 @@ async def serve_sandbox(
             broker.denials += 1
         broker.record("dns", transport=record.transport.value, name=record.name, type=record.rdtype,
                       decision=record.decision.value, rcode=record.rcode, reason=record.reason or None,
-                      answer=record.answer)
+                      answer=record.answer, **({"rule": record.rule} if record.decision is Decision.DENIED else {}))
 
     dns = SandboxDNS(policy_decisions(policy, resolver, audit_query), pool)
     intercept = Intercept(broker, pool)
@@ -88,12 +90,17 @@ async def serve_sandbox(
             nursery.start_soon(publisher.serve, port)
 
 
+#: Why a UDP datagram was refused: no rule can allow it (so its audit line's ``rule`` is null).
+UDP_REFUSED = "UDP other than DNS never leaves the sandbox: no rule allows it"
+
+
 async def record_refusals(sandbox: Sandbox, broker: Broker) -> None:
     """Audit every UDP datagram the sandbox's rules refused, until cancelled."""
     while True:
         batch = await sandbox.receive_refusals()
         for refusal in batch.refusals:
+            broker.denials += 1
             broker.record("udp_refused", source=shown(refusal.source), destination=shown(refusal.destination),
-                          uid=refusal.uid, bytes=refusal.length)
+                          uid=refusal.uid, bytes=refusal.length, decision="denied", reason=UDP_REFUSED, rule=None)
         if batch.unreadable:
             broker.record("udp_refused_unreadable", count=batch.unreadable)

@@ -221,7 +221,9 @@ class MonitorSession:
         except OSError as exc:
             code = exc.errno or errno.EIO
             verdict = "denied" if isinstance(exc, Denied) else "failed"
-            self._audit_request(request, verdict, errno=errno.errorcode.get(code, code), reason=exc.strerror)
+            allowing = {"rule": exc.rule} if isinstance(exc, Denied) else {}
+            self._audit_request(request, verdict, errno=errno.errorcode.get(code, code), reason=exc.strerror,
+                                **allowing)
             await self.send(error_reply_for(request, request.request_id, code, exc.strerror or str(exc)))
         except Exception as exc:
             log.error("session %d: internal error on %s: %r", self.number, type(request).__name__, exc)
