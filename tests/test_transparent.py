@@ -312,7 +312,9 @@ def test_aio_and_sync_guests_attach_to_arca_runs_monitor():
         """
     )
     with http_server() as url:
-        result = subprocess.run([sys.executable, "-m", "arca_monitor.run", "--no-dns", "--", sys.executable, "-c",
-                                 app, url.rsplit(":", 1)[1]], capture_output=True, text=True, timeout=60)
+        port = url.rsplit(":", 1)[1]
+        result = subprocess.run([sys.executable, "-m", "arca_monitor.run", "--no-dns", "--allow-connect",
+                                 f"127.0.0.1:{port}", "--", sys.executable, "-c", app, port],
+                                capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["hello /aio from 127.0.0.1", "hello /sync from 127.0.0.1"]

@@ -20,7 +20,7 @@ CAT = [sys.executable, "-m", "arca_control.cat"]
 async def test_a_guest_http_server_reached_by_curl_from_the_host():
     response = b"HTTP/1.0 200 OK\r\nContent-Length: 6\r\n\r\nhello\n"
     guest = await trio.lowlevel.open_process(
-        [*RUN, "--", *CAT, "listen", "127.0.0.1", "0"], stdin=subprocess.PIPE, stderr=subprocess.PIPE
+        [*RUN, "--allow-listen", "127.0.0.1:*", "--", *CAT, "listen", "127.0.0.1", "0"], stdin=subprocess.PIPE, stderr=subprocess.PIPE
     )
     assert guest.stdin is not None
     assert guest.stderr is not None
