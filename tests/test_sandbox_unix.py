@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+from typing import TYPE_CHECKING
 
 import pytest
 import trio
@@ -21,10 +22,13 @@ from arca_monitor.policy import Policy
 from arca_monitor.resolver import Resolver
 from arca_monitor.server import serve_doorbell
 
+if TYPE_CHECKING:
+    from pathlib import Path
+
 RUN = [sys.executable, "-m", "arca_monitor.run", "--no-dns"]
 
 
-def host_unix_server(tmp_path):
+def host_unix_server(tmp_path: Path) -> tuple[socket.socket, str]:
     """A listening stream socket in a world-accessible directory of the host, itself world-accessible."""
     directory = tmp_path / "public"
     directory.mkdir()
