@@ -1,8 +1,7 @@
 """No new AF_UNIX sockets in the sandbox: a seccomp filter, installed just before the command is exec'd.
 
 ``socket(AF_UNIX, ...)`` fails with EACCES, whatever the type; ``socketpair``
-keeps working for stream and seqpacket pairs, so programs keep their own IPC,
-and descriptors the sandbox
+keeps working, so programs keep their own IPC, and descriptors the sandbox
 already holds (its channel to the monitor) are untouched. The filter is a
 small classic-BPF program installed with ``prctl(PR_SET_SECCOMP)`` through
 ctypes, after ``prctl(PR_SET_NO_NEW_PRIVS)``: no binding is needed
@@ -21,13 +20,8 @@ What the program checks, for each system call:
    (bit 30 set) are checked too. i386 also has ``socketcall``, whose
    arguments sit behind a pointer the filter cannot read: its SYS_SOCKET
    call is refused whatever the domain (32-bit glibc calls ``socket``
-   directly; other socketcall calls pass, but SYS_SOCKETPAIR: see 3).
-3. ``socketpair`` of type SOCK_DGRAM: EACCES (the flags in the type's high
-   bits do not count). A datagram end can ``sendto`` or ``connect`` to any
-   path socket, unlike a stream or seqpacket end (already connected). The
-   i386 ``socketcall`` hides the type too, so its SYS_SOCKETPAIR is refused
-   whatever the type, like its SYS_SOCKET.
-4. ``io_uring_setup``: ENOSYS, as on a kernel without io_uring. Its SOCKET
+   directly; other socketcall calls pass).
+3. ``io_uring_setup``: ENOSYS, as on a kernel without io_uring. Its SOCKET
    operation makes sockets without any system call a filter sees; programs
    that use io_uring fall back to plain system calls on ENOSYS.
 
@@ -56,24 +50,19 @@ AUDIT_ARCH_I386 = 0x40000003
 AUDIT_ARCH_AARCH64 = 0xC00000B7
 #: x32 system calls are x86_64's numbers with this bit set (and the x86_64 arch).
 X32_SYSCALL_BIT = 0x40000000
-#: socketcall(2)'s call numbers for socket() and socketpair().
+#: socketcall(2)'s call number for socket().
 SYS_SOCKET = 1
-SYS_SOCKETPAIR = 8
-#: The type argument's bits that name the type; above them are SOCK_NONBLOCK and SOCK_CLOEXEC.
-SOCK_TYPE_MASK = 0xF
 
 # Classic BPF instructions used here (linux/filter.h): load a 32-bit word at an offset of
 # struct seccomp_data, jump if the accumulator equals a constant, return a constant.
 BPF_LD_W_ABS = 0x20
 BPF_JEQ_K = 0x15
 BPF_RET_K = 0x06
-BPF_AND_K = 0x54  # accumulator &= constant
 # Offsets in struct seccomp_data: nr, arch, instruction pointer, then six u64 arguments
 # (little endian on both machines, so an argument's low 32 bits come first).
 OFFSET_NR = 0
 OFFSET_ARCH = 4
 OFFSET_ARG0 = 16
-OFFSET_ARG1 = 24
 
 
 @dataclass(frozen=True)
@@ -82,7 +71,6 @@ class Abi:
 
     arch: int
     socket: int
-    socketpair: int
     io_uring_setup: int
     socketcall: int | None = None
     x32: bool = False
@@ -91,10 +79,10 @@ class Abi:
 #: By ``uname -m``: the native ABI first, then the compat ABI the kernel also runs.
 ABIS: dict[str, tuple[Abi, ...]] = {
     "x86_64": (
-        Abi(AUDIT_ARCH_X86_64, socket=41, socketpair=53, io_uring_setup=425, x32=True),
-        Abi(AUDIT_ARCH_I386, socket=359, socketpair=360, io_uring_setup=425, socketcall=102),
+        Abi(AUDIT_ARCH_X86_64, socket=41, io_uring_setup=425, x32=True),
+        Abi(AUDIT_ARCH_I386, socket=359, io_uring_setup=425, socketcall=102),
     ),
-    "aarch64": (Abi(AUDIT_ARCH_AARCH64, socket=198, socketpair=199, io_uring_setup=425),),
+    "aarch64": (Abi(AUDIT_ARCH_AARCH64, socket=198, io_uring_setup=425),),
 }
 
 #: One BPF instruction: (code, jump if true, jump if false, constant).
@@ -118,9 +106,6 @@ class _Assembler:
 
     def jump_if(self, value: int, then: str, otherwise: str | None = None) -> None:
         self.steps.append((BPF_JEQ_K, then, otherwise, value))
-
-    def and_(self, mask: int) -> None:
-        self.steps.append((BPF_AND_K, None, None, mask))
 
     def ret(self, action: int) -> None:
         self.steps.append((BPF_RET_K, None, None, action))
@@ -151,11 +136,9 @@ def build_filter(machine: str) -> list[Instruction]:
         bpf.label(f"abi{index}")
         bpf.load(OFFSET_NR)
         bpf.jump_if(abi.socket, "socket")
-        bpf.jump_if(abi.socketpair, "socketpair")
         bpf.jump_if(abi.io_uring_setup, "nosys")
         if abi.x32:
             bpf.jump_if(abi.socket | X32_SYSCALL_BIT, "socket")
-            bpf.jump_if(abi.socketpair | X32_SYSCALL_BIT, "socketpair")
             bpf.jump_if(abi.io_uring_setup | X32_SYSCALL_BIT, "nosys")
         if abi.socketcall is not None:
             bpf.jump_if(abi.socketcall, "socketcall")
@@ -163,15 +146,10 @@ def build_filter(machine: str) -> list[Instruction]:
     bpf.label("socket")
     bpf.load(OFFSET_ARG0)
     bpf.jump_if(socket.AF_UNIX, "deny", "allow")
-    bpf.label("socketpair")
-    bpf.load(OFFSET_ARG1)
-    bpf.and_(SOCK_TYPE_MASK)
-    bpf.jump_if(socket.SOCK_DGRAM, "deny", "allow")
     if any(abi.socketcall is not None for abi in abis):
         bpf.label("socketcall")
         bpf.load(OFFSET_ARG0)
-        bpf.jump_if(SYS_SOCKET, "deny")
-        bpf.jump_if(SYS_SOCKETPAIR, "deny", "allow")
+        bpf.jump_if(SYS_SOCKET, "deny", "allow")
     bpf.label("deny")
     bpf.ret(SECCOMP_RET_ERRNO | errno.EACCES)
     bpf.label("nosys")
