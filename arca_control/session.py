@@ -36,7 +36,7 @@ from .protocol import codec, errors
 from .protocol.addresses import ip_endpoint, unix_endpoint
 from .protocol.channel import ControlChannel, close_fds, socketpair
 from .protocol.client import ClientCore, CloseOrphanListener, Discard, KeepAccepted, LateAction, Reply
-from .protocol.launch import MONITOR_ENV
+from .protocol.launch import DOORBELL_RING, MONITOR_ENV, MONITOR_FD_ENV
 from .protocol.messages import (
     FAILURES,
     REGISTRY,
@@ -614,10 +614,20 @@ async def open_session(
     long as the session; on exit the control channel is closed, the monitor
     exits 0 and is reaped (killed if it does not exit within a few seconds).
 
-    Under ``arca-run`` (``ARCA_MONITOR`` names a monitor's socket) and with no
-    ``command``, this attaches to that monitor instead: a sandboxed guest has
-    no network to spawn one with, and ``monitor_args`` are arca-run's to give.
+    Under ``arca-run`` and with no ``command``, this attaches to arca-run's
+    monitor instead: a sandboxed guest has no network to spawn one with, and
+    ``monitor_args`` are arca-run's to give. It rings the doorbell that
+    ``ARCA_MONITOR_FD`` names (:func:`doorbell_session`) when that is set,
+    else connects to the socket path ``ARCA_MONITOR`` names.
     """
+    if command is None and os.environ.get(MONITOR_FD_ENV):
+        try:
+            fd = int(os.environ[MONITOR_FD_ENV])
+        except ValueError:
+            raise errors.error_from_errno(errno.EBADF, f"{MONITOR_FD_ENV} is not a descriptor number") from None
+        async with doorbell_session(fd, socket_channel=socket_channel) as session:
+            yield session
+        return
     if command is None and os.environ.get(MONITOR_ENV):
         async with attach_session(os.environ[MONITOR_ENV], socket_channel=socket_channel) as session:
             yield session
@@ -662,3 +672,42 @@ async def attach_session(
         raise
     async with _run_session(sock, socket_channel) as session:
         yield session
+
+
+@asynccontextmanager
+async def doorbell_session(fd: int, *, socket_channel: bool = False) -> AsyncIterator[ArcaSession]:
+    """Open a session through a monitor's doorbell: the inherited, connected SEQPACKET socket ``fd``.
+
+    A new socketpair's one end goes to the monitor over ``fd`` (SCM_RIGHTS), which serves a session on
+    it; this process keeps the other. No AF_UNIX socket is created, so this works under arca-run's
+    seccomp filter. ``fd`` stays open (other sessions, and other processes, ring it too). OSError
+    (EBADF, ENOTSOCK, EPROTOTYPE) if ``fd`` is no AF_UNIX SOCK_SEQPACKET socket: for example a child
+    process that did not inherit it (Python's ``subprocess`` closes it unless given ``pass_fds``).
+    """
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        await _ring(fd, theirs)
+    except BaseException:
+        ours.close()
+        raise
+    finally:
+        theirs.close()
+    async with _run_session(ours, socket_channel) as session:
+        yield session
+
+
+async def _ring(fd: int, end: socket.socket) -> None:
+    """Send ``end`` over the doorbell ``fd``, leaving ``fd`` (and its blocking mode, shared with every
+    process holding it) as it was."""
+    doorbell = socket.socket(fileno=fd)
+    try:
+        if doorbell.family != socket.AF_UNIX or doorbell.type != socket.SOCK_SEQPACKET:
+            raise errors.error_from_errno(errno.EPROTOTYPE, f"{MONITOR_FD_ENV}={fd} is no SEQPACKET socket")
+        while True:
+            try:
+                socket.send_fds(doorbell, [DOORBELL_RING], [end.fileno()], socket.MSG_DONTWAIT)
+                return
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(doorbell)
+    finally:
+        doorbell.detach()

@@ -8,9 +8,15 @@ network, PID and mount namespaces, whose PID 1 is the sandbox's init. There
 ``lo`` is up, and 127.0.0.1 and ::1 are the sandbox's own, as in a container;
 every TCP connection to anywhere else, every DNS query and every other UDP
 datagram goes to sockets the init made and handed to the monitor. Nothing can
-leave: the namespace has no interface but ``lo``. ``ARCA_MONITOR`` in CMD's
-environment names the monitor's path: every ``arca_control.open_session()``
-inside attaches to this monitor instead of spawning one.
+leave: the namespace has no interface but ``lo``. ``ARCA_MONITOR_FD`` in CMD's
+environment names an inherited descriptor, the monitor's doorbell: every
+``arca_control.open_session()`` inside attaches through it to this monitor
+instead of spawning one.
+
+CMD cannot create AF_UNIX sockets (a seccomp filter: ``socket(AF_UNIX)``
+fails with EACCES; ``socketpair`` works), since a network namespace does not
+hide the host's path sockets. ``--allow-unix-sockets`` drops the filter, and
+then ``ARCA_MONITOR`` names the monitor's socket path too.
 
 The monitor serves those sockets (``arca_monitor.sandbox_front``): each TCP
 connection is decided by the policy and relayed from the host; each DNS
@@ -76,6 +82,7 @@ MONITOR_START_TIMEOUT = 10.0
 DEFAULT_OPTION = "--default-policy"
 RUN_DEFAULT = "none"
 FORWARDED = (signal.SIGINT, signal.SIGTERM)
+ALLOW_UNIX_SOCKETS = "--allow-unix-sockets"
 TRANSPARENT_NOTE = ("arca-run: --transparent is no longer needed and does nothing: every program's TCP and DNS"
                     " go through the monitor")
 
@@ -84,12 +91,18 @@ def usage() -> str:
     return (
         "usage: arca-run [--publish [HOST_ADDR:]HOST_PORT:GUEST_PORT]... [monitor options] -- CMD [ARGS...]\n"
         "Runs CMD in a sandbox (its own loopback and PID namespace) whose only way out\n"
-        "is an arca monitor (ARCA_MONITOR in its environment). Monitor options are\n"
+        "is an arca monitor (ARCA_MONITOR_FD in its environment). Monitor options are\n"
         "arca-monitor's (see arca-monitor --help), except --fd, --socket,\n"
         "--sandbox-fd and --publish-fd, which arca-run sets.\n"
         "--publish [HOST_ADDR:]HOST_PORT:GUEST_PORT: listen on the host (default address\n"
         "127.0.0.1, IPv6 in brackets; HOST_PORT 0: the kernel chooses) and relay each\n"
         "connection to GUEST_PORT on the sandbox's loopback. Repeatable.\n"
+        "CMD cannot create AF_UNIX sockets (seccomp: EACCES; socketpair works);\n"
+        "sessions reach the monitor through an inherited fd (ARCA_MONITOR_FD).\n"
+        "--allow-unix-sockets: no such filter. Seccomp cannot see paths, so this opens\n"
+        "EVERY path socket the sandbox's user can reach on the host's file system\n"
+        "(container runtimes, desktop buses, databases), not one directory; and\n"
+        "ARCA_MONITOR then names the monitor's socket path too.\n"
         "Every program's TCP and DNS go through the monitor; the host's loopback is\n"
         "host.arca.internal. --transparent is accepted and does nothing.\n"
         "With no rule at all, arca-run allows nothing outside the sandbox: no connect,\n"
@@ -170,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     if "--transparent" in options:
         print(TRANSPARENT_NOTE, file=sys.stderr)
         options = [opt for opt in options if opt != "--transparent"]
+    allow_unix_sockets = ALLOW_UNIX_SOCKETS in options
+    options = [opt for opt in options if opt != ALLOW_UNIX_SOCKETS]
     if any(opt in ("-h", "--help") for opt in options):
         print(usage())
         return 0
@@ -192,14 +207,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"arca-run: {exc.strerror}", file=sys.stderr)
         return 1
     try:
-        return run_monitored(prefix, command, options, published)
+        return run_monitored(prefix, command, options, published, allow_unix_sockets=allow_unix_sockets)
     finally:
         for sock, _ in published:
             sock.close()  # (at the latest: the monitor has its own copies from the start)
 
 
 def run_monitored(prefix: list[str], command: list[str], options: list[str],
-                  published: list[tuple[socket.socket, int]]) -> int:
+                  published: list[tuple[socket.socket, int]], *, allow_unix_sockets: bool = False) -> int:
     """Start the monitor (handing it the ``published`` listeners, closed here once it has them), run CMD, stop
     the monitor."""
     announce = [publish_spec.announcement(sock, port) for sock, port in published]
@@ -211,7 +226,7 @@ def run_monitored(prefix: list[str], command: list[str], options: list[str],
         for sock, _ in published:
             sock.close()  # the monitor's now: when it ends, so do they
         try:
-            return run_guest(prefix, command, path, pair, monitor, announce)
+            return run_guest(prefix, command, path, pair, monitor, announce, allow_unix_sockets=allow_unix_sockets)
         finally:
             monitor.send_signal(signal.SIGTERM)  # a clean shutdown: every session and socket closed
             try:
@@ -255,15 +270,19 @@ class Forwarder:
 
 
 def run_guest(prefix: list[str], command: list[str], path: str, pair: Pair, monitor: subprocess.Popen[bytes],
-              announce: Sequence[str] = ()) -> int:
+              announce: Sequence[str] = (), *, allow_unix_sockets: bool = False) -> int:
     """Run CMD in the sandbox (``monitor`` holds the channel's other end); its exit status.
 
     The sandbox sets itself up while the monitor starts; once the monitor serves ``path``, the
     ``announce`` lines (the published ports) go to stderr, and then CMD starts.
     """
-    env = {**os.environ, launch.MONITOR_ENV: path}
+    # The path is of use only to a command that may create AF_UNIX sockets; the doorbell serves all.
+    env = {key: value for key, value in os.environ.items() if key not in (launch.MONITOR_ENV, launch.MONITOR_FD_ENV)}
+    if allow_unix_sockets:
+        env[launch.MONITOR_ENV] = path
+    argv = init_command(prefix, pair, command, allow_unix_sockets=allow_unix_sockets)
     try:
-        guest = subprocess.Popen(init_command(prefix, pair, command), env=env, pass_fds=pair.init_fds())
+        guest = subprocess.Popen(argv, env=env, pass_fds=pair.init_fds())
     except OSError as exc:
         print(f"arca-run: {exc}", file=sys.stderr)
         return 127

@@ -1,4 +1,9 @@
-"""Where sessions come from: an inherited control channel fd, or a listening socket path.
+"""Where sessions come from: an inherited control channel fd, a listening socket path, or a doorbell.
+
+A doorbell (arca-run's sandbox, ``launch.MONITOR_FD_ENV``) is a connected
+SEQPACKET socket on which guests send, each in one message, one end of a
+socketpair they made: the monitor serves a session on each end it receives,
+so guests that may not create AF_UNIX sockets still open sessions.
 
 Resource handling: each accepted control connection becomes one session task,
 which owns the connection. Error handling: a session can only end, never
@@ -11,6 +16,7 @@ import contextlib
 import errno
 import logging
 import os
+import select
 import socket
 import stat
 from typing import TYPE_CHECKING
@@ -94,6 +100,60 @@ async def serve_path(
         listener.close()
         with contextlib.suppress(OSError):
             os.unlink(path)
+
+
+#: A doorbell message carries one descriptor; room for a few more, which are closed unused.
+DOORBELL_MAX_FDS = 4
+
+
+async def serve_doorbell(doorbell: socket.socket, config: Config, resolver: Resolver, policy: Policy,
+                         audit: AuditLog) -> None:
+    """Serve a session on each socket that arrives on ``doorbell``, until every guest's end of it is closed
+    (and then until those sessions end) or cancelled. The caller owns ``doorbell``.
+
+    Whatever else arrives is dropped: a message without a descriptor, extra descriptors, a descriptor
+    that is not an AF_UNIX SOCK_SEQPACKET socket.
+    """
+    doorbell.setblocking(False)  # the monitor's end only: the guests' end is another open file
+    async with trio.open_nursery() as nursery:
+        while True:
+            await trio.lowlevel.wait_readable(doorbell)
+            try:
+                data, fds, _, _ = socket.recv_fds(doorbell, 64, DOORBELL_MAX_FDS)
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                log.error("doorbell: %s", exc)
+                return
+            if not data and not fds and _hung_up(doorbell):
+                return
+            for extra in fds[1:]:
+                os.close(extra)
+            sock = _session_socket(fds[0]) if fds else None
+            if sock is None:
+                log.warning("doorbell: dropping a message without a SEQPACKET socket")
+                continue
+            nursery.start_soon(_run_session, sock.detach(), config, resolver, policy, audit)
+
+
+def _hung_up(sock: socket.socket) -> bool:
+    """Whether the peer has closed (a zero-length read is also what an empty message gives)."""
+    poller = select.poll()
+    poller.register(sock, select.POLLRDHUP | select.POLLHUP)
+    return bool(poller.poll(0))
+
+
+def _session_socket(fd: int) -> socket.socket | None:
+    """The AF_UNIX SOCK_SEQPACKET socket on ``fd``; None (and ``fd`` closed) if it is anything else."""
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError:
+        os.close(fd)
+        return None
+    if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_SEQPACKET:
+        sock.close()
+        return None
+    return sock
 
 
 async def _run_session(fd: int, config: Config, resolver: Resolver, policy: Policy, audit: AuditLog) -> None:

@@ -594,12 +594,18 @@ def fake_handoff() -> dict[Role, socket.socket]:
         sock.bind((host, 0))
         return sock
 
+    def doorbell() -> socket.socket:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        theirs.close()
+        return ours
+
     v4, v6 = socket.AF_INET, socket.AF_INET6
     return {
         Role.INTERCEPT4: listening(v4, "127.0.0.1"), Role.INTERCEPT6: listening(v6, "::1"),
         Role.DNS_UDP4: udp(v4, "127.0.0.1"), Role.DNS_TCP4: listening(v4, "127.0.0.1"),
         Role.DNS_UDP6: udp(v6, "::1"), Role.DNS_TCP6: listening(v6, "::1"),
         Role.UDP_REFUSALS: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, nflog.NETLINK_NETFILTER),
+        Role.DOORBELL: doorbell(),
     }
 
 

@@ -1,6 +1,6 @@
 """Put on PYTHONPATH by ``arca-run --transparent``: installs transparent mode at startup.
 
-Only when ``ARCA_TRANSPARENT`` and ``ARCA_MONITOR`` are both set, so that an
+Only when ``ARCA_TRANSPARENT`` and ``ARCA_MONITOR`` (or ``ARCA_MONITOR_FD``) are set, so that an
 interpreter which merely inherits the path is left alone, and none ever
 spawns a monitor of its own from here (that monitor would inherit this hook).
 ``ARCA_SITE`` lists (os.pathsep) the site directories where arca_control and
@@ -18,7 +18,7 @@ import sys
 for _directory in filter(None, os.environ.get("ARCA_SITE", "").split(os.pathsep)):
     site.addsitedir(_directory)
 
-if os.environ.get("ARCA_TRANSPARENT") and os.environ.get("ARCA_MONITOR"):
+if os.environ.get("ARCA_TRANSPARENT") and (os.environ.get("ARCA_MONITOR") or os.environ.get("ARCA_MONITOR_FD")):
     try:
         import arca_control.transparent
 

@@ -8,8 +8,15 @@ from __future__ import annotations
 
 import os
 
-#: The socket path of the monitor a sandboxed guest must use.
+#: The socket path of the monitor a guest attaches to (under arca-run only with ``--allow-unix-sockets``).
 MONITOR_ENV = "ARCA_MONITOR"
+#: Under arca-run: the number of an inherited, connected AF_UNIX SOCK_SEQPACKET descriptor, the
+#: monitor's *doorbell*. A guest opens a session by making a ``socketpair`` and sending one end over
+#: it (one message, :data:`DOORBELL_RING`, one descriptor by SCM_RIGHTS); the monitor serves a
+#: session on that end. It works where ``socket(AF_UNIX)`` is refused (arca-run's seccomp filter).
+MONITOR_FD_ENV = "ARCA_MONITOR_FD"
+#: The bytes that ride with the descriptor a guest sends on the doorbell.
+DOORBELL_RING = b"session"
 #: Set by ``arca-run --transparent``: the guest's interpreter installs transparent mode at startup.
 TRANSPARENT_ENV = "ARCA_TRANSPARENT"
 #: Site directories (os.pathsep) where arca_control and its dependencies live, for another interpreter.

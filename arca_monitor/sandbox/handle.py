@@ -9,6 +9,8 @@ descriptor checked to be the socket its role says) and gives a
   (:class:`ByFamily`), living in the sandbox's namespace. What arrives on
   ``intercept`` was going elsewhere: ask
   :func:`~arca_monitor.sandbox.destination.original_destination` where.
+* ``doorbell``: the SEQPACKET socket on which the command's processes hand
+  over their sessions' sockets (served by :func:`..server.serve_doorbell`).
 * :meth:`Sandbox.connect_inside`: a connected socket to a port on the
   sandbox's own loopback (how ``--publish`` reaches a server in it).
 * :meth:`Sandbox.receive_refusals`: the next batch of refused UDP datagrams.
@@ -63,14 +65,14 @@ log = logging.getLogger("arca_monitor.sandbox")
 
 #: How long the init may take to set up and hand over its sockets.
 HANDOFF_TIMEOUT = 30.0
-_V4, _V6, _NETLINK = socket.AF_INET, socket.AF_INET6, socket.AF_NETLINK
-_TCP, _UDP, _RAW = socket.SOCK_STREAM, socket.SOCK_DGRAM, socket.SOCK_RAW
+_V4, _V6, _NETLINK, _UNIX = socket.AF_INET, socket.AF_INET6, socket.AF_NETLINK, socket.AF_UNIX
+_TCP, _UDP, _RAW, _SEQPACKET = socket.SOCK_STREAM, socket.SOCK_DGRAM, socket.SOCK_RAW, socket.SOCK_SEQPACKET
 #: What each role's descriptor must be: family, type, listening.
 EXPECTED = {
     Role.INTERCEPT4: (_V4, _TCP, True), Role.INTERCEPT6: (_V6, _TCP, True),
     Role.DNS_UDP4: (_V4, _UDP, False), Role.DNS_TCP4: (_V4, _TCP, True),
     Role.DNS_UDP6: (_V6, _UDP, False), Role.DNS_TCP6: (_V6, _TCP, True),
-    Role.UDP_REFUSALS: (_NETLINK, _RAW, False),
+    Role.UDP_REFUSALS: (_NETLINK, _RAW, False), Role.DOORBELL: (_UNIX, _SEQPACKET, False),
 }
 
 
@@ -121,6 +123,8 @@ class Sandbox:
         self.dns_tcp = ByFamily(trio_socket(handed[Role.DNS_TCP4]), trio_socket(handed[Role.DNS_TCP6]))
         self._refusals = handed[Role.UDP_REFUSALS]
         self._refusals.setblocking(False)
+        #: Where the command's processes hand over the sockets of their sessions (server.serve_doorbell).
+        self.doorbell = handed[Role.DOORBELL]
         self.ended = trio.Event()
         self._pending: dict[int, _Reply] = {}
         self._ids = itertools.count()
@@ -205,6 +209,7 @@ class Sandbox:
         for sock in (*self.intercept, *self.dns_udp, *self.dns_tcp):
             sock.close()
         self._refusals.close()
+        self.doorbell.close()
         self._channel.close()
         self.ended.set()
         for reply in self._pending.values():

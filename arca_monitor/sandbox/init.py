@@ -1,6 +1,7 @@
 """The sandbox's PID 1: sets up its network, hands the monitor its sockets, runs the command, reaps.
 
-    python -m arca_monitor.sandbox.init --channel-fd N --status-fd M -- CMD [ARGS...]
+    python -m arca_monitor.sandbox.init --channel-fd N --status-fd M --doorbell-env NAME \
+        [--allow-unix-sockets] -- CMD [ARGS...]
 
 arca-run starts it through ``unshare`` in new network, PID and mount
 namespaces. In order, it:
@@ -8,11 +9,16 @@ namespaces. In order, it:
 1. sets up the network (:mod:`.netsetup`); if that fails it says why and exits
    126 without running CMD;
 2. hands every socket to the monitor on channel fd N (one Handoff each, then
-   Ready), and closes its own copies;
-3. waits for arca-run's go on status fd M (the monitor is serving then), spawns
-   CMD with its own environment (``ARCA_MONITOR`` and the rest come from
-   arca-run), and answers with a pidfd of itself, so that arca-run can
-   forward signals across the PID namespace;
+   Ready), and closes its own copies; one of them is the monitor's end of the
+   doorbell, a SEQPACKET socketpair whose other end CMD inherits (its number
+   in the variable NAME, ``ARCA_MONITOR_FD``): how CMD's processes open sessions;
+3. waits for arca-run's go on status fd M (the monitor is serving then), starts
+   CMD with its own environment (the rest comes from arca-run) and, unless
+   ``--allow-unix-sockets``, the seccomp filter that refuses new AF_UNIX
+   sockets (:mod:`arca_monitor.seccomp`, installed in CMD's process between
+   fork and exec: the init itself keeps its channels), and answers with a
+   pidfd of itself, so that arca-run can forward signals across the PID
+   namespace;
 4. serves: ConnectInside requests from the monitor (:mod:`.inside`);
    SIGINT and SIGTERM, forwarded to CMD; SIGCHLD, for which it reaps every
    child, orphans included (as PID 1, they are all its own);
@@ -21,7 +27,8 @@ namespaces. In order, it:
 
 Signals wake the loop through ``signal.set_wakeup_fd``: no busy-waiting, no
 threads. Resource handling: every descriptor the init holds is close-on-exec,
-so CMD inherits only its standard streams. Error handling: a monitor that goes
+so CMD inherits only its standard streams and the doorbell (whose copy the
+init closes once CMD is started). Error handling: a monitor that goes
 away (EOF, EPIPE) only ends ConnectInside service; CMD runs on, and its
 connections out find no listener (the monitor held them), so they are refused.
 """
@@ -38,6 +45,7 @@ import socket
 import sys
 from typing import TYPE_CHECKING
 
+from .. import seccomp
 from . import CANNOT_ISOLATE, messages, netsetup
 from .inside import Connector, Outcome
 from .launch import GO
@@ -59,9 +67,10 @@ def exit_status(wait_status: int) -> int:
     return 128 - code if code < 0 else code
 
 
-def hand_over(channel: socket.socket, sockets: netsetup.Sockets) -> None:
-    """Every socket to the monitor, then Ready. Raises OSError if the monitor is gone."""
-    for role, sock in sockets.by_role().items():
+def hand_over(channel: socket.socket, sockets: netsetup.Sockets, doorbell: socket.socket) -> None:
+    """Every socket to the monitor, the monitor's end of the ``doorbell`` too, then Ready. Raises OSError if the
+    monitor is gone."""
+    for role, sock in (*sockets.by_role().items(), (messages.Role.DOORBELL, doorbell)):
         socket.send_fds(channel, [messages.encode(messages.Handoff(role))], [sock.fileno()])
     channel.sendall(messages.encode(messages.Ready()))
 
@@ -191,14 +200,56 @@ def _ignore(signum: int, frame: FrameType | None) -> None:
     """A Python handler, so the C handler writes the signal number to the wakeup fd."""
 
 
-def spawn(command: list[str]) -> int:
-    return os.posix_spawnp(command[0], command, os.environ, setsigdef=RESET_FOR_COMMAND, setsigmask=())
+def spawn(command: list[str], doorbell: socket.socket, doorbell_env: str, filtered: bool) -> int:
+    """Start ``command`` with the ``doorbell`` (its number in ``doorbell_env``) and, if ``filtered``, the
+    seccomp filter; its pid.
+
+    OSError with the errno if it could not be exec'd. fork, not posix_spawn: the filter must be
+    installed in the command's process, before exec, and not in the init. A close-on-exec pipe
+    carries the child's errno back, so that a failed exec is reported as posix_spawn reports it.
+    """
+    env = {**os.environ, doorbell_env: str(doorbell.fileno())}
+    report, reporter = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: only async-signal-safe-ish steps, then exec or _exit
+        code = errno.EIO
+        try:
+            os.close(report)
+            signal.set_wakeup_fd(-1)
+            for signum in RESET_FOR_COMMAND:
+                signal.signal(signum, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_SETMASK, ())
+            doorbell.set_inheritable(True)
+            if filtered:
+                seccomp.install_no_unix_sockets()
+            os.execvpe(command[0], command, env)
+        except OSError as exc:
+            code = exc.errno or errno.EIO
+        finally:
+            with contextlib.suppress(OSError):
+                os.write(reporter, code.to_bytes(2, "little"))
+            os._exit(127)
+    os.close(reporter)
+    try:
+        failed = os.read(report, 2)
+    finally:
+        os.close(report)
+    if failed:
+        os.waitpid(pid, 0)
+        code = int.from_bytes(failed, "little")
+        raise OSError(code, os.strerror(code))
+    return pid
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="arca_monitor.sandbox.init", description="the sandbox's PID 1 (arca-run's)")
     p.add_argument("--channel-fd", type=int, required=True, help="SEQPACKET channel to the monitor")
     p.add_argument("--status-fd", type=int, required=True, help="SEQPACKET socket to arca-run, for the pidfd")
+    # arca-run names the variable: the init imports nothing of arca_control (whose launch.py has it).
+    p.add_argument("--doorbell-env", required=True, metavar="NAME",
+                   help="the environment variable that gives the command the doorbell's descriptor number")
+    p.add_argument("--allow-unix-sockets", action="store_true",
+                   help="no seccomp filter: the command may create AF_UNIX sockets (see arca-run --help)")
     p.add_argument("command", nargs="+", help="the command and its arguments (after --)")
     return p.parse_args(argv)
 
@@ -214,13 +265,15 @@ def main(argv: list[str] | None = None) -> int:
     except netsetup.SetupError as exc:
         say(f"cannot set up the sandbox's network: {exc}; not running the command")
         return CANNOT_ISOLATE
+    monitor_doorbell, doorbell = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
-        hand_over(channel, sockets)
+        hand_over(channel, sockets, monitor_doorbell)
     except OSError as exc:
         say(f"cannot hand the sandbox's sockets to the monitor ({exc}); not running the command")
         return CANNOT_ISOLATE
     finally:
         sockets.close()
+        monitor_doorbell.close()
     init = Init(channel)  # signals from here on are caught, and wait in the wakeup fd
     try:
         go = status.recv(len(GO))
@@ -230,10 +283,12 @@ def main(argv: list[str] | None = None) -> int:
         say("arca-run went away before the command could start; not running it")
         return CANNOT_ISOLATE
     try:
-        init.command_pid = spawn(args.command)
+        init.command_pid = spawn(args.command, doorbell, args.doorbell_env, filtered=not args.allow_unix_sockets)
     except OSError as exc:
         say(f"{args.command[0]}: {exc.strerror}")
         return 127 if exc.errno == errno.ENOENT else 126
+    finally:
+        doorbell.close()  # the command's now: the monitor sees EOF once none of its processes holds it
     send_pidfd(status)
     return init.run()
 

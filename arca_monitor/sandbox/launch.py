@@ -76,11 +76,18 @@ class Pair:
             sock.close()
 
 
-def init_command(prefix: list[str], pair: Pair, command: list[str], python: str = sys.executable) -> list[str]:
-    """The command line that starts the init with ``python`` (pass it ``pair.init_fds()``)."""
+def init_command(prefix: list[str], pair: Pair, command: list[str], python: str = sys.executable, *,
+                 allow_unix_sockets: bool = False) -> list[str]:
+    """The command line that starts the init with ``python`` (pass it ``pair.init_fds()``); the command is
+    started without the seccomp filter only if ``allow_unix_sockets``."""
+    # Imported here, not at the top: the init imports this module, and must not load arca_control.
+    from arca_control.protocol.launch import MONITOR_FD_ENV
+
     channel_fd, status_fd = pair.init_fds()
+    unix = ["--allow-unix-sockets"] if allow_unix_sockets else []
     return [*prefix, python, "-m", "arca_monitor.sandbox.init",
-            "--channel-fd", str(channel_fd), "--status-fd", str(status_fd), "--", *command]
+            "--channel-fd", str(channel_fd), "--status-fd", str(status_fd), "--doorbell-env", MONITOR_FD_ENV,
+            *unix, "--", *command]
 
 
 def release(status: socket.socket) -> None:

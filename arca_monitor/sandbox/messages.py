@@ -58,6 +58,7 @@ class Role(enum.IntEnum):
     DNS_UDP6 = 5
     DNS_TCP6 = 6
     UDP_REFUSALS = 7  # NETLINK_NETFILTER socket bound to the NFLOG group of refused UDP
+    DOORBELL = 8  # SEQPACKET socketpair end: the command's sessions arrive on it (launch.MONITOR_FD_ENV)
 
 
 class Loopback(enum.IntEnum):

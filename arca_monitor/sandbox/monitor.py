@@ -4,7 +4,9 @@
 the sessions on PATH as always, and beside them the sandbox whose init holds
 the other end of channel fd N, served by :func:`..sandbox_front.serve_sandbox`
 (intercepted TCP, DNS, refused UDP, the published ports; under the same
-config, policy, resolver and audit log as the sessions) until the sandbox ends.
+config, policy, resolver and audit log as the sessions), and the sessions
+the command's processes open through the sandbox's doorbell
+(:func:`..server.serve_doorbell`), until the sandbox ends.
 
 Error handling: a sandbox that fails its handoff, or whose channel fails, is
 logged; the sockets it handed are closed (so its connections out are refused,
@@ -24,7 +26,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from ..sandbox_front import serve_sandbox
-from ..server import serve_path
+from ..server import serve_doorbell, serve_path
 from .handle import SandboxError, open_sandbox
 
 if TYPE_CHECKING:
@@ -47,6 +49,7 @@ async def run_sandbox(fd: int, config: Config, resolver: Resolver, policy: Polic
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(functools.partial(serve_sandbox, sandbox, config, policy, resolver, audit,
                                                      published=published))
+                nursery.start_soon(serve_doorbell, sandbox.doorbell, config, resolver, policy, audit)
                 await sandbox.ended.wait()
                 nursery.cancel_scope.cancel()
     except (SandboxError, OSError, ValueError) as exc:

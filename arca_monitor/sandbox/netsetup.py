@@ -122,7 +122,7 @@ def set_up() -> Sockets:
     _run(ip, "-batch", "-", given=ROUTES)
     sockets = _make_sockets()
     try:
-        defines = {role.name.lower(): sockets.port(role) for role in Role if role != Role.UDP_REFUSALS}
+        defines = {role.name.lower(): sockets.port(role) for role in sockets.by_role() if role != Role.UDP_REFUSALS}
         _run(nft, *[arg for name, value in defines.items() for arg in ("-D", f"{name}={value}")], "-f", RULESET)
     except SetupError:
         sockets.close()

@@ -1,0 +1,217 @@
+"""No new AF_UNIX sockets under arca-run: the seccomp filter, socketpair, sessions through the doorbell."""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from typing import TYPE_CHECKING
+
+import pytest
+import trio
+
+from arca_control import open_session
+from arca_control.protocol.launch import DOORBELL_RING
+from arca_control.session import doorbell_session
+from arca_monitor.audit import AuditLog
+from arca_monitor.config import Config
+from arca_monitor.policy import Policy
+from arca_monitor.resolver import Resolver
+from arca_monitor.server import serve_doorbell
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+RUN = [sys.executable, "-m", "arca_monitor.run", "--no-dns"]
+
+
+def host_unix_server(tmp_path: Path) -> tuple[socket.socket, str]:
+    """A listening stream socket in a world-accessible directory of the host, itself world-accessible."""
+    directory = tmp_path / "public"
+    directory.mkdir()
+    directory.chmod(0o777)
+    path = str(directory / "host.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    os.chmod(path, 0o777)
+    server.listen()
+    server.setblocking(False)
+    return server, path
+
+
+def nothing_arrived(server: socket.socket) -> bool:
+    try:
+        conn, _ = server.accept()
+    except BlockingIOError:
+        return True
+    conn.close()
+    return False
+
+
+HOSTILE = textwrap.dedent(
+    """
+    import os, socket, sys
+    path = sys.argv[1]
+    print("env", os.environ.get("ARCA_MONITOR") is None, os.environ.get("ARCA_MONITOR_FD") is not None)
+    try:
+        socket.socket(socket.AF_UNIX)
+        print("socket: created")
+    except PermissionError as exc:
+        print("socket: PermissionError", exc.errno)
+    for kind in (socket.SOCK_STREAM, socket.SOCK_SEQPACKET, socket.SOCK_DGRAM):
+        try:
+            with socket.socket(socket.AF_UNIX, kind) as sock:
+                sock.connect(path)
+            print("connect: connected")
+        except OSError as exc:
+            print("connect:", exc.errno)
+    left, right = socket.socketpair()
+    left.sendall(b"pair ok")
+    print(right.recv(16).decode())
+    """
+)
+
+
+def test_no_unix_sockets_but_socketpair(tmp_path):
+    server, path = host_unix_server(tmp_path)
+    with server:
+        result = subprocess.run([*RUN, "--", sys.executable, "-I", "-c", HOSTILE, path], capture_output=True,
+                                text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.splitlines() == [
+            "env True True",
+            f"socket: PermissionError {errno.EACCES}",
+            *[f"connect: {errno.EACCES}"] * 3,
+            "pair ok",
+        ]
+        assert nothing_arrived(server)
+
+
+def test_allow_unix_sockets_reaches_host_sockets(tmp_path):
+    server, path = host_unix_server(tmp_path)
+    guest = textwrap.dedent(
+        """
+        import os, socket, sys
+        print("env", os.environ.get("ARCA_MONITOR") is not None, os.environ.get("ARCA_MONITOR_FD") is not None)
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.connect(sys.argv[1])
+            sock.sendall(b"from the sandbox")
+        """
+    )
+    with server:
+        result = subprocess.run([*RUN, "--allow-unix-sockets", "--", sys.executable, "-I", "-c", guest, path],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.splitlines() == ["env True True"]
+        server.setblocking(True)
+        server.settimeout(10)
+        conn, _ = server.accept()
+        with conn:
+            assert conn.recv(64) == b"from the sandbox"
+
+
+SESSIONS = textwrap.dedent(
+    """
+    import os, subprocess, sys, trio, arca_control
+    port = int(sys.argv[1])
+    async def one(name):
+        async with arca_control.open_session() as session:
+            stream = await session.connect("127.0.0.1", port)
+            await stream.send_all(name.encode())
+            print(name, (await stream.receive_some()).decode(), flush=True)
+    if sys.argv[2] == "parent":
+        # Two processes at once: each rings the doorbell it inherited (pass_fds: subprocess closes the rest).
+        fd = int(os.environ["ARCA_MONITOR_FD"])
+        children = [subprocess.Popen([sys.executable, __file__, str(port), name], pass_fds=(fd,))
+                    for name in ("first", "second")]
+        sys.exit(max(child.wait() for child in children))
+    trio.run(one, sys.argv[2])
+    """
+)
+
+
+async def test_open_session_goes_through_the_doorbell_two_processes_at_once(tmp_path):
+    """Each child's session is open while the other's is: the host answers neither before both connected."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(30)
+    port = server.getsockname()[1]
+    script = tmp_path / "sessions.py"
+    script.write_text(SESSIONS)
+    heard: list[bytes] = []
+
+    async def serve():
+        conns = [(await trio.to_thread.run_sync(server.accept))[0] for _ in range(2)]
+        for conn in conns:
+            with conn:
+                name = conn.recv(16)
+                heard.append(name)
+                conn.sendall(b"hello " + name)
+
+    with server:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serve)
+            result = await trio.run_process(
+                [*RUN, "--allow-connect", f"127.0.0.1:{port}", "--", sys.executable, str(script), str(port),
+                 "parent"], capture_stdout=True, capture_stderr=True, check=False)
+    assert result.returncode == 0, result.stderr.decode()
+    assert sorted(result.stdout.decode().splitlines()) == ["first hello first", "second hello second"]
+    assert sorted(heard) == [b"first", b"second"]
+
+
+async def test_the_monitor_serves_each_socket_rung_and_drops_the_rest():
+    monitor_end, guest_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    ended = trio.Event()
+
+    async def monitor():
+        with monitor_end:
+            await serve_doorbell(monitor_end, Config(), Resolver(hosts_file=None, dns=False), Policy.build({}),
+                                 AuditLog(None))
+        ended.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(monitor)
+        # Junk first: a message alone, a pipe, a TCP socket, two sockets at once. None ends the doorbell.
+        guest_end.send(b"")
+        guest_end.send(DOORBELL_RING)
+        read_end, write_end = os.pipe()
+        tcp = socket.socket()
+        pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        socket.send_fds(guest_end, [DOORBELL_RING], [read_end])
+        socket.send_fds(guest_end, [DOORBELL_RING], [tcp.fileno()])
+        socket.send_fds(guest_end, [DOORBELL_RING], [pair[0].fileno(), write_end])
+        for fd in (read_end, write_end):
+            os.close(fd)
+        tcp.close()
+        pair[0].close()
+        with trio.fail_after(10):
+            # The pair's end was served (the extra descriptor closed): its session answers a handshake.
+            async with doorbell_session(guest_end.fileno()) as first, doorbell_session(guest_end.fileno()) as second:
+                assert first.monitor is not None
+                assert second.monitor is not None
+            pair[1].close()
+            guest_end.close()
+            await ended.wait()  # every guest end closed, every session over: the doorbell is done
+
+
+async def test_outside_a_sandbox_a_bad_doorbell_is_an_oserror(monkeypatch):
+    read_end, write_end = os.pipe()
+    try:
+        monkeypatch.setenv("ARCA_MONITOR_FD", str(read_end))
+        with pytest.raises(OSError, match="non-socket") as caught:
+            async with open_session():
+                pytest.fail("a pipe gave a session")
+        assert caught.value.errno == errno.ENOTSOCK
+        tcp = socket.socket()
+        with tcp:
+            monkeypatch.setenv("ARCA_MONITOR_FD", str(tcp.fileno()))
+            with pytest.raises(OSError, match="no SEQPACKET socket") as caught:
+                async with open_session():
+                    pytest.fail("a TCP socket gave a session")
+            assert caught.value.errno == errno.EPROTOTYPE
+            assert tcp.fileno() >= 0  # left open: the doorbell is not the session's to close
+    finally:
+        os.close(read_end)
+        os.close(write_end)
