@@ -100,16 +100,25 @@ async def _pump(source: socket.socket, sink: socket.socket, count: Callable[[int
     """Move ``source`` to ``sink`` until EOF (then shut ``sink``'s writing down); raises _Reset on an error."""
     read_end, write_end = _make_pipe()
     try:
-        while True:
-            try:
-                held = os.splice(source.fileno(), write_end, PIPE_SIZE, flags=_SPLICE_FLAGS)
-            except BlockingIOError:
-                await trio.lowlevel.wait_readable(source)
-                continue
-            except OSError as exc:
-                raise _Reset(_how(exc)) from None
-            if held == 0:
-                break
+        held = 0
+        eof = False
+        while not eof:
+            # Fill the pipe with what the source has now before draining it: fewer, larger
+            # writes to the sink, and one wakeup of the reader on the far side per batch.
+            while held < PIPE_SIZE:
+                try:
+                    moved_in = os.splice(source.fileno(), write_end, PIPE_SIZE - held, flags=_SPLICE_FLAGS)
+                except BlockingIOError:
+                    if held:
+                        break
+                    await trio.lowlevel.wait_readable(source)
+                    continue
+                except OSError as exc:
+                    raise _Reset(_how(exc)) from None
+                if moved_in == 0:
+                    eof = True
+                    break
+                held += moved_in
             while held:
                 try:
                     moved = os.splice(read_end, sink.fileno(), held, flags=_SPLICE_FLAGS)
