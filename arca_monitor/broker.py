@@ -33,6 +33,7 @@ import errno
 import functools
 import itertools
 import socket
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -42,6 +43,7 @@ from . import net
 from .inflight import Connecting, Slot
 from .policy import Denied, Kind
 from .resolver import ResolveError, parse_literal
+from .splice_relay import Flow, relay
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
@@ -297,6 +299,20 @@ class Broker:
             self.closed_bytes_down += conn.bytes_down
         self.record(event, connection_id=conn.connection_id, **fields)
 
+    async def relay_counted(self, inner: socket.socket, outer: socket.socket, **fields: object) -> None:
+        """Relay two connected sockets (``inner``: the sandbox's side) as one counted, audited connection.
+
+        The "open" line carries ``fields``; the half-closes and the "close" line (how it
+        ended, bytes each way, seconds) follow, whatever ends the relay.
+        """
+        flow = Flow(self.new_connection_id())
+        self.connection_opened(flow, **fields)
+        how = "aborted"
+        try:
+            how = await relay(inner, outer, flow, lambda event: self.connection_changed(event, flow))
+        finally:
+            self.connection_changed("close", flow, how=how, bytes_up=flow.bytes_up, bytes_down=flow.bytes_down,
+                                    seconds=round(time.monotonic() - flow.opened, 6))
     def bytes_moved(self) -> tuple[int, int]:
         """Bytes moved guest to peer and peer to guest, by connections closed and open."""
         up = self.closed_bytes_up + sum(conn.bytes_up for conn in self.connections.values())

@@ -46,7 +46,6 @@ import errno
 import logging
 import os
 import socket
-import time
 from typing import TYPE_CHECKING
 
 import trio
@@ -59,7 +58,7 @@ from .name_pool import HOST_NAME
 from .policy import Denied
 from .resolver import Names, ResolveError
 from .sandbox.destination import original_destination
-from .splice_relay import Flow, relay, reset_on_close
+from .splice_relay import reset_on_close
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -191,13 +190,5 @@ class Intercept:
             self._refused(guest, fields, Refused("failed", exc.strerror or str(exc), exc.errno or errno.EIO))
             reset_on_close(peer)
             return
-        flow = Flow(self.broker.new_connection_id())
-        self.broker.connection_opened(flow, via="intercept", **fields, decision="allowed",
-                                      local=shown(local), peer=shown(remote))
-        how = "aborted"
-        try:
-            how = await relay(guest, peer, flow, lambda event: self.broker.connection_changed(event, flow))
-        finally:
-            self.broker.connection_changed("close", flow, how=how, bytes_up=flow.bytes_up,
-                                           bytes_down=flow.bytes_down,
-                                           seconds=round(time.monotonic() - flow.opened, 6))
+        await self.broker.relay_counted(guest, peer, via="intercept", **fields, decision="allowed",
+                                        local=shown(local), peer=shown(remote))

@@ -35,7 +35,6 @@ from __future__ import annotations
 import errno
 import logging
 import socket
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -43,7 +42,7 @@ import trio
 
 from . import net
 from .audit import shown
-from .splice_relay import Flow, relay, reset_on_close
+from .splice_relay import reset_on_close
 
 if TYPE_CHECKING:
     from .broker import Broker
@@ -121,12 +120,4 @@ class Publisher:
             reset_on_close(inside)
             self._failed(client, fields, exc)
             return
-        flow = Flow(self.broker.new_connection_id())
-        self.broker.connection_opened(flow, via="publish", **fields, local=shown(local), peer=shown(remote))
-        how = "aborted"
-        try:
-            how = await relay(inside, client, flow, lambda event: self.broker.connection_changed(event, flow))
-        finally:
-            self.broker.connection_changed("close", flow, how=how, bytes_up=flow.bytes_up,
-                                           bytes_down=flow.bytes_down,
-                                           seconds=round(time.monotonic() - flow.opened, 6))
+        await self.broker.relay_counted(inside, client, via="publish", **fields, local=shown(local), peer=shown(remote))

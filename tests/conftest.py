@@ -22,6 +22,7 @@ from arca_control.protocol.messages import Hello, HelloOk
 from arca_control.protocol.wire import Endpoint
 
 from .raw_monitor import RawMonitor
+from .sandbox_modes import Mode, nobody_mode
 
 if TYPE_CHECKING:
     import socketserver
@@ -229,3 +230,14 @@ def monitor_socket(pid: int, local: tuple[str, int] | tuple[str, int, int, int],
                 os.close(pidfd)
             return socket.socket(fileno=copy)
     raise LookupError(f"no socket on port {port} in process {pid}")
+
+
+@pytest.fixture(params=["root", "user"])
+def mode(request: pytest.FixtureRequest) -> Mode:
+    """Each sandbox test twice: as root, and as nobody in a user namespace where the kernel allows it."""
+    if request.param == "root":
+        return Mode("root", [], sys.executable, dict(os.environ))
+    found = nobody_mode()
+    if found is None:
+        pytest.skip("no unprivileged user namespaces here, or no Python that nobody may run")
+    return found

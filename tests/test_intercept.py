@@ -38,7 +38,8 @@ import trio
 
 from .conftest import serving
 from .dns_server import dns_server
-from .test_sandbox import Mode, nobody_mode, processes_with
+from .sandbox_modes import Mode
+from .test_sandbox import processes_with
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -46,15 +47,6 @@ if TYPE_CHECKING:
 
 HOST = "host.arca.internal"
 
-
-@pytest.fixture(params=["root", "user"])
-def mode(request: pytest.FixtureRequest) -> Mode:
-    if request.param == "root":
-        return Mode("root", [], sys.executable, dict(os.environ))
-    found = nobody_mode()
-    if found is None:
-        pytest.skip("no unprivileged user namespaces here, or no Python that nobody may run")
-    return found
 
 
 @pytest.fixture

@@ -22,17 +22,20 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import pytest
 import trio
 
 from arca_monitor import publish_spec, run
-from tests.test_sandbox import Lines, Mode, nobody_mode
+from tests.test_sandbox import Lines
+
+if TYPE_CHECKING:
+    from tests.sandbox_modes import Mode
 
 PUBLISHED = re.compile(r"published (?P<host>\S+):(?P<port>\d+) -> sandbox port (?P<guest>\d+)")
 #: How long a server in the sandbox may take to start answering.
@@ -47,16 +50,6 @@ class Running:
     ports: list[tuple[str, int, int]]
     rest: list[bytes | bytearray] = field(default_factory=list)
 
-
-@pytest.fixture(params=["root", "user"])
-def mode(request: pytest.FixtureRequest) -> Mode:
-    """As tests/test_sandbox.py's: root, or nobody in a user namespace where the kernel allows it."""
-    if request.param == "root":
-        return Mode("root", [], sys.executable, dict(os.environ))
-    found = nobody_mode()
-    if found is None:
-        pytest.skip("no unprivileged user namespaces here, or no Python that nobody may run")
-    return found
 
 
 def put(directory: str, name: str, data: bytes) -> None:

@@ -18,7 +18,6 @@ has none). The arca-run tests run the whole command.
 from __future__ import annotations
 
 import errno
-import functools
 import json
 import os
 import random
@@ -28,10 +27,9 @@ import socket
 import struct
 import subprocess
 import sys
-import sysconfig
-import textwrap
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import dns.message
 import dns.rcode
@@ -39,7 +37,6 @@ import dns.rrset
 import pytest
 import trio
 
-from arca_control.protocol import launch as launch_env
 from arca_control.protocol.wire import Endpoint
 from arca_monitor.sandbox import launch, netsetup, nflog, refusals
 from arca_monitor.sandbox.destination import original_destination
@@ -58,57 +55,8 @@ from arca_monitor.sandbox.messages import (
     encode,
 )
 
-AS_NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"]
-
-
-@dataclass(frozen=True)
-class Mode:
-    """Who runs the sandbox: root, or nobody (with a Python that nobody can run, and this project on its path)."""
-
-    name: str
-    as_user: list[str]
-    python: str
-    env: dict[str, str]
-
-    def run(self, *options: str) -> list[str]:
-        """The arca-run command line in this mode."""
-        return [*self.as_user, self.python, "-m", "arca_monitor.run", "--no-dns", *options]
-
-    def script(self, source: str, *args: object) -> list[str]:
-        return [self.python, "-c", textwrap.dedent(source), *map(str, args)]
-
-
-def runs_as_nobody(unshare: str, python: str, env: dict[str, str]) -> bool:
-    """``python`` runs, with this project, as nobody mapped to root in a user namespace."""
-    probe = [*AS_NOBODY, unshare, *launch.USER_NAMESPACE, "--net", python, "-c", "import trio, dns, arca_monitor"]
-    return subprocess.run(probe, env=env, capture_output=True, cwd="/", timeout=60).returncode == 0
-
-
-@functools.cache
-def nobody_mode() -> Mode | None:
-    """The user-namespace mode, if this kernel allows unprivileged user namespaces and nobody can run Python."""
-    unshare = shutil.which("unshare")
-    if unshare is None:
-        return None
-    paths = sysconfig.get_paths()
-    path = os.pathsep.join(dict.fromkeys([launch_env.package_root(), paths["purelib"], paths["platlib"]]))
-    env = {**os.environ, "PYTHONPATH": path}
-    # This interpreter may live where nobody cannot go (root's home): then the system's, if it is the same version.
-    system = f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}"
-    for python in (sys.executable, system):
-        if os.path.exists(python) and runs_as_nobody(unshare, python, env):
-            return Mode("user", AS_NOBODY, python, env)
-    return None
-
-
-@pytest.fixture(params=["root", "user"])
-def mode(request: pytest.FixtureRequest) -> Mode:
-    if request.param == "root":
-        return Mode("root", [], sys.executable, dict(os.environ))
-    found = nobody_mode()
-    if found is None:
-        pytest.skip("no unprivileged user namespaces here, or no Python that nobody may run")
-    return found
+if TYPE_CHECKING:
+    from tests.sandbox_modes import Mode
 
 
 def init_prefix(mode: Mode) -> list[str]:
