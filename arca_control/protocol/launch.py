@@ -17,15 +17,6 @@ MONITOR_ENV = "ARCA_MONITOR"
 MONITOR_FD_ENV = "ARCA_MONITOR_FD"
 #: The bytes that ride with the descriptor a guest sends on the doorbell.
 DOORBELL_RING = b"session"
-#: Set by ``arca-run --transparent``: the guest's interpreter installs transparent mode at startup.
-TRANSPARENT_ENV = "ARCA_TRANSPARENT"
-#: Site directories (os.pathsep) where arca_control and its dependencies live, for another interpreter.
-SITE_ENV = "ARCA_SITE"
-
-
-def site_hook_dir() -> str:
-    """The directory holding the guest's ``sitecustomize`` hook, to put first on PYTHONPATH."""
-    return os.path.join(package_root(), "arca_control", "_site")
 
 
 def package_root() -> str:
