@@ -103,6 +103,7 @@ async def test_every_case_on_tiny_loads(tmp_path):
     for direction in (curl.download, curl.upload):
         assert positive(direction.variants["direct"].median_mb_per_s)
         assert positive(direction.variants["arca"].median_mb_per_s)
+        assert positive(direction.variants["plain_relay"].median_mb_per_s)
         assert non_negative(direction.variants["arca"].median_relay_cpu_s_per_gib)
 
     rows = build_rows(results)

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from .base import HOST, progress, transfer_timeout
-from .processes import HTTP_BLOB, LineReader, cpu_seconds, helper, spawned
+from .processes import HTTP_BLOB, PLAIN_RELAY, LineReader, cpu_seconds, helper, spawned
 from .transfers import Transfer, TransferResult, transfer_case
 
 if TYPE_CHECKING:
@@ -142,10 +142,19 @@ async def curl_case(sizes: Sizes) -> CurlResult:
         async with spawned(helper(HTTP_BLOB, timeout)) as (_, server):
             port = int(await server.line())
             progress(f"curl: the server is on {HOST}:{port}")
-            results = {}
-            for name, sent in (("download", None), ("upload", upload)):
-                results[name] = await transfer_case(f"curl {name}", nbytes, sizes.repeats, {
-                    "direct": functools.partial(on_host, port, sent),
-                    "arca": functools.partial(in_sandbox, port, sent),
-                })
+            async with spawned(helper(PLAIN_RELAY, timeout, port)) as (_, plain_relay):
+                relay_port = int(await plain_relay.line())
+                return await both_ways(sizes, port, relay_port, upload)
+
+
+async def both_ways(sizes: Sizes, port: int, relay_port: int, upload: str) -> CurlResult:
+    """Each direction: curl on the host, through the plain relay on the host, and in the sandbox, interleaved."""
+    nbytes = sizes.curl_bytes
+    results = {}
+    for name, sent in (("download", None), ("upload", upload)):
+        results[name] = await transfer_case(f"curl {name}", nbytes, sizes.repeats, {
+            "direct": functools.partial(on_host, port, sent),
+            "plain_relay": functools.partial(on_host, relay_port, sent),
+            "arca": functools.partial(in_sandbox, port, sent),
+        })
     return CurlResult(results["download"], results["upload"])

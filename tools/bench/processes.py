@@ -25,6 +25,7 @@ SOURCE = _HELPERS / "source.py"
 ACCEPTOR = _HELPERS / "acceptor.py"
 LOADGEN = _HELPERS / "loadgen.py"
 HTTP_BLOB = _HELPERS / "http_blob.py"
+PLAIN_RELAY = _HELPERS / "plain_relay.py"
 
 
 def helper(program: Path, alarm: float, *args: object) -> list[str]:

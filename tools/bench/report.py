@@ -143,6 +143,9 @@ def curl_rows(results: Results) -> list[Row]:
             arca = entry.variants["arca"]
             rows.append(Row(f"h curl {name} in the sandbox vs on the host", arca.median_mb_per_s,
                             entry.variants["direct"].median_mb_per_s, "MB/s", Target(">=", 0.8)))
+            # The ceiling: the same curl on the host through the cheapest relay there is (helpers/plain_relay.py).
+            rows.append(Row(f"h curl {name} via a plain relay vs on the host", entry.variants["plain_relay"].median_mb_per_s,
+                            entry.variants["direct"].median_mb_per_s, "MB/s", note="ceiling"))
             rows.append(Row(f"h monitor CPU, curl {name}", arca.median_relay_cpu_s_per_gib, None, "s/GiB",
                             note="info"))
     return rows
