@@ -37,6 +37,7 @@ TINY = Sizes(
     scale_connections=200,
     scale_concurrency=100,
     curl_bytes=8 << 20,
+    program_bytes=4 << 20,
 )
 
 
