@@ -33,6 +33,8 @@ START_SECONDS = 30
 
 
 class Api(enum.StrEnum):
+    """The API a program moves its bytes with: trio streams, asyncio streams, blocking sockets."""
+
     TRIO = "trio"
     AIO = "aio"
     SYNC = "sync"
@@ -69,12 +71,16 @@ PROGRAMS = (
 
 @dataclass(frozen=True)
 class ProgramRow:
+    """One row: its program, and every round of it each way."""
+
     program: Program
     transfers: TransferResult  # variants "direct" and "arca"
 
 
 @dataclass(frozen=True)
 class ProgramsResult:
+    """Every row, in the order of ``PROGRAMS``."""
+
     rows: tuple[ProgramRow, ...]
 
     def as_json(self) -> dict[str, object]:
