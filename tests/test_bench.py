@@ -21,7 +21,8 @@ from arca_control.protocol.messages import REGISTRY
 from tools.bench.base import CASES, Sizes
 from tools.bench.cli import metadata, parse_cases
 from tools.bench.codec import sample_message
-from tools.bench.report import build_rows, format_table, write_json
+from tools.bench.programs import PROGRAMS
+from tools.bench.report import Target, build_rows, format_table, write_json
 from tools.bench.run import run_cases
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,6 +38,7 @@ TINY = Sizes(
     scale_connections=200,
     scale_concurrency=100,
     curl_bytes=8 << 20,
+    program_bytes=4 << 20,
 )
 
 
@@ -69,7 +71,8 @@ def test_sample_message_exists_for_every_type():
 async def test_every_case_on_tiny_loads(tmp_path):
     require_socat()
     results = await run_cases(TINY, CASES)
-    assert set(results.entries()) == {"download", "upload", "connect", "accept", "codec", "scale", "curl"}
+    cases = {"download", "upload", "connect", "accept", "codec", "scale", "curl", "programs"}
+    assert set(results.entries()) == cases
     assert not results.failed
 
     download = results.download
@@ -105,9 +108,35 @@ async def test_every_case_on_tiny_loads(tmp_path):
         assert positive(direction.variants["arca"].median_mb_per_s)
         assert positive(direction.variants["plain_relay"].median_mb_per_s)
         assert non_negative(direction.variants["arca"].median_relay_cpu_s_per_gib)
+    programs = results.programs
+    assert programs is not None
+    assert [row.program for row in programs.rows] == list(PROGRAMS)
+    for program_row in programs.rows:
+        assert program_row.transfers.nbytes == 4 << 20
+        for variant in ("direct", "arca"):
+            assert positive(program_row.transfers.variants[variant].median_mb_per_s), (program_row, variant)
 
     rows = build_rows(results)
-    assert {row.case[0] for row in rows} == set("abcdefgh")
+    assert {row.case[0] for row in rows} == set("abcdefghi")
+    # Issue 15's targets, printed for every row they are about.
+    targets = {row.case: row.target for row in rows if row.target is not None}
+    program_cases = [row.case for row in rows if row.case.startswith("i ")]
+    assert program_cases == [f"i {program.label}" for program in PROGRAMS]
+    api_paths = [*program_cases, "a download vs direct TCP", "b upload vs direct TCP",
+                 "h curl download in the sandbox vs on the host", "h curl upload in the sandbox vs on the host"]
+    for case in api_paths:
+        assert targets[case] == Target(">=", 0.9), case
+    for case in ("a download, socket channel vs direct", "b upload, socket channel vs direct"):
+        assert targets[case] == Target(">=", 0.8), case
+    assert targets["c monitor CPU download (vs socat)"] == Target("<=", 0.15, of="measured", unit="s/GiB")
+    assert targets["c monitor CPU upload (vs socat)"] == Target("<=", 0.25, of="measured", unit="s/GiB")
+    assert targets["d connect+close median"] == Target("<=", 1.5)
+    assert targets["e accept rate"] == Target(">=", 0.7)
+    assert targets["f codec parse, slowest type"] == Target(">=", 200_000, of="measured", unit="/s")
+    for row in rows:
+        if row.case.startswith("i "):
+            assert row.ratio is not None
+            assert row.ratio > 0, row
     for row in rows:
         if row.unit == "s/GiB":
             assert non_negative(row.measured), row
@@ -124,9 +153,15 @@ async def test_every_case_on_tiny_loads(tmp_path):
     document = json.loads(path.read_text())
     assert set(document) == {"meta", "results", "rows"}
     assert document["meta"]["sizes"]["download_bytes"] == 8 << 20
-    assert set(document["results"]) == {"download", "upload", "connect", "accept", "codec", "scale", "curl"}
+    assert set(document["results"]) == cases
     assert document["results"]["download"]["arca"]["median_mb_per_s"] == download.variants["arca"].median_mb_per_s
     assert document["results"]["scale"]["peak"]["fds"] == scale.peak.fds
+    assert set(document["results"]["programs"]) == {program.name for program in PROGRAMS}
+    for program_row in programs.rows:
+        entry = document["results"]["programs"][program_row.program.name]
+        assert entry["label"] == program_row.program.label
+        assert entry["arca"]["median_mb_per_s"] == program_row.transfers.variants["arca"].median_mb_per_s
+        assert positive(entry["direct"]["median_mb_per_s"])
     assert len(document["rows"]) == len(rows)
     assert all({"case", "measured", "baseline", "ratio", "target", "met"} <= set(r) for r in document["rows"])
 

@@ -18,11 +18,16 @@ Cases (letters or names):
   g scale     many concurrent connections through one monitor: open time, RSS and fds
   h curl      curl under arca-run (to host.arca.internal) vs curl on the host, from one local
               HTTP server, download and upload; the monitor's CPU seconds per GiB
+  i programs  what ordinary programs get: trio (receive_some of 64 KiB and 1 MiB, send_all of
+              64 KiB), asyncio streams (arca_control.aio) and blocking sockets (arca_control.sync),
+              each way, each the same program in its own process with its connection made
+              direct or through a monitor, against one peer process per row
 
 Everything talks to 127.0.0.1 on kernel-chosen ports only. Every load is bounded in
 count and in time (trio.fail_after around each step, an alarm in every helper
-process). Targets missed are reported, not fatal: the exit status is 0 unless a case
-could not run at all.
+process). Every row with a target prints it (report.py says whose they are).
+Targets missed are reported, not fatal: the exit status is 0 unless a case could
+not run at all.
 """
 
 from __future__ import annotations

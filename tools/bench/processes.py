@@ -26,6 +26,9 @@ ACCEPTOR = _HELPERS / "acceptor.py"
 LOADGEN = _HELPERS / "loadgen.py"
 HTTP_BLOB = _HELPERS / "http_blob.py"
 PLAIN_RELAY = _HELPERS / "plain_relay.py"
+PEER = _HELPERS / "peer.py"
+#: The programs case's guest, which (unlike the peers) imports arca_control.
+GUEST = _HELPERS / "guest.py"
 
 
 def helper(program: Path, alarm: float, *args: object) -> list[str]:

@@ -1,4 +1,11 @@
-"""The bench's verdict: one row per figure (measured, baseline, ratio, target, met), as a table or as JSON."""
+"""The bench's verdict: one row per figure (measured, baseline, ratio, target, met), as a table or as JSON.
+
+The targets are issue 15's: every API path at least 0.9x the same API direct,
+both ways; the socket channel at least 0.8x; the monitor's CPU at most 0.15
+s/GiB down and 0.25 s/GiB up; a connect round trip at most 1.5x trio's;
+accepts at least 0.7x ``trio.serve_tcp``'s; the codec's slowest type parsed
+at least 200,000 times a second.
+"""
 
 from __future__ import annotations
 
@@ -74,7 +81,8 @@ def transfer_rows(results: Results, cases: set[str]) -> list[Row]:
         arca = up.variants["arca"].median_mb_per_s
         rows.append(Row("b upload vs socat relay", arca, up.variants["socat"].median_mb_per_s, "MB/s",
                         Target(">=", 1.0)))
-        rows.append(Row("b upload vs direct TCP", arca, up.variants["direct"].median_mb_per_s, "MB/s", note="info"))
+        rows.append(Row("b upload vs direct TCP", arca, up.variants["direct"].median_mb_per_s, "MB/s",
+                        Target(">=", 0.9)))
     # The socket channel (PROTOCOL.md section 5): what compatibility costs, for users to choose.
     for letter, name, entry in (("a", "download", down), ("b", "upload", up)):
         if entry and letter in cases and "arca_socket" in entry.variants:
@@ -82,11 +90,11 @@ def transfer_rows(results: Results, cases: set[str]) -> list[Row]:
             rows.append(Row(f"{letter} {name}, socket channel vs pipes", socket,
                             entry.variants["arca"].median_mb_per_s, "MB/s", note="info"))
             rows.append(Row(f"{letter} {name}, socket channel vs direct", socket,
-                            entry.variants["direct"].median_mb_per_s, "MB/s", note="info"))
+                            entry.variants["direct"].median_mb_per_s, "MB/s", Target(">=", 0.8)))
     if "c" in cases:
         cpu: tuple[tuple[str, TransferResult | None, Target | None], ...] = (
-            ("download", down, Target("<=", 0.2, of="measured", unit="s/GiB")),
-            ("upload", up, None),
+            ("download", down, Target("<=", 0.15, of="measured", unit="s/GiB")),
+            ("upload", up, Target("<=", 0.25, of="measured", unit="s/GiB")),
         )
         for name, entry, target in cpu:
             if entry:
@@ -104,17 +112,17 @@ def other_rows(results: Results) -> list[Row]:
     rows = []
     if connect := results.connect:
         arca, direct = connect.arca, connect.direct
-        rows.append(Row("d connect+close median", arca.median_ms, direct.median_ms, "ms", Target("<=", 2.0)))
+        rows.append(Row("d connect+close median", arca.median_ms, direct.median_ms, "ms", Target("<=", 1.5)))
         rows.append(Row("d connect+close p99", arca.p99_ms, direct.p99_ms, "ms", note="info"))
     if accept := results.accept:
         rows.append(Row("e accept rate", accept.arca.median_per_s, accept.direct.median_per_s, "conn/s",
-                        Target(">=", 0.5)))
+                        Target(">=", 0.7)))
     if codec := results.codec:
         parse, build = codec.parse, codec.build
         rows.append(Row("f codec parse, slowest type", parse.min_per_s, None, "frames/s",
-                        Target(">=", 100_000, of="measured", unit="/s"), note=parse.slowest))
+                        Target(">=", 200_000, of="measured", unit="/s"), note=parse.slowest))
         rows.append(Row("f codec parse, mean of types", parse.mean_per_s, None, "frames/s",
-                        Target(">=", 100_000, of="measured", unit="/s")))
+                        Target(">=", 200_000, of="measured", unit="/s")))
         rows.append(Row("f codec build, slowest type", build.min_per_s, None, "frames/s", note=build.slowest))
         rows.append(Row("f codec build, mean of types", build.mean_per_s, None, "frames/s", note="info"))
     if scale := results.scale:
@@ -142,7 +150,7 @@ def curl_rows(results: Results) -> list[Row]:
         for name, entry in (("download", curl.download), ("upload", curl.upload)):
             arca = entry.variants["arca"]
             rows.append(Row(f"h curl {name} in the sandbox vs on the host", arca.median_mb_per_s,
-                            entry.variants["direct"].median_mb_per_s, "MB/s", Target(">=", 0.8)))
+                            entry.variants["direct"].median_mb_per_s, "MB/s", Target(">=", 0.9)))
             # The ceiling: the same curl on the host through the cheapest relay there is (helpers/plain_relay.py).
             rows.append(Row(f"h curl {name} via a plain relay vs on the host", entry.variants["plain_relay"].median_mb_per_s,
                             entry.variants["direct"].median_mb_per_s, "MB/s", note="ceiling"))
@@ -151,9 +159,20 @@ def curl_rows(results: Results) -> list[Row]:
     return rows
 
 
+def program_rows(results: Results) -> list[Row]:
+    """Case i: each ordinary program through the monitor against the same program direct."""
+    rows = []
+    if programs := results.programs:
+        for row in programs.rows:
+            variants = row.transfers.variants
+            rows.append(Row(f"i {row.program.label}", variants["arca"].median_mb_per_s,
+                            variants["direct"].median_mb_per_s, "MB/s", Target(">=", 0.9)))
+    return rows
+
+
 def build_rows(results: Results, cases: Iterable[str] = CASES) -> list[Row]:
     chosen = set(cases)
-    rows = transfer_rows(results, chosen) + other_rows(results) + curl_rows(results)
+    rows = transfer_rows(results, chosen) + other_rows(results) + curl_rows(results) + program_rows(results)
     rows += [Row(f"{name} FAILED", None, None, "", note=error) for name, error in results.failed.items()]
     return rows
 

@@ -10,6 +10,7 @@ from .base import progress
 from .codec import CodecResult, codec_case
 from .connects import AcceptResult, ConnectResult, accept_case, connect_case
 from .curl import CurlResult, curl_case
+from .programs import ProgramsResult, programs_case
 from .scale import ScaleResult, scale_case
 from .transfers import TransferResult, download_case, upload_case
 
@@ -17,6 +18,10 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterable
 
     from .base import Sizes
+
+
+#: What one case found.
+CaseResult = TransferResult | ConnectResult | AcceptResult | CodecResult | ScaleResult | CurlResult | ProgramsResult
 
 
 @dataclass
@@ -30,15 +35,19 @@ class Results:
     codec: CodecResult | None = None
     scale: ScaleResult | None = None
     curl: CurlResult | None = None
+    programs: ProgramsResult | None = None
     #: The cases that could not run: the exception each raised (its repr).
     failed: dict[str, str] = field(default_factory=dict)
 
     def entries(
         self,
-    ) -> dict[str, TransferResult | ConnectResult | AcceptResult | CodecResult | ScaleResult | CurlResult]:
+    ) -> dict[str, CaseResult]:
         """The result of every case that ran, by name, in the order they run."""
-        named = (("download", self.download), ("upload", self.upload), ("connect", self.connect),
-                 ("accept", self.accept), ("codec", self.codec), ("scale", self.scale), ("curl", self.curl))
+        named: tuple[tuple[str, CaseResult | None], ...] = (
+            ("download", self.download), ("upload", self.upload), ("connect", self.connect),
+            ("accept", self.accept), ("codec", self.codec), ("scale", self.scale), ("curl", self.curl),
+            ("programs", self.programs),
+        )
         return {name: result for name, result in named if result is not None}
 
     def as_json(self) -> dict[str, object]:
@@ -46,7 +55,7 @@ class Results:
         done = self.entries()
         return {
             name: done[name].as_json() if name in done else {"error": self.failed[name]}
-            for name in ("download", "upload", "connect", "accept", "codec", "scale", "curl")
+            for name in ("download", "upload", "connect", "accept", "codec", "scale", "curl", "programs")
             if name in done or name in self.failed
         }
 
@@ -77,6 +86,9 @@ async def run_cases(sizes: Sizes, cases: Iterable[str]) -> Results:
     async def curl() -> None:
         results.curl = await curl_case(sizes)
 
+    async def programs() -> None:
+        results.programs = await programs_case(sizes)
+
     steps: list[tuple[str, Callable[[], Awaitable[None]]]] = []
     # The CPU figures come from the arca transfers; asked for alone, run only those.
     if "a" in chosen or "c" in chosen:
@@ -93,6 +105,8 @@ async def run_cases(sizes: Sizes, cases: Iterable[str]) -> Results:
         steps.append(("scale", scale))
     if "h" in chosen:
         steps.append(("curl", curl))
+    if "i" in chosen:
+        steps.append(("programs", programs))
     for name, step in steps:
         print(f"[{name}]", file=sys.stderr, flush=True)
         try:
