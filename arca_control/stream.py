@@ -10,8 +10,8 @@ looking like a clean end), and use after close or by two tasks at once raises
 ``ClosedResourceError`` or ``BusyResourceError`` as trio specifies.
 
 On the socket channel (a session opened with ``socket_channel=True``) the
-stream reads and writes one AF_UNIX stream socket instead, through two fds
-of it, and ``send_eof`` is ``shutdown(SHUT_WR)``; :meth:`ArcaStream.detach`
+stream reads and writes one AF_UNIX stream socket instead, through one fd
+for both directions, and ``send_eof`` is ``shutdown(SHUT_WR)``; :meth:`ArcaStream.detach`
 then hands the caller that socket as a plain ``socket.socket``.
 
 An :class:`ArcaListener` is a ``trio.abc.Listener``, so
@@ -105,15 +105,10 @@ class ArcaStream(trio.abc.HalfCloseableStream):
         self.peer = peer
         #: True on the socket channel: one AF_UNIX stream socket, not an rx pipe and a tx socket.
         self.is_socket = len(fds) == 1
-        if self.is_socket:
-            # Two fds of the one socket, so that each direction has its own, as with pipes.
-            try:
-                fds = [fds[0], fcntl.fcntl(fds[0], fcntl.F_DUPFD_CLOEXEC, 0)]
-            except OSError:
-                os.close(fds[0])  # EMFILE: the monitor must still see this connection end
-                raise
         self._rx = trio.lowlevel.FdStream(fds[0])
-        self._tx = trio.lowlevel.FdStream(fds[1])
+        # On the socket channel one FdStream serves both directions (it guards each on its own):
+        # one fd per connection, not two, so that as many connections fit as the monitor can hold.
+        self._tx = self._rx if self.is_socket else trio.lowlevel.FdStream(fds[1])
         self._end = end
         self._send_conflict = ConflictDetector("another task is using this stream for sending")
         self._receive_conflict = ConflictDetector("another task is receiving on this stream")
@@ -148,8 +143,9 @@ class ArcaStream(trio.abc.HalfCloseableStream):
                 return
             self._eof_sent = True
             if self.is_socket:
-                _shutdown_write(self._tx.fileno())
-            self._tx.close()
+                _shutdown_write(self._tx.fileno())  # rx reads on through the same fd
+            else:
+                self._tx.close()
             await trio.lowlevel.checkpoint()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:

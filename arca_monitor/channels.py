@@ -5,8 +5,12 @@ stream socket the guest only writes to (PROTOCOL.md section 5 says why). The
 guest gets the read end of rx and the write end of tx, passed beside the
 ConnectOk or AcceptOk; the monitor keeps the other two ends. A session
 granted SOCKET_CHANNEL gets one AF_UNIX stream socket per connection instead:
-the guest gets one end, the monitor two fds of the other (so that each
-direction keeps its own epoll registration in the relay).
+the guest gets one end, the monitor keeps the other, one fd for both
+directions (the relay registers it once, for what both wait on).
+
+So a connection costs the monitor three fds on the pipe channel (the TCP
+socket, rx's write end, tx's read end: three kernel objects, none to spare)
+and two on the socket channel.
 
 Resource handling: each factory returns every fd it made, or closes them all
 and raises (EMFILE, ENFILE, ...).
@@ -39,7 +43,7 @@ def make_pipe() -> tuple[int, int]:
 class DataChannel(NamedTuple):
     """A connection's channel to the guest: the monitor's two ends, and what the guest gets."""
 
-    #: Where downstream bytes go, and where upstream bytes come from.
+    #: Where downstream bytes go, and where upstream bytes come from (one fd on the socket channel).
     rx_write: int
     tx_read: int
     guest_fds: list[int]
@@ -78,18 +82,18 @@ def _one_way_socket() -> tuple[int, int]:
 
 
 def make_socket_channel() -> DataChannel:
-    """An AF_UNIX stream socketpair: the guest gets one end, the monitor two fds of the other."""
+    """An AF_UNIX stream socketpair: the guest gets one end, the monitor the other (as rx and tx both)."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         for end in (ours, theirs):
             _grow_send_buffer(end)
         ours.setblocking(False)
-        second = fcntl.fcntl(ours.fileno(), fcntl.F_DUPFD_CLOEXEC, 0)
     except OSError:
         ours.close()
         theirs.close()
         raise
-    return DataChannel(ours.detach(), second, [theirs.detach()], is_socket=True)
+    fd = ours.detach()
+    return DataChannel(fd, fd, [theirs.detach()], is_socket=True)
 
 
 def _grow_send_buffer(sock: socket.socket) -> None:

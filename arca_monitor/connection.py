@@ -69,6 +69,11 @@ def close_fd(fd: int) -> None:
         os.close(fd)
 
 
+def channel_fds(conn: Connection) -> set[int]:
+    """The monitor's channel fds of ``conn`` still open: rx's and tx's, one fd on the socket channel."""
+    return {fd for fd in (conn.rx_write, conn.tx_read) if fd >= 0}
+
+
 def readable_now(fd: int) -> bool:
     poller = select.poll()
     poller.register(fd, select.POLLIN)
@@ -76,7 +81,7 @@ def readable_now(fd: int) -> bool:
 
 
 class Connection:
-    """One relayed connection: the socket, the monitor's two channel ends, and where each direction is."""
+    """One relayed connection: the socket, the monitor's channel ends (one fd for both on the socket channel), and where each direction is."""
 
     __slots__ = (
         "announced",

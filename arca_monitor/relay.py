@@ -21,7 +21,7 @@ stops reading the socket, and TCP flow control pushes back on the peer.
 
 Why one loop and not tasks: a trio task per direction costs several KiB per
 connection; a session with 10,000 connections would spend most of its memory
-on them. Here a connection is one small object and three epoll registrations,
+on them. Here a connection is one small object and three epoll registrations (two on the socket channel),
 and one task waits on the session's epoll fd (trio watches it like any other
 fd) and runs whatever is ready. Each fd is registered only while the relay
 waits on it, so a level-triggered epoll never reports the same idle fd twice.
@@ -35,10 +35,13 @@ from a reset.
 
 A session granted SOCKET_CHANNEL gets one AF_UNIX stream socket per
 connection instead (PROTOCOL.md section 5). The monitor's end then plays both
-ends, as two fds of one socket (so that each direction keeps its own epoll
-registration), and downstream bytes are copied too (through the same
-monitor-wide buffer), since splice needs a pipe on one side. Ends map onto shutdown(2): EOF to the
-guest is SHUT_WR on the monitor's end, a dead upstream is SHUT_RD.
+ends with one fd: ``rx_write`` and ``tx_read`` are the same number, registered
+once for what both directions wait on, and closed when the second of them is
+done with it; two fds per connection, not three. Downstream bytes are copied
+too (through the same monitor-wide buffer): splice needs a pipe on one side,
+and a pipe per connection for it would be the third fd. Ends map onto
+shutdown(2): EOF to the guest is SHUT_WR on the monitor's end, a dead upstream
+is SHUT_RD.
 """
 
 from __future__ import annotations
@@ -57,7 +60,18 @@ import trio
 
 from arca_control.protocol.messages import ConnectionEnd
 
-from .connection import Connection, GuestGone, Wait, close_fd, copy_down, copy_up, readable_now, shutdown, splice_down
+from .connection import (
+    Connection,
+    GuestGone,
+    Wait,
+    channel_fds,
+    close_fd,
+    copy_down,
+    copy_up,
+    readable_now,
+    shutdown,
+    splice_down,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -134,9 +148,8 @@ class RelayEngine:
             self._owners.pop(fd, None)
         conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         conn.sock.close()
-        for fd in (conn.rx_write, conn.tx_read):
-            if fd >= 0:
-                close_fd(fd)
+        for fd in channel_fds(conn):
+            close_fd(fd)
         conn.rx_write = conn.tx_read = -1
         conn.down = conn.up = Wait.DONE
         self.connections.pop(conn.connection_id, None)
@@ -145,9 +158,8 @@ class RelayEngine:
     def close(self) -> None:
         """Close every connection and the epoll fd (the session is over)."""
         for conn in list(self.connections.values()):
-            for fd in (conn.rx_write, conn.tx_read):
-                if fd >= 0:
-                    close_fd(fd)
+            for fd in channel_fds(conn):
+                close_fd(fd)
             conn.sock.close()
             self._closed(conn, "session ended")
         self.connections.clear()
@@ -157,14 +169,15 @@ class RelayEngine:
     # --- events --------------------------------------------------------------------------
 
     def _on_event(self, conn: Connection, fd: int, events: int) -> None:
-        if fd == conn.rx_write:
-            if events & ERR:
-                self._finish_down(conn, reader_gone=True)
-            elif conn.down is Wait.SINK:
-                self._pump_down(conn)
-        elif fd == conn.tx_read:
-            if conn.up is Wait.SOURCE:
+        if fd != conn.sock_fd:
+            # A channel fd: tx, rx, or (the socket channel) both, upstream first.
+            if fd == conn.tx_read and conn.up is Wait.SOURCE and events & (IN | ERR):
                 self._pump_up(conn)
+            if fd == conn.rx_write:
+                if events & ERR:
+                    self._finish_down(conn, reader_gone=True)
+                elif conn.down is Wait.SINK and events & OUT:
+                    self._pump_down(conn)
         else:  # the socket
             if conn.down is Wait.SOURCE and events & (IN | ERR):
                 self._pump_down(conn)
@@ -231,7 +244,8 @@ class RelayEngine:
         if conn.down is Wait.DONE:
             return
         conn.down = Wait.DONE
-        self._unregister(conn.rx_write)
+        if conn.rx_write != conn.tx_read:
+            self._unregister(conn.rx_write)  # else the upstream may still want it: _update decides
         if reader_gone:
             # The guest closed its end: nobody to tell.
             self._close_rx(conn)
@@ -249,24 +263,29 @@ class RelayEngine:
         if conn.up is Wait.DONE:
             return
         conn.up = Wait.DONE
-        self._unregister(conn.tx_read)
+        fd, conn.tx_read = conn.tx_read, -1
         if conn.is_socket:
-            # Closing one of two fds of the socket would not be seen: refuse the guest's writes.
-            shutdown(conn.tx_read, socket.SHUT_RD)
+            # The downstream may keep the socket open: refuse the guest's writes now.
+            shutdown(fd, socket.SHUT_RD)
             conn.pending_up = b""
-        close_fd(conn.tx_read)
-        self._owners.pop(conn.tx_read, None)
-        conn.tx_read = -1
+        self._release(conn, fd)
         self._forget_if_done(conn)
 
     def _close_rx(self, conn: Connection) -> None:
+        fd, conn.rx_write = conn.rx_write, -1
         if conn.is_socket:
-            shutdown(conn.rx_write, socket.SHUT_WR)  # the guest's EOF, whatever the other fd does
+            shutdown(fd, socket.SHUT_WR)  # the guest's EOF, while the upstream may go on
             conn.pending_down = b""
-        close_fd(conn.rx_write)
-        self._owners.pop(conn.rx_write, None)
-        conn.rx_write = -1
+        self._release(conn, fd)
         self._forget_if_done(conn)
+
+    def _release(self, conn: Connection, fd: int) -> None:
+        """One direction is done with channel fd ``fd``: close it, unless the other direction still uses it."""
+        if fd < 0 or fd in (conn.rx_write, conn.tx_read):
+            return
+        self._unregister(fd)
+        self._owners.pop(fd, None)
+        close_fd(fd)
 
     def _forget_if_done(self, conn: Connection) -> None:
         if conn.up is Wait.DONE and conn.down is Wait.DONE and conn.rx_write < 0:
@@ -297,11 +316,18 @@ class RelayEngine:
         """Register each fd of ``conn`` for exactly what its direction waits for."""
         sock_events = (IN if conn.down is Wait.SOURCE else 0) | (OUT if conn.up is Wait.SINK else 0)
         self._register(conn.sock_fd, sock_events)
+        rx_events = OUT if conn.down is Wait.SINK else 0
+        tx_events = IN if conn.up is Wait.SOURCE else 0
+        # rx stays registered while the downstream runs, for the error event that says the guest closed its end.
+        if conn.is_socket:
+            fd = conn.rx_write if conn.rx_write >= 0 else conn.tx_read
+            if fd >= 0:
+                self._register(fd, rx_events | tx_events, keep_empty=conn.down is not Wait.DONE)
+            return
         if conn.down is not Wait.DONE:
-            # Always registered, for the error event that says the guest closed its end.
-            self._register(conn.rx_write, OUT if conn.down is Wait.SINK else 0, keep_empty=True)
+            self._register(conn.rx_write, rx_events, keep_empty=True)
         if conn.up is not Wait.DONE:
-            self._register(conn.tx_read, IN if conn.up is Wait.SOURCE else 0)
+            self._register(conn.tx_read, tx_events)
 
     def _register(self, fd: int, events: int, *, keep_empty: bool = False) -> None:
         old = self._registered.get(fd)

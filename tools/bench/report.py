@@ -14,12 +14,14 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from .base import CASES
+from .scale import COSTS, Channel
 
 if TYPE_CHECKING:
     import os
     from collections.abc import Iterable, Sequence
 
     from .run import Results
+    from .scale import ScaleResult
     from .transfers import TransferResult
 
 TIMES = "\N{MULTIPLICATION SIGN}"
@@ -126,20 +128,34 @@ def other_rows(results: Results) -> list[Row]:
         rows.append(Row("f codec build, slowest type", build.min_per_s, None, "frames/s", note=build.slowest))
         rows.append(Row("f codec build, mean of types", build.mean_per_s, None, "frames/s", note="info"))
     if scale := results.scale:
-        n, idle, peak = scale.connections, scale.idle, scale.peak
-        rows.append(Row(f"g open {n} conns (vs direct)", scale.open_s, scale.direct_open_s, "s", note="info"))
-        rows.append(Row(f"g monitor RSS at {n} (vs idle)", peak.rss_kib / 1024, idle.rss_kib / 1024, "MiB",
-                        Target("<=", 100, of="measured", unit="MiB")))
-        if n < scale.requested:
-            # The target is for the requested count: extrapolate linearly from the idle monitor.
-            per_conn = (peak.rss_kib - idle.rss_kib) / n
-            at_requested = (idle.rss_kib + per_conn * scale.requested) / 1024
-            rows.append(Row(f"g monitor RSS at {scale.requested}, extrapolated", at_requested,
-                            idle.rss_kib / 1024, "MiB", Target("<=", 100, of="measured", unit="MiB")))
-        rows.append(Row(f"g echo once on all {n}", scale.echo_s, None, "s", note="info"))
-        rows.append(Row(f"g monitor fds at {n} (vs idle)", peak.fds, idle.fds, "fds", note="info"))
-        rows.append(Row(f"g close {n} conns, monitor drained", scale.close_s, None, "s",
-                        note="info" if scale.drained else "NOT DRAINED in 60 s"))
+        rows.extend(scale_rows(scale))
+        if scale.socket_channel:
+            rows.extend(scale_rows(scale.socket_channel))
+    return rows
+
+
+def scale_rows(scale: ScaleResult) -> list[Row]:
+    """Case g on one channel kind: the count reached (and why, if short), open time, RSS, fds per connection."""
+    g = f"g {scale.channel}:"
+    n, idle, peak = scale.connections, scale.idle, scale.peak
+    rows = [
+        Row(f"{g} connections reached", n, scale.requested, "conns", note=scale.note or "all requested"),
+        Row(f"{g} open {n} conns (vs direct)", scale.open_s, scale.direct_open_s, "s", note="info"),
+        Row(f"{g} monitor RSS at {n} (vs idle)", peak.rss_kib / 1024, idle.rss_kib / 1024, "MiB",
+            Target("<=", 100, of="measured", unit="MiB")),
+    ]
+    if 0 < n < scale.requested:
+        # The target is for the requested count: extrapolate linearly from the idle monitor.
+        per_conn = (peak.rss_kib - idle.rss_kib) / n
+        at_requested = (idle.rss_kib + per_conn * scale.requested) / 1024
+        rows.append(Row(f"{g} monitor RSS at {scale.requested}, extrapolated", at_requested,
+                        idle.rss_kib / 1024, "MiB", Target("<=", 100, of="measured", unit="MiB")))
+    rows.append(Row(f"{g} echo once on all {n}", scale.echo_s, None, "s", note="info"))
+    rows.append(Row(f"{g} monitor fds at {n} (vs idle)", peak.fds, idle.fds, "fds", note="info"))
+    rows.append(Row(f"{g} monitor fds per connection", scale.fds_per_connection, None, "fds",
+                    Target("<=", COSTS[Channel(scale.channel)].monitor, of="measured", unit="fds")))
+    rows.append(Row(f"{g} close {n} conns, monitor drained", scale.close_s, None, "s",
+                    note="info" if scale.drained else "NOT DRAINED in 60 s"))
     return rows
 
 
