@@ -117,7 +117,7 @@ class _Assembler:
     def load(self, offset: int) -> None:
         self.steps.append((BPF_LD_W_ABS, None, None, offset))
 
-    def jump_if(self, value: int, then: str, otherwise: str | None = None) -> None:
+    def jump_if(self, value: int, then: str | None, otherwise: str | None = None) -> None:
         self.steps.append((BPF_JEQ_K, then, otherwise, value))
 
     def mask(self, value: int) -> None:

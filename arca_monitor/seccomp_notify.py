@@ -37,6 +37,9 @@ import os
 import select
 import struct
 from dataclasses import dataclass
+from typing import Self
+
+from .seccomp import SECCOMP_SYSCALL
 
 #: linux/seccomp.h: seccomp(2) operation, ioctl magic, flags.
 SECCOMP_GET_NOTIF_SIZES = 3
@@ -94,8 +97,6 @@ class Notification:
 
 def notif_sizes() -> tuple[int, int, int]:
     """The kernel's sizes of struct seccomp_notif, seccomp_notif_resp and seccomp_data (SECCOMP_GET_NOTIF_SIZES)."""
-    from .seccomp import SECCOMP_SYSCALL
-
     buffer = ctypes.create_string_buffer(SIZES.size)
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.syscall(ctypes.c_long(SECCOMP_SYSCALL[os.uname().machine]), ctypes.c_long(SECCOMP_GET_NOTIF_SIZES),
@@ -170,7 +171,7 @@ class Listener:
         """A copy of ``fd`` in the caller, at its lowest free number (which is returned); TargetGone if it is over."""
         buffer = bytearray(ADDFD.pack(notification.id, 0, fd, 0, os.O_CLOEXEC if cloexec else 0))
         try:
-            return fcntl.ioctl(self.fd, NOTIF_ADDFD, buffer, True)
+            return int(fcntl.ioctl(self.fd, NOTIF_ADDFD, buffer, True))
         except OSError as exc:
             if exc.errno in (errno.ENOENT, errno.ESRCH):
                 raise TargetGone(f"pid {notification.pid}: the call is over") from None
@@ -199,7 +200,7 @@ class TargetMemory:
     def close(self) -> None:
         os.close(self._fd)
 
-    def __enter__(self) -> TargetMemory:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
