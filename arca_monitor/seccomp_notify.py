@@ -182,7 +182,12 @@ class TargetMemory:
     """The memory of a notification's caller, opened, then checked to be still its (man 2 seccomp_unotify)."""
 
     def __init__(self, listener: Listener, notification: Notification) -> None:
-        self._fd = os.open(f"/proc/{notification.pid}/mem", os.O_RDWR | os.O_CLOEXEC)
+        try:
+            self._fd = os.open(f"/proc/{notification.pid}/mem", os.O_RDWR | os.O_CLOEXEC)
+        except OSError:
+            if not listener.valid(notification):
+                raise TargetGone(f"pid {notification.pid}: the call is over") from None
+            raise
         if not listener.valid(notification):
             os.close(self._fd)
             raise TargetGone(f"pid {notification.pid}: the call is over")

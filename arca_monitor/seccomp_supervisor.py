@@ -54,15 +54,12 @@ import logging
 import socket
 import struct
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import trio
 
 from .seccomp import ABIS, SOCK_TYPE_MASK, SYS_SOCKET, SYS_SOCKETPAIR, X32_SYSCALL_BIT, Abi
 from .seccomp_notify import Listener, Notification, TargetGone, TargetMemory
-
-if TYPE_CHECKING:
-    from .broker import Broker
 
 log = logging.getLogger("arca_monitor.seccomp")
 
@@ -74,6 +71,14 @@ TYPE_FLAGS = socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
 PAIR = struct.Struct("<ii")
 #: socketcall(SYS_SOCKETPAIR)'s argument block in an i386 caller's memory: domain, type, protocol, sv.
 SOCKETCALL_PAIR = struct.Struct("<IIII")
+
+
+class Recorder(Protocol):
+    """Where refusals are audited and counted: the sandbox's :class:`~.broker.Broker`."""
+
+    denials: int
+
+    def record(self, event: str, **fields: object) -> None: ...
 
 
 class Call(enum.Enum):
@@ -152,7 +157,7 @@ def _proc_fields(pid: int) -> tuple[str | None, int | None]:
 class Supervisor:
     """Answers every call of one listener (see the module's docstring), auditing and counting through ``broker``."""
 
-    def __init__(self, listener: Listener, broker: Broker) -> None:
+    def __init__(self, listener: Listener, broker: Recorder) -> None:
         self.listener = listener
         self.broker = broker
 
