@@ -24,7 +24,13 @@ from arca_monitor.audit import AuditLog
 from arca_monitor.config import Config
 from arca_monitor.policy import Policy
 from arca_monitor.resolver import Resolver
+from arca_monitor.sandbox.handle import open_sandbox
+from arca_monitor.sandbox.messages import MessageError, Ready, Supervise, decode, encode
+from arca_monitor.seccomp_notify import is_listener
 from arca_monitor.server import serve_doorbell
+
+from .netns import ROOT
+from .test_sandbox import fake_handoff, hand
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -276,7 +282,8 @@ def test_each_refused_socket_is_one_audit_line(mode, public):
     assert (refused["session"], refused["call"], refused["decision"], refused["errno"]) == (
         0, "socket(AF_UNIX, SOCK_SEQPACKET|SOCK_CLOEXEC)", "denied", "EACCES")
     assert (refused["sandbox_pid"], refused["comm"]) == (pid, os.path.basename(mode.python)[:15])
-    assert isinstance(refused["pid"], int) and refused["pid"] != pid  # the host's number: another PID namespace
+    assert isinstance(refused["pid"], int)
+    assert refused["pid"] != pid  # the host's number: the sandbox is another PID namespace
     assert refused["rule"] == "--allow-unix-sockets"
     assert str(refused["reason"]).startswith("no --allow-unix-sockets: ")
 
@@ -321,3 +328,39 @@ def test_a_datagram_socketpair_cannot_reach_a_host_datagram_socket(mode, public)
         with pytest.raises(BlockingIOError):
             host.recv(16)  # nothing reached the host's socket
     assert [record for record in audit if record["event"] == "seccomp"] == []  # nothing was refused
+
+
+def _send_listener(channel_fd: int) -> None:
+    """In a child: the supervised filter, and its listener sent as the init's command sends it; then exit."""
+    from arca_monitor import seccomp
+
+    channel = socket.socket(fileno=channel_fd)
+    listener = seccomp.install_supervised()
+    socket.send_fds(channel, [encode(Supervise())], [listener])
+
+
+async def test_the_handle_takes_one_seccomp_listener_and_drops_anything_else():
+    assert decode(encode(Supervise())) == Supervise()
+    with pytest.raises(MessageError, match="answers no request"):
+        decode(encode(Supervise())[:1] + b"\x01\x00\x00\x00")
+    monitor_end, init_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    hand(init_end, fake_handoff())
+    init_end.send(encode(Ready()))
+    with trio.fail_after(30):
+        async with open_sandbox(monitor_end) as sandbox:
+            read_end, write_end = os.pipe()
+            socket.send_fds(init_end, [encode(Supervise())], [read_end])  # no listener: closed, dropped
+            init_end.send(encode(Supervise()))  # no descriptor at all: dropped
+            for fd in (read_end, write_end):
+                os.close(fd)
+            code = f"from tests.test_sandbox_unix import _send_listener; _send_listener({init_end.fileno()})"
+            for _ in range(2):  # the first is kept; a second is closed and dropped
+                await trio.run_process([sys.executable, "-c", code], cwd=ROOT, pass_fds=(init_end.fileno(),))
+            await sandbox.supervised.wait()
+            assert sandbox.listener is not None
+            assert is_listener(sandbox.listener)
+            kept = sandbox.listener
+            init_end.close()
+            await sandbox.ended.wait()
+            assert sandbox.listener == kept
+        assert sandbox.listener is None  # closed with the handle
