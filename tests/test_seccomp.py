@@ -395,12 +395,12 @@ def _supervised(channel_fd: int, path: str) -> None:
     stream[0].sendall(b"stream")
     seen["stream"] = stream[1].recv(16).decode()
     libc = ctypes.CDLL(None, use_errno=True)
-    seen["bad_sv"] = 0 if libc.syscall(53, socket.AF_UNIX, socket.SOCK_DGRAM, 0, ctypes.c_void_p(8)) == 0 \
-        else ctypes.get_errno()
+    bad = libc.syscall(53, socket.AF_UNIX, socket.SOCK_DGRAM, 0, ctypes.c_void_p(8))  # sv: an unmapped page
+    seen["bad_sv"] = 0 if bad == 0 else ctypes.get_errno()
     seen["io_uring_setup"] = 0 if libc.syscall(425, 1, None) >= 0 else ctypes.get_errno()
     plain = (ctypes.c_int * 2)()  # no SOCK_CLOEXEC (Python always asks for it): inherited across exec
-    seen["plain"] = [libc.syscall(53, socket.AF_UNIX, socket.SOCK_DGRAM, 0, plain)]
-    seen["plain"] += [fcntl.fcntl(fd, fcntl.F_GETFD) for fd in plain]
+    made = libc.syscall(53, socket.AF_UNIX, socket.SOCK_DGRAM, 0, plain)
+    seen["plain"] = [made, *(fcntl.fcntl(fd, fcntl.F_GETFD) for fd in plain)]
     for fd in plain:
         os.close(fd)
     seen["i386"] = _i386_pairs()
