@@ -3,11 +3,28 @@
 ``socket(AF_UNIX, ...)`` fails with EACCES, whatever the type; ``socketpair``
 keeps working, so programs keep their own IPC, and descriptors the sandbox
 already holds (its channel to the monitor) are untouched. The filter is a
-small classic-BPF program installed with ``prctl(PR_SET_SECCOMP)`` through
-ctypes, after ``prctl(PR_SET_NO_NEW_PRIVS)``: no binding is needed
-(Debian's python3-seccomp serves only the system Python, and PyPI has no
-well-kept one). A filter is kept across fork, clone and execve, and cannot be
-removed, so everything the command starts is filtered too.
+small classic-BPF program installed through ctypes, after
+``prctl(PR_SET_NO_NEW_PRIVS)``: no binding is needed (Debian's
+python3-seccomp serves only the system Python, and PyPI has no well-kept
+one). A filter is kept across fork, clone and execve, and cannot be removed,
+so everything the command starts is filtered too.
+
+It comes in two forms:
+
+* :func:`install_supervised` (what arca-run's sandbox installs): the calls
+  below go to a supervisor, the monitor's :mod:`arca_monitor.seccomp_supervisor`
+  (SECCOMP_RET_USER_NOTIF; the filter is installed with
+  ``seccomp(SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_NEW_LISTENER)``,
+  which gives the listener descriptor the supervisor reads them on). The
+  supervisor refuses what is refused below with the same errnos, and writes
+  one audit line for each refusal; it also gets ``socketpair(AF_UNIX,
+  SOCK_DGRAM or SOCK_RAW)`` and i386's ``socketcall(SYS_SOCKETPAIR)``, and
+  makes a seqpacket pair instead (a datagram end could ``sendto()`` a host
+  socket by path). While no supervisor holds the listener, these calls fail
+  with ENOSYS (the kernel's answer): closed, never open.
+* :func:`install_no_unix_sockets` (``python -m arca_monitor.seccomp``): the
+  kernel refuses the calls itself (SECCOMP_RET_ERRNO); nothing is audited and
+  datagram socketpairs work as ever.
 
 What the program checks, for each system call:
 
@@ -20,10 +37,14 @@ What the program checks, for each system call:
    (bit 30 set) are checked too. i386 also has ``socketcall``, whose
    arguments sit behind a pointer the filter cannot read: its SYS_SOCKET
    call is refused whatever the domain (32-bit glibc calls ``socket``
-   directly; other socketcall calls pass).
+   directly; other socketcall calls pass, but for SYS_SOCKETPAIR when
+   supervised).
 3. ``io_uring_setup``: ENOSYS, as on a kernel without io_uring. Its SOCKET
    operation makes sockets without any system call a filter sees; programs
    that use io_uring fall back to plain system calls on ENOSYS.
+4. Supervised only: ``socketpair`` with domain AF_UNIX and a datagram type
+   (the type's low four bits, SOCK_DGRAM or SOCK_RAW, which AF_UNIX makes a
+   datagram pair too), for the supervisor to substitute.
 
 Everything else is allowed. Supported machines: x86_64 (with i386) and
 aarch64 (its 32-bit ABI is not covered, so such calls are killed).

@@ -25,10 +25,13 @@ broker (audit session 0). For each call the filter sends here:
   ignores a ``sendto`` address and cannot be connected again, so the data
   goes to its peer. Messages keep their boundaries either way. What differs:
   ``SO_TYPE`` reads SOCK_SEQPACKET; a send once the peer is closed fails
-  with EPIPE (and SIGPIPE) where a datagram end gets ECONNREFUSED; a message
-  larger than the buffer fails with EMSGSIZE as before. Nothing leaves the
-  sandbox, so the audit log has no line for it (the monitor's debug log does).
-  Stream and seqpacket pairs never come here (they cannot reach a path).
+  with EPIPE (and SIGPIPE, unless ignored or MSG_NOSIGNAL) where a datagram
+  end gets ECONNREFUSED, and a read then sees end of file (0 bytes) where a
+  datagram end would wait; ``connect()`` fails (EISCONN, or EPROTOTYPE for
+  a datagram path) where a datagram end would be pointed elsewhere. Nothing
+  leaves the sandbox, so the audit log has no line for it (the monitor's
+  debug log does). Stream and seqpacket pairs never come here (they cannot
+  reach a path).
 
 Nothing is ever let through with SECCOMP_USER_NOTIF_FLAG_CONTINUE: every
 answer is an error or a result the monitor made itself, so no decision rests
@@ -36,11 +39,15 @@ on memory the caller could change after it was read (TOCTOU). If the monitor
 goes away, the kernel fails these calls with ENOSYS: closed, never open.
 
 Error handling: a caller that goes away mid-answer is dropped quietly (the
-kernel restarts an interrupted call, which comes back here). When the pair
-cannot be given (the caller's memory cannot be opened or written, a bad
-``sv`` pointer: EFAULT), the call fails with that errno, audited "failed";
-if the ends were installed already, they stay in the caller, unnumbered (a
-bad pointer's cost). Bad arguments get the kernel's own errnos (EINVAL,
+kernel restarts an interrupted call, which comes back here; ends installed
+before the interruption stay in the caller, unnumbered). When the pair
+cannot be given (the caller's memory cannot be opened: EACCES; ``sv`` cannot
+be written, a bad pointer: EFAULT, checked before anything is installed),
+the call fails with that errno, audited "failed". /proc/PID/mem writes
+through page protections, so an ``sv`` in read-only memory of the caller's
+is written where the kernel would say EFAULT: the caller's own memory
+only. The monitor's own limits (EMFILE) fail the call with that errno.
+Bad arguments get the kernel's own errnos (EINVAL,
 EPROTONOSUPPORT, ESOCKTNOSUPPORT, EOPNOTSUPP for another family). Nothing a
 program does ends :meth:`Supervisor.serve`; it returns once no process is left
 under the filter.
@@ -48,6 +55,7 @@ under the filter.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import errno
 import logging
@@ -179,9 +187,10 @@ class Supervisor:
             self._answer(notification)
         except TargetGone:
             log.debug("seccomp: pid %d went away before its answer", notification.pid)
-        except OSError as exc:  # the listener itself failed: the call fails closed
+        except OSError as exc:  # the monitor's own limits (EMFILE), or the listener failed: the call fails closed
             log.warning("seccomp: answering pid %d: %s", notification.pid, exc)
-            self.listener.reply(notification, error=errno.EACCES)
+            with contextlib.suppress(OSError):
+                self.listener.reply(notification, error=exc.errno or errno.EACCES)
 
     def _answer(self, notification: Notification) -> None:
         call = classify(notification.arch, notification.nr)
