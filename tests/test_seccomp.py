@@ -521,3 +521,36 @@ def test_a_caller_gone_before_its_answer_is_dropped_quietly(call, caplog):
         os.close(fds[0])
     assert (recorder.denials, recorder.lines) == (0, [])
     assert all(record.levelno < logging.WARNING and not record.exc_info for record in caplog.records)
+
+
+def _unsupervised(channel_fd: int) -> None:
+    """In a child: the supervised filter, its listener to the parent, then (once the parent closed it) each call."""
+    channel = socket.socket(fileno=channel_fd)
+    listener = seccomp.install_supervised()
+    socket.send_fds(channel, [b"listener"], [listener])
+    os.close(listener)
+    channel.recv(1)  # the parent has closed the listener: nobody supervises
+    seen = {
+        "unix": _errno_of(lambda: socket.socket(socket.AF_UNIX)),
+        "dgram_pair": _errno_of(lambda: socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)),
+        "stream_pair": _errno_of(lambda: socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)),
+        "tcp": _errno_of(lambda: socket.socket(socket.AF_INET)),
+    }
+    print(json.dumps(seen), flush=True)
+
+
+def test_without_a_supervisor_the_calls_fail_closed():
+    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    code = f"from tests.test_seccomp import _unsupervised; _unsupervised({child.fileno()})"
+    process = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, pass_fds=(child.fileno(),),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    child.close()
+    with parent:
+        parent.settimeout(30)
+        _, fds, _, _ = socket.recv_fds(parent, 16, 1)
+        os.close(fds[0])  # as if the monitor had gone
+        parent.send(b"g")
+        out, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+    # The kernel's answer when no listener is left: ENOSYS; what the filter does not send works as ever.
+    assert json.loads(out) == {"unix": errno.ENOSYS, "dgram_pair": errno.ENOSYS, "stream_pair": 0, "tcp": 0}
