@@ -14,9 +14,12 @@ environment names an inherited descriptor, the monitor's doorbell: every
 instead of spawning one.
 
 CMD cannot create AF_UNIX sockets (a seccomp filter: ``socket(AF_UNIX)``
-fails with EACCES; ``socketpair`` works), since a network namespace does not
-hide the host's path sockets. ``--allow-unix-sockets`` drops the filter, and
-then ``ARCA_MONITOR`` names the monitor's socket path too.
+fails with EACCES, and each refusal is a "seccomp" line of the audit log
+and a denial; ``socketpair`` works, a datagram pair being made a seqpacket
+one by the monitor: ``arca_monitor.seccomp_supervisor``), since a network
+namespace does not hide the host's path sockets. ``--allow-unix-sockets``
+drops the filter, and then ``ARCA_MONITOR`` names the monitor's socket path
+too.
 
 The monitor serves those sockets (``arca_monitor.sandbox_front``): each TCP
 connection is decided by the policy and relayed from the host; each DNS
@@ -97,7 +100,8 @@ def usage() -> str:
         "--publish [HOST_ADDR:]HOST_PORT:GUEST_PORT: listen on the host (default address\n"
         "127.0.0.1, IPv6 in brackets; HOST_PORT 0: the kernel chooses) and relay each\n"
         "connection to GUEST_PORT on the sandbox's loopback. Repeatable.\n"
-        "CMD cannot create AF_UNIX sockets (seccomp: EACCES; socketpair works);\n"
+        "CMD cannot create AF_UNIX sockets (seccomp: EACCES, each refusal audited;\n"
+        "socketpair works, a datagram pair being made a seqpacket one);\n"
         "sessions reach the monitor through an inherited fd (ARCA_MONITOR_FD).\n"
         "--allow-unix-sockets: no such filter. Seccomp cannot see paths, so this opens\n"
         "EVERY path socket the sandbox's user can reach on the host's file system\n"

@@ -22,6 +22,9 @@ numbered from 1, and keep brokers of their own), and one
   ``bytes``, ``decision`` "denied", ``reason``, and ``rule`` null: no rule
   allows it) and counts as a denial, and records the kernel could not deliver as
   "udp_refused_unreadable" with a ``count``. General UDP is a later step.
+* the command's seccomp filter (``sandbox.listener``, once handed over): each
+  call it sends is answered by :mod:`.seccomp_supervisor`, its refusals
+  audited as "seccomp" and counted as denials.
 
 Resource handling: the DNS server gets duplicates of the sandbox's DNS
 sockets and closes them when it ends; the sandbox's own stay the handle's.
@@ -42,6 +45,8 @@ from .intercept import Intercept
 from .name_pool import NamePool
 from .publish import Publisher
 from .sandbox_dns import Decision, QueryRecord, SandboxDNS, policy_decisions
+from .seccomp_notify import Listener
+from .seccomp_supervisor import Supervisor
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -85,6 +90,7 @@ async def serve_sandbox(
         tcp = [_duplicate(sock) for sock in sandbox.dns_tcp]
         nursery.start_soon(dns.serve, udp, tcp)
         nursery.start_soon(record_refusals, sandbox, broker)
+        nursery.start_soon(supervise, sandbox, broker)
         publisher = Publisher(broker, sandbox)
         for port in published:
             nursery.start_soon(publisher.serve, port)
@@ -104,3 +110,10 @@ async def record_refusals(sandbox: Sandbox, broker: Broker) -> None:
                           uid=refusal.uid, bytes=refusal.length, decision="denied", reason=UDP_REFUSED, rule=None)
         if batch.unreadable:
             broker.record("udp_refused_unreadable", count=batch.unreadable)
+
+
+async def supervise(sandbox: Sandbox, broker: Broker) -> None:
+    """Answer the command's seccomp filter once its listener arrives, until no process is left under it."""
+    await sandbox.supervised.wait()
+    if sandbox.listener is not None:
+        await Supervisor(Listener(sandbox.listener), broker).serve()

@@ -104,7 +104,18 @@ def arca_run(*options: str, port: int) -> tuple[list[str], list[dict[str, object
 
 
 def refusals(audit: list[dict[str, object]]) -> list[dict[str, object]]:
-    return [record for record in audit if record.get("decision") == "denied"]
+    """The denied lines, but for the seccomp filter's refusals of glibc's nscd probe (see nscd_probes)."""
+    return [record for record in audit if record.get("decision") == "denied" and record["event"] != "seccomp"]
+
+
+def nscd_probes(audit: list[dict[str, object]]) -> list[dict[str, object]]:
+    """curl's lookups first try nscd's path socket (how often, glibc decides): the seccomp filter refuses each."""
+    probes = [record for record in audit if record["event"] == "seccomp"]
+    for probe in probes:
+        assert (probe["call"], probe["decision"], probe["errno"], probe["rule"], probe["comm"]) == (
+            "socket(AF_UNIX, SOCK_STREAM|SOCK_NONBLOCK|SOCK_CLOEXEC)", "denied", "EACCES", "--allow-unix-sockets",
+            "curl"), probe
+    return probes
 
 
 def test_arca_run_with_no_rule_allows_nothing_outside_and_each_refusal_names_its_rule(
@@ -123,6 +134,7 @@ def test_arca_run_with_no_rule_allows_nothing_outside_and_each_refusal_names_its
     assert accepted == []  # nothing reached the host's server
     # One audit line per refused attempt, each naming what was tried and the rule that would allow it.
     intercepted, requested = refusals(audit)
+    assert nscd_probes(audit)  # curl's lookup of host.arca.internal: at least one
     assert (intercepted["event"], intercepted["session"], intercepted["name"]) == ("intercept", 0, HOST)
     assert intercepted["rule"] == f"--allow-connect {HOST}:{port}"
     assert f"no --allow-connect rule for {HOST}:{port}" in str(intercepted["reason"])
@@ -137,6 +149,7 @@ def test_arca_run_with_no_rule_allows_nothing_outside_and_each_refusal_names_its
     assert lines[1:] == ["session connect b'hello'", "denials 0", "own loopback own"]
     assert len(accepted) == 2
     assert refusals(audit) == []
+    assert nscd_probes(audit)  # (the filter's refusals stay: no rule but --allow-unix-sockets lifts them)
 
 
 def test_arca_run_starts_its_monitor_with_the_deny_all_default_unless_told(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,12 +1,16 @@
-"""No new AF_UNIX sockets under arca-run: the seccomp filter, socketpair, sessions through the doorbell."""
+"""No new AF_UNIX sockets under arca-run: the seccomp filter (each refusal audited), socketpair (datagram pairs
+substituted), sessions through the doorbell."""
 
 from __future__ import annotations
 
 import errno
+import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 from typing import TYPE_CHECKING
 
@@ -20,10 +24,19 @@ from arca_monitor.audit import AuditLog
 from arca_monitor.config import Config
 from arca_monitor.policy import Policy
 from arca_monitor.resolver import Resolver
+from arca_monitor.sandbox.handle import open_sandbox
+from arca_monitor.sandbox.messages import MessageError, Ready, Supervise, decode, encode
+from arca_monitor.seccomp_notify import is_listener
 from arca_monitor.server import serve_doorbell
 
+from .netns import ROOT
+from .test_sandbox import fake_handoff, hand
+
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from pathlib import Path
+
+    from .sandbox_modes import Mode
 
 RUN = [sys.executable, "-m", "arca_monitor.run", "--no-dns"]
 
@@ -215,3 +228,139 @@ async def test_outside_a_sandbox_a_bad_doorbell_is_an_oserror(monkeypatch):
     finally:
         os.close(read_end)
         os.close(write_end)
+
+
+@pytest.fixture
+def public() -> Iterator[str]:
+    """A directory of the host that the sandbox's user can reach in either mode (nobody's too)."""
+    path = tempfile.mkdtemp(prefix="arca-unix-")
+    os.chmod(path, 0o777)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path)
+
+
+def audited(mode: Mode, *argv: str) -> tuple[list[str], list[dict[str, object]]]:
+    """arca-run in ``mode`` with the audit log on stderr: the command's output lines, and the log."""
+    result = subprocess.run(mode.run("--audit-log", "-", *argv), env=mode.env, cwd="/", capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.splitlines(), [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+
+
+REFUSED = textwrap.dedent(
+    """
+    import os, socket, sys
+    print("pid", os.getpid(), flush=True)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
+            sock.connect(sys.argv[1])
+        print("connected")
+    except OSError as exc:
+        print("socket", exc.errno)
+    left, right = socket.socketpair()
+    left.sendall(b"pair ok")
+    print(right.recv(16).decode())
+    """
+)
+
+
+def test_each_refused_socket_is_one_audit_line(mode, public):
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    path = os.path.join(public, "host.sock")
+    with server:
+        server.bind(path)
+        os.chmod(path, 0o777)
+        server.listen()
+        server.setblocking(False)
+        lines, audit = audited(mode, "--", *mode.script(REFUSED, path))
+        assert nothing_arrived(server)
+    pid = int(lines[0].split()[1])
+    assert lines[1:] == [f"socket {errno.EACCES}", "pair ok"]  # and socketpair(SOCK_STREAM) is untouched
+    [refused] = [record for record in audit if record["event"] == "seccomp"]
+    assert (refused["session"], refused["call"], refused["decision"], refused["errno"]) == (
+        0, "socket(AF_UNIX, SOCK_SEQPACKET|SOCK_CLOEXEC)", "denied", "EACCES")
+    assert (refused["sandbox_pid"], refused["comm"]) == (pid, os.path.basename(mode.python)[:15])
+    assert isinstance(refused["pid"], int)
+    assert refused["pid"] != pid  # the host's number: the sandbox is another PID namespace
+    assert refused["rule"] == "--allow-unix-sockets"
+    assert str(refused["reason"]).startswith("no --allow-unix-sockets: ")
+
+
+DATAGRAM_PAIR = textwrap.dedent(
+    """
+    import socket, sys
+    left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    left.send(b"one")
+    left.send(b"two")
+    right.send(b"back")
+    print("messages", right.recv(64).decode(), right.recv(64).decode(), left.recv(64).decode())
+    right.settimeout(2)
+    try:
+        sent = left.sendto(b"x", sys.argv[1])
+    except OSError as exc:
+        print("sendto", "errno", exc.errno)
+    else:
+        try:
+            print("sendto", sent, "peer got", right.recv(64).decode())
+        except TimeoutError:
+            print("sendto", sent, "peer got nothing")
+    """
+)
+
+
+def test_a_datagram_socketpair_cannot_reach_a_host_datagram_socket(mode, public):
+    host = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    path = os.path.join(public, "host.sock")
+    with host:
+        host.bind(path)
+        os.chmod(path, 0o777)
+        host.settimeout(10)
+        # The control: without the filter the sandbox's user reaches the host's socket by path.
+        lines, _ = audited(mode, "--allow-unix-sockets", "--", *mode.script(DATAGRAM_PAIR, path))
+        assert lines == ["messages one two back", "sendto 1 peer got nothing"]
+        assert host.recv(16) == b"x"
+        # Filtered: the pair is a seqpacket one, whose connected end sends to its peer whatever address is named.
+        lines, audit = audited(mode, "--", *mode.script(DATAGRAM_PAIR, path))
+        assert lines == ["messages one two back", "sendto 1 peer got x"]
+        host.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            host.recv(16)  # nothing reached the host's socket
+    assert [record for record in audit if record["event"] == "seccomp"] == []  # nothing was refused
+
+
+def _send_listener(channel_fd: int) -> None:
+    """In a child: the supervised filter, and its listener sent as the init's command sends it; then exit."""
+    from arca_monitor import seccomp
+
+    channel = socket.socket(fileno=channel_fd)
+    listener = seccomp.install_supervised()
+    socket.send_fds(channel, [encode(Supervise())], [listener])
+
+
+async def test_the_handle_takes_one_seccomp_listener_and_drops_anything_else():
+    assert decode(encode(Supervise())) == Supervise()
+    with pytest.raises(MessageError, match="answers no request"):
+        decode(encode(Supervise())[:1] + b"\x01\x00\x00\x00")
+    monitor_end, init_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    hand(init_end, fake_handoff())
+    init_end.send(encode(Ready()))
+    with trio.fail_after(30):
+        async with open_sandbox(monitor_end) as sandbox:
+            read_end, write_end = os.pipe()
+            socket.send_fds(init_end, [encode(Supervise())], [read_end])  # no listener: closed, dropped
+            init_end.send(encode(Supervise()))  # no descriptor at all: dropped
+            for fd in (read_end, write_end):
+                os.close(fd)
+            code = f"from tests.test_sandbox_unix import _send_listener; _send_listener({init_end.fileno()})"
+            for _ in range(2):  # the first is kept; a second is closed and dropped
+                await trio.run_process([sys.executable, "-c", code], cwd=ROOT, pass_fds=(init_end.fileno(),))
+            await sandbox.supervised.wait()
+            assert sandbox.listener is not None
+            assert is_listener(sandbox.listener)
+            kept = sandbox.listener
+            init_end.close()
+            await sandbox.ended.wait()
+            assert sandbox.listener == kept
+        assert sandbox.listener is None  # closed with the handle

@@ -10,18 +10,26 @@ its table, including the ones this machine cannot run.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import errno
+import fcntl
 import json
+import logging
 import mmap
 import os
+import select
 import socket
+import struct
 import subprocess
 import sys
 
 import pytest
+import trio
 
-from arca_monitor import seccomp
+from arca_monitor import seccomp, seccomp_notify
 from arca_monitor.seccomp import ABIS, Instruction, build_filter
+from arca_monitor.seccomp_notify import Listener, TargetGone, TargetMemory
+from arca_monitor.seccomp_supervisor import Call, Supervisor, classify, type_name
 
 from .netns import ROOT
 
@@ -206,9 +214,9 @@ EACCES = 0x00050000 | errno.EACCES
 ENOSYS = 0x00050000 | errno.ENOSYS
 
 
-def run_bpf(program: list[Instruction], arch: int, nr: int, arg0: int = 0) -> int:
-    """What the program returns for one system call: a classic-BPF interpreter for the three opcodes used."""
-    words = {0: nr, 4: arch, 16: arg0 & 0xFFFFFFFF, 20: arg0 >> 32}
+def run_bpf(program: list[Instruction], arch: int, nr: int, arg0: int = 0, arg1: int = 0) -> int:
+    """What the program returns for one system call: a classic-BPF interpreter for the four opcodes used."""
+    words = {0: nr, 4: arch, 16: arg0 & 0xFFFFFFFF, 20: arg0 >> 32, 24: arg1 & 0xFFFFFFFF, 28: arg1 >> 32}
     accumulator = 0
     pc = 0
     for _ in range(len(program)):  # no backward jumps: each instruction runs at most once
@@ -218,6 +226,9 @@ def run_bpf(program: list[Instruction], arch: int, nr: int, arg0: int = 0) -> in
             pc += 1
         elif code == 0x15:  # jump if equal
             pc += 1 + (jt if accumulator == k else jf)
+        elif code == 0x54:  # and
+            accumulator &= k
+            pc += 1
         elif code == 0x06:  # return
             return k
         else:
@@ -267,3 +278,279 @@ def test_programs_are_small_and_unknown_machines_are_refused():
     with pytest.raises(OSError, match="riscv64") as caught:
         build_filter("riscv64")
     assert caught.value.errno == errno.ENOSYS
+
+
+# --- the supervised program, through the same interpreter --------------------------
+
+NOTIFY = 0x7FC00000
+
+
+@pytest.mark.parametrize(
+    ("machine", "arch", "nr", "arg0", "arg1", "action"),
+    [
+        ("x86_64", 0xC000003E, 41, socket.AF_UNIX, socket.SOCK_STREAM, NOTIFY),
+        ("x86_64", 0xC000003E, 41, socket.AF_INET, socket.SOCK_STREAM, SECCOMP_RET_ALLOW),
+        ("x86_64", 0xC000003E, 53, socket.AF_UNIX, socket.SOCK_DGRAM, NOTIFY),
+        ("x86_64", 0xC000003E, 53, socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | 1 << 32, NOTIFY),
+        ("x86_64", 0xC000003E, 53, socket.AF_UNIX, socket.SOCK_RAW, NOTIFY),  # AF_UNIX makes that a datagram pair
+        ("x86_64", 0xC000003E, 53, socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK, SECCOMP_RET_ALLOW),
+        ("x86_64", 0xC000003E, 53, socket.AF_UNIX, socket.SOCK_SEQPACKET, SECCOMP_RET_ALLOW),
+        ("x86_64", 0xC000003E, 53, socket.AF_INET, socket.SOCK_DGRAM, SECCOMP_RET_ALLOW),  # the kernel refuses it
+        ("x86_64", 0xC000003E, 0x40000000 | 53, socket.AF_UNIX, socket.SOCK_DGRAM, NOTIFY),  # x32
+        ("x86_64", 0xC000003E, 0x40000000 | 41, socket.AF_UNIX, socket.SOCK_DGRAM, NOTIFY),
+        ("x86_64", 0xC000003E, 425, 0, 0, NOTIFY),
+        ("x86_64", 0xC000003E, 0, 0, 0, SECCOMP_RET_ALLOW),
+        ("x86_64", 0x40000003, 359, socket.AF_UNIX, socket.SOCK_DGRAM, NOTIFY),
+        ("x86_64", 0x40000003, 360, socket.AF_UNIX, socket.SOCK_DGRAM, NOTIFY),
+        ("x86_64", 0x40000003, 360, socket.AF_UNIX, socket.SOCK_STREAM, SECCOMP_RET_ALLOW),
+        ("x86_64", 0x40000003, 102, 1, 0, NOTIFY),  # socketcall(SYS_SOCKET)
+        ("x86_64", 0x40000003, 102, 8, 0, NOTIFY),  # socketcall(SYS_SOCKETPAIR): its type is in memory
+        ("x86_64", 0x40000003, 102, 3, 0, SECCOMP_RET_ALLOW),  # socketcall(SYS_CONNECT)
+        ("x86_64", 0x40000003, 425, 0, 0, NOTIFY),
+        ("x86_64", 0xC00000B7, 198, socket.AF_UNIX, 0, SECCOMP_RET_KILL_PROCESS),
+        ("aarch64", 0xC00000B7, 198, socket.AF_UNIX, socket.SOCK_STREAM, NOTIFY),
+        ("aarch64", 0xC00000B7, 199, socket.AF_UNIX, socket.SOCK_DGRAM, NOTIFY),
+        ("aarch64", 0xC00000B7, 199, socket.AF_UNIX, socket.SOCK_STREAM, SECCOMP_RET_ALLOW),
+        ("aarch64", 0xC00000B7, 425, 0, 0, NOTIFY),
+    ],
+)
+def test_the_supervised_program_for_each_abi(machine, arch, nr, arg0, arg1, action):
+    assert run_bpf(build_filter(machine, supervised=True), arch, nr, arg0, arg1) == action
+
+
+def test_supervised_programs_are_small():
+    for machine in ABIS:
+        program = build_filter(machine, supervised=True)
+        assert len(program) < 50
+        assert SECCOMP_RET_ERRNO_ANY not in {k & 0xFFFF0000 for code, _, _, k in program if code == 0x06}
+
+
+# --- the notification interface ------------------------------------------------------
+
+SECCOMP_RET_ERRNO_ANY = 0x00050000
+
+
+def test_struct_layouts_and_ioctl_numbers_are_linuxs():
+    # linux/seccomp.h on x86_64 and aarch64 alike (the _IOC layout of asm-generic/ioctl.h).
+    assert (seccomp_notify.NOTIF.size, seccomp_notify.RESPONSE.size, seccomp_notify.ADDFD.size) == (80, 24, 24)
+    assert seccomp_notify.NOTIF_RECV == 0xC0502100
+    assert seccomp_notify.NOTIF_SEND == 0xC0182101
+    assert seccomp_notify.NOTIF_ID_VALID == 0x40082102
+    assert seccomp_notify.NOTIF_ADDFD == 0x40182103
+    assert seccomp_notify.notif_sizes() == (80, 24, 64)  # what this kernel says: seccomp_data is 64 bytes
+    raw = struct.pack("<QIIiIQ6Q", 7, 1234, 0, 53, 0xC000003E, 0xDEAD, 1, 2, 3, 4, 5, 6)
+    assert seccomp_notify.Notification.unpack(raw) == seccomp_notify.Notification(
+        7, 1234, 0, 53, 0xC000003E, 0xDEAD, (1, 2, 3, 4, 5, 6))
+    assert seccomp_notify.RESPONSE.pack(7, 0, -errno.EACCES, 0) == struct.pack("<QqiI", 7, 0, -13, 0)
+
+
+def test_calls_are_named_as_their_abi_numbers_them():
+    assert classify(0xC000003E, 41) is Call.SOCKET
+    assert classify(0xC000003E, 0x40000000 | 53) is Call.SOCKETPAIR
+    assert classify(0x40000003, 102) is Call.SOCKETCALL
+    assert classify(0x40000003, 41) is None  # dup on i386
+    assert classify(0xC00000B7, 425) is Call.IO_URING_SETUP
+    assert classify(0x12345678, 41) is None
+    assert type_name(socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) == "SOCK_DGRAM|SOCK_CLOEXEC"
+    assert type_name(0x10_0000 | 9) == "9|0x100000"
+
+
+class _Recorder:
+    """The broker's audit and counts, as the supervisor uses them."""
+
+    def __init__(self) -> None:
+        self.denials = 0
+        self.lines: list[dict[str, object]] = []
+
+    def record(self, event: str, **fields: object) -> None:
+        self.lines.append({"event": event, **fields})
+
+
+def _supervised(channel_fd: int, path: str) -> None:
+    """In a child: the supervised filter, its listener to the parent on ``channel_fd``, then each call."""
+    channel = socket.socket(fileno=channel_fd)
+    listener = seccomp.install_supervised()
+    socket.send_fds(channel, [b"listener"], [listener])
+    os.close(listener)
+    seen: dict[str, object] = {"unix": _errno_of(lambda: socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM))}
+    left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with left, right:
+        left.send(b"one")
+        left.send(b"two")
+        right.send(b"back")
+        seen["messages"] = [right.recv(64).decode(), right.recv(64).decode(), left.recv(64).decode()]
+        seen["so_type"] = left.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE)
+        seen["blocking"] = [left.getblocking(), os.get_inheritable(left.fileno())]
+        # The host's datagram socket by path: the address is ignored, the message goes to the peer.
+        seen["sendto"] = left.sendto(b"x", path)
+        seen["peer_got"] = right.recv(64).decode()
+        seen["connect"] = _errno_of(lambda: left.connect(path))
+        right.close()
+        seen["to_closed_peer"] = _errno_of(lambda: left.send(b"y"))
+    flagged = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+    seen["flagged"] = [flagged[0].getblocking(), fcntl.fcntl(flagged[1].fileno(), fcntl.F_GETFD)]
+    for end in flagged:
+        end.close()
+    stream = socket.socketpair()
+    stream[0].sendall(b"stream")
+    seen["stream"] = stream[1].recv(16).decode()
+    libc = ctypes.CDLL(None, use_errno=True)
+    bad = libc.syscall(53, socket.AF_UNIX, socket.SOCK_DGRAM, 0, ctypes.c_void_p(8))  # sv: an unmapped page
+    seen["bad_sv"] = 0 if bad == 0 else ctypes.get_errno()
+    seen["io_uring_setup"] = 0 if libc.syscall(425, 1, None) >= 0 else ctypes.get_errno()
+    plain = (ctypes.c_int * 2)()  # no SOCK_CLOEXEC (Python always asks for it): inherited across exec
+    made = libc.syscall(53, socket.AF_UNIX, socket.SOCK_DGRAM, 0, plain)
+    seen["plain"] = [made, *(fcntl.fcntl(fd, fcntl.F_GETFD) for fd in plain)]
+    for fd in plain:
+        os.close(fd)
+    seen["i386"] = _i386_pairs()
+    print(json.dumps(seen), flush=True)
+
+
+def _i386_pairs() -> dict[str, object]:
+    """i386's socketcall: SYS_SOCKET refused, SYS_SOCKETPAIR(SOCK_DGRAM) made a seqpacket pair."""
+    code = mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+    code.write(I386_SYSCALL)
+    call = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int)(
+        ctypes.addressof(ctypes.c_char.from_buffer(code)))
+    low = mmap.mmap(-1, mmap.PAGESIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_32BIT)
+    arguments = (ctypes.c_uint32 * 4).from_buffer(low)
+    pair = (ctypes.c_int32 * 2).from_buffer(low, 16)
+    arguments[:3] = [socket.AF_INET, socket.SOCK_STREAM, 0]
+    seen: dict[str, object] = {"socketcall_socket": -call(I386_SOCKETCALL, 1, ctypes.addressof(arguments), 0)}
+    arguments[:4] = [socket.AF_UNIX, socket.SOCK_DGRAM, 0, ctypes.addressof(pair)]
+    seen["socketcall_socketpair"] = call(I386_SOCKETCALL, SYS_SOCKETPAIR, ctypes.addressof(arguments), 0)
+    with socket.socket(fileno=pair[0]) as left, socket.socket(fileno=pair[1]) as right:
+        left.send(b"i386")
+        seen["i386_pair"] = [right.recv(8).decode(), left.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE)]
+    return seen
+
+
+def test_the_supervisor_refuses_audits_counts_and_substitutes_datagram_pairs(tmp_path):
+    host = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    path = str(tmp_path / "host.sock")
+    host.bind(path)
+    host.setblocking(False)
+    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    code = f"from tests.test_seccomp import _supervised; _supervised({child.fileno()}, {path!r})"
+    process = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, pass_fds=(child.fileno(),),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    child.close()
+    recorder = _Recorder()
+    with parent, host:
+        parent.settimeout(30)
+        _, fds, _, _ = socket.recv_fds(parent, 16, 1)
+        try:
+            async def supervise() -> None:
+                with trio.fail_after(30):
+                    await Supervisor(Listener(fds[0]), recorder).serve()  # until the child has exited
+
+            trio.run(supervise)
+        finally:
+            os.close(fds[0])
+        out, err = process.communicate(timeout=30)
+        assert process.returncode == 0, err
+        seen = json.loads(out)
+        with pytest.raises(BlockingIOError):
+            host.recv(16)  # the host's socket received nothing
+    assert seen["unix"] == errno.EACCES
+    assert seen["messages"] == ["one", "two", "back"]  # both ways, boundaries kept
+    assert seen["so_type"] == socket.SOCK_SEQPACKET
+    assert seen["blocking"] == [True, False]
+    assert (seen["sendto"], seen["peer_got"]) == (1, "x")  # to the peer, not to the host's path
+    assert seen["connect"] == errno.EPROTOTYPE  # no datagram end: it cannot be pointed at the path either
+    assert seen["to_closed_peer"] == errno.EPIPE  # a datagram end would get ECONNREFUSED
+    assert seen["flagged"] == [False, fcntl.FD_CLOEXEC]
+    assert seen["plain"] == [0, 0, 0]
+    assert seen["stream"] == "stream"
+    assert seen["bad_sv"] == errno.EFAULT
+    assert seen["io_uring_setup"] == errno.ENOSYS
+    assert seen["i386"] == {"socketcall_socket": errno.EACCES, "socketcall_socketpair": 0,
+                            "i386_pair": ["i386", socket.SOCK_SEQPACKET]}
+    # One line per refusal, each counted; the bad pointer is a failure, not a denial; pairs leave no line.
+    assert recorder.denials == 3
+    assert [(line["call"], line["decision"], line["errno"]) for line in recorder.lines] == [
+        ("socket(AF_UNIX, SOCK_DGRAM|SOCK_CLOEXEC)", "denied", "EACCES"),
+        ("socketpair(AF_UNIX, SOCK_DGRAM)", "failed", "EFAULT"),
+        ("io_uring_setup", "denied", "ENOSYS"),
+        ("socketcall(SYS_SOCKET)", "denied", "EACCES"),
+    ]
+    refused = recorder.lines[0]
+    assert (refused["event"], refused["pid"], refused["sandbox_pid"], refused["comm"]) == (
+        "seccomp", process.pid, process.pid, os.path.basename(sys.executable)[:15])
+    assert refused["rule"] == "--allow-unix-sockets"
+    assert "no --allow-unix-sockets" in str(refused["reason"])
+
+
+def _blocked_pair(channel_fd: int) -> None:
+    """In a child: the supervised filter, its listener to the parent, then a datagram socketpair (killed in it)."""
+    channel = socket.socket(fileno=channel_fd)
+    listener = seccomp.install_supervised()
+    socket.send_fds(channel, [b"listener"], [listener])
+    os.close(listener)
+    socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+
+
+@pytest.mark.parametrize("call", ["socketpair", "socket"])
+def test_a_caller_gone_before_its_answer_is_dropped_quietly(call, caplog):
+    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    code = f"from tests.test_seccomp import _blocked_pair; _blocked_pair({child.fileno()})"
+    process = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, pass_fds=(child.fileno(),))
+    child.close()
+    recorder = _Recorder()
+    with parent:
+        parent.settimeout(30)
+        _, fds, _, _ = socket.recv_fds(parent, 16, 1)
+    try:
+        listener = Listener(fds[0])
+        select.select([fds[0]], [], [], 30)
+        notification = listener.receive()
+        assert notification is not None
+        assert classify(notification.arch, notification.nr) is Call.SOCKETPAIR
+        process.kill()
+        process.wait(timeout=30)
+        assert not listener.valid(notification)
+        if call == "socket":  # the same notification, answered as a refusal: nobody to refuse, nothing audited
+            notification = dataclasses.replace(notification, nr=41)
+        with caplog.at_level(logging.DEBUG, logger="arca_monitor.seccomp"):
+            Supervisor(listener, recorder).answer(notification)
+        assert not listener.reply(notification, error=errno.EACCES)  # over: the kernel says ENOENT
+        with pytest.raises(TargetGone):
+            TargetMemory(listener, notification)  # (its pid may even name another process by now)
+    finally:
+        os.close(fds[0])
+    assert (recorder.denials, recorder.lines) == (0, [])
+    assert all(record.levelno < logging.WARNING and not record.exc_info for record in caplog.records)
+
+
+def _unsupervised(channel_fd: int) -> None:
+    """In a child: the supervised filter, its listener to the parent, then (once the parent closed it) each call."""
+    channel = socket.socket(fileno=channel_fd)
+    listener = seccomp.install_supervised()
+    socket.send_fds(channel, [b"listener"], [listener])
+    os.close(listener)
+    channel.recv(1)  # the parent has closed the listener: nobody supervises
+    seen = {
+        "unix": _errno_of(lambda: socket.socket(socket.AF_UNIX)),
+        "dgram_pair": _errno_of(lambda: socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)),
+        "stream_pair": _errno_of(lambda: socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)),
+        "tcp": _errno_of(lambda: socket.socket(socket.AF_INET)),
+    }
+    print(json.dumps(seen), flush=True)
+
+
+def test_without_a_supervisor_the_calls_fail_closed():
+    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    code = f"from tests.test_seccomp import _unsupervised; _unsupervised({child.fileno()})"
+    process = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, pass_fds=(child.fileno(),),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    child.close()
+    with parent:
+        parent.settimeout(30)
+        _, fds, _, _ = socket.recv_fds(parent, 16, 1)
+        os.close(fds[0])  # as if the monitor had gone
+        parent.send(b"g")
+        out, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+    # The kernel's answer when no listener is left: ENOSYS; what the filter does not send works as ever.
+    assert json.loads(out) == {"unix": errno.ENOSYS, "dgram_pair": errno.ENOSYS, "stream_pair": 0, "tcp": 0}

@@ -14,6 +14,9 @@ descriptor checked to be the socket its role says) and gives a
 * :meth:`Sandbox.connect_inside`: a connected socket to a port on the
   sandbox's own loopback (how ``--publish`` reaches a server in it).
 * :meth:`Sandbox.receive_refusals`: the next batch of refused UDP datagrams.
+* ``supervised``: set once the command's process has handed over its seccomp
+  filter's listener, then ``listener`` (the descriptor, checked to be one; the
+  first only: another is closed), for :mod:`..seccomp_supervisor`.
 * ``ended``: set when the init has gone (the command exited); every pending
   and later ConnectInside then fails with ECONNABORTED.
 
@@ -43,6 +46,7 @@ import trio
 
 from arca_control.protocol.channel import ControlChannel, Datagram, close_fds
 
+from ..seccomp_notify import is_listener
 from . import refusals
 from .messages import (
     Connected,
@@ -53,6 +57,7 @@ from .messages import (
     MessageError,
     Ready,
     Role,
+    Supervise,
     decode,
     encode,
     fds_of,
@@ -125,6 +130,9 @@ class Sandbox:
         self._refusals.setblocking(False)
         #: Where the command's processes hand over the sockets of their sessions (server.serve_doorbell).
         self.doorbell = handed[Role.DOORBELL]
+        #: The command's seccomp listener, once ``supervised`` is set; the handle's to close.
+        self.listener: int | None = None
+        self.supervised = trio.Event()
         self.ended = trio.Event()
         self._pending: dict[int, _Reply] = {}
         self._ids = itertools.count()
@@ -189,9 +197,20 @@ class Sandbox:
                 reply = self._pending.get(request_id)
                 if reply is not None:
                     reply.fail(code)
+            case Supervise():
+                self._supervise(frame.fds[0])
             case _:
                 log.warning("sandbox channel: dropping %s: only the monitor sends it, or only the handoff has it",
                             message)
+
+    def _supervise(self, fd: int) -> None:
+        if self.listener is not None or not is_listener(fd):
+            os.close(fd)
+            log.warning("sandbox channel: dropping a Supervise: %s", "a second one" if self.listener is not None
+                        else "its descriptor is no seccomp listener")
+            return
+        self.listener = fd
+        self.supervised.set()
 
     @staticmethod
     def _connected(reply: _Reply | None, sock: socket.socket | None) -> None:
@@ -210,6 +229,9 @@ class Sandbox:
             sock.close()
         self._refusals.close()
         self.doorbell.close()
+        if self.listener is not None:
+            os.close(self.listener)
+            self.listener = None
         self._channel.close()
         self.ended.set()
         for reply in self._pending.values():

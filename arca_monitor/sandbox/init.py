@@ -15,8 +15,10 @@ namespaces. In order, it:
 3. waits for arca-run's go on status fd M (the monitor is serving then), starts
    CMD with its own environment (the rest comes from arca-run) and, unless
    ``--allow-unix-sockets``, the seccomp filter that refuses new AF_UNIX
-   sockets (:mod:`arca_monitor.seccomp`, installed in CMD's process between
-   fork and exec: the init itself keeps its channels), and answers with a
+   sockets (:func:`arca_monitor.seccomp.install_supervised`, installed in
+   CMD's process between fork and exec: the init itself keeps its channels;
+   that process sends the filter's listener to the monitor on fd N, a
+   :class:`~.messages.Supervise`, before it execs), and answers with a
    pidfd of itself, so that arca-run can forward signals across the PID
    namespace;
 4. serves: ConnectInside requests from the monitor (:mod:`.inside`);
@@ -200,13 +202,14 @@ def _ignore(signum: int, frame: FrameType | None) -> None:
     """A Python handler, so the C handler writes the signal number to the wakeup fd."""
 
 
-def spawn(command: list[str], doorbell: socket.socket, doorbell_env: str, filtered: bool) -> int:
-    """Start ``command`` with the ``doorbell`` (its number in ``doorbell_env``) and, if ``filtered``, the
-    seccomp filter; its pid.
+def spawn(command: list[str], doorbell: socket.socket, doorbell_env: str, supervisor: socket.socket | None) -> int:
+    """Start ``command`` with the ``doorbell`` (its number in ``doorbell_env``) and, given a ``supervisor``
+    channel, the seccomp filter, whose listener goes to the monitor on that channel; its pid.
 
-    OSError with the errno if it could not be exec'd. fork, not posix_spawn: the filter must be
-    installed in the command's process, before exec, and not in the init. A close-on-exec pipe
-    carries the child's errno back, so that a failed exec is reported as posix_spawn reports it.
+    OSError with the errno if it could not be exec'd, or the filter installed, or its listener
+    sent (then the command never runs). fork, not posix_spawn: the filter must be installed in
+    the command's process, before exec, and not in the init. A close-on-exec pipe carries the
+    child's errno back, so that a failed exec is reported as posix_spawn reports it.
     """
     env = {**os.environ, doorbell_env: str(doorbell.fileno())}
     report, reporter = os.pipe()
@@ -220,8 +223,10 @@ def spawn(command: list[str], doorbell: socket.socket, doorbell_env: str, filter
                 signal.signal(signum, signal.SIG_DFL)
             signal.pthread_sigmask(signal.SIG_SETMASK, ())
             doorbell.set_inheritable(True)
-            if filtered:
-                seccomp.install_no_unix_sockets()
+            if supervisor is not None:
+                listener = seccomp.install_supervised()
+                socket.send_fds(supervisor, [messages.encode(messages.Supervise())], [listener])
+                os.close(listener)  # the monitor's now (close-on-exec anyway)
             os.execvpe(command[0], command, env)
         except OSError as exc:
             code = exc.errno or errno.EIO
@@ -283,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
         say("arca-run went away before the command could start; not running it")
         return CANNOT_ISOLATE
     try:
-        init.command_pid = spawn(args.command, doorbell, args.doorbell_env, filtered=not args.allow_unix_sockets)
+        supervisor = None if args.allow_unix_sockets else channel
+        init.command_pid = spawn(args.command, doorbell, args.doorbell_env, supervisor)
     except OSError as exc:
         say(f"{args.command[0]}: {exc.strerror}")
         return 127 if exc.errno == errno.ENOENT else 126

@@ -12,12 +12,16 @@ message                   direction  body                  fds
 :class:`ConnectInside`    m → init   port u16, loopback u8 0
 :class:`Connected`        init → m   (none)                1
 :class:`ConnectFailed`    init → m   errno u16             0
+:class:`Supervise`        cmd → m    (none)                1
 ========================  =========  ====================  ===
 
 The init sends one :class:`Handoff` per socket it made, then :class:`Ready`,
 before the command starts. Afterwards the monitor may ask it, at any time,
 to connect to a port on the sandbox's loopback: the reply carries the
-connected socket or the errno.
+connected socket or the errno. The command's process, between fork and
+exec (it holds the init's end of the channel until exec), sends one
+:class:`Supervise` with the listener descriptor of its seccomp filter, for
+the monitor's supervisor (:mod:`arca_monitor.seccomp_supervisor`).
 
 Error handling: :func:`decode` raises :class:`MessageError` (a ValueError) for
 any frame that is not exactly one valid message, and never anything else. The
@@ -46,6 +50,7 @@ class Kind(enum.IntEnum):
     CONNECT_INSIDE = 3
     CONNECTED = 4
     CONNECT_FAILED = 5
+    SUPERVISE = 6
 
 
 class Role(enum.IntEnum):
@@ -97,7 +102,12 @@ class ConnectFailed:
     errno: int
 
 
-Message = Handoff | Ready | ConnectInside | Connected | ConnectFailed
+@dataclass(frozen=True)
+class Supervise:
+    """The command's seccomp listener descriptor travels with it."""
+
+
+Message = Handoff | Ready | ConnectInside | Connected | ConnectFailed | Supervise
 
 _BODIES = {
     Kind.HANDOFF: struct.Struct("<B"),
@@ -105,12 +115,13 @@ _BODIES = {
     Kind.CONNECT_INSIDE: struct.Struct("<HB"),
     Kind.CONNECTED: struct.Struct("<"),
     Kind.CONNECT_FAILED: struct.Struct("<H"),
+    Kind.SUPERVISE: struct.Struct("<"),
 }
 
 
 def fds_of(message: Message) -> int:
     """How many descriptors travel with ``message``."""
-    return 1 if isinstance(message, Handoff | Connected) else 0
+    return 1 if isinstance(message, Handoff | Connected | Supervise) else 0
 
 
 def encode(message: Message) -> bytes:
@@ -126,6 +137,8 @@ def encode(message: Message) -> bytes:
             kind, body = Kind.CONNECTED, ()
         case ConnectFailed(request_id, code):
             kind, body = Kind.CONNECT_FAILED, (code,)
+        case Supervise():
+            kind, request_id, body = Kind.SUPERVISE, 0, ()
     return HEADER.pack(kind, request_id) + _BODIES[kind].pack(*body)
 
 
@@ -141,7 +154,7 @@ def decode(data: bytes) -> Message:
     if len(data) != HEADER.size + layout.size:
         raise MessageError(f"{kind.name}: {len(data)} bytes, expected {HEADER.size + layout.size}")
     body = layout.unpack_from(data, HEADER.size)
-    if kind in (Kind.HANDOFF, Kind.READY) and request_id != 0:
+    if kind in (Kind.HANDOFF, Kind.READY, Kind.SUPERVISE) and request_id != 0:
         raise MessageError(f"{kind.name} answers no request, but names request {request_id}")
     try:
         match kind:
@@ -157,5 +170,7 @@ def decode(data: bytes) -> Message:
                 return Connected(request_id)
             case Kind.CONNECT_FAILED:
                 return ConnectFailed(request_id, body[0])
+            case Kind.SUPERVISE:
+                return Supervise()
     except ValueError as exc:  # an enum value out of range
         raise MessageError(f"{kind.name}: {exc}") from None
