@@ -41,9 +41,10 @@ goes away, the kernel fails these calls with ENOSYS: closed, never open.
 Error handling: a caller that goes away mid-answer is dropped quietly (the
 kernel restarts an interrupted call, which comes back here; ends installed
 before the interruption stay in the caller, unnumbered). When the pair
-cannot be given (the caller's memory cannot be opened: EACCES, as where
-Yama's ptrace_scope is 1 or more and the monitor runs without root, being
-no ancestor of the sandbox's processes; ``sv`` cannot
+cannot be given (the caller's memory cannot be opened: EACCES, as at
+Yama's ptrace_scope 3; at 1 and 2 the monitor passes by holding
+CAP_SYS_PTRACE in the sandbox's user namespace, as root or as the user
+whose namespace it is, untested here for want of Yama; ``sv`` cannot
 be written, a bad pointer: EFAULT, checked before anything is installed),
 the call fails with that errno, audited "failed". /proc/PID/mem writes
 through page protections, so an ``sv`` in read-only memory of the caller's
