@@ -104,6 +104,8 @@ class Broker:
         #: Bytes moved by connections already closed: guest to peer, peer to guest.
         self.closed_bytes_up = 0
         self.closed_bytes_down = 0
+        #: Relayed connections opened so far, whichever front end opened them.
+        self.opened = 0
         self._slots = 0
         # How many requests each front end keeps waiting on its own (queued Accepts): in flight too.
         self._waiting: list[Callable[[], int]] = []
@@ -290,6 +292,7 @@ class Broker:
     def connection_opened(self, conn: Metered, **fields: object) -> None:
         """Count ``conn`` from now on (``--max-connections``, Stats) and write its "open" line."""
         self.connections[conn.connection_id] = conn
+        self.opened += 1
         self.record("open", connection_id=conn.connection_id, **fields)
 
     def connection_changed(self, event: str, conn: Metered, **fields: object) -> None:
@@ -318,6 +321,12 @@ class Broker:
         up = self.closed_bytes_up + sum(conn.bytes_up for conn in self.connections.values())
         down = self.closed_bytes_down + sum(conn.bytes_down for conn in self.connections.values())
         return up, down
+
+    def record_summary(self) -> None:
+        """The "summary" line: what this guest did in all (connections, denials, bytes), for the end of its life."""
+        up, down = self.bytes_moved()
+        self.record("summary", connections=self.opened, still_open=len(self.connections), denials=self.denials,
+                    bytes_up=up, bytes_down=down)
 
     # --- the audit log -----------------------------------------------------------------------
 

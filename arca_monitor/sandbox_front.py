@@ -26,6 +26,12 @@ numbered from 1, and keep brokers of their own), and one
   call it sends is answered by :mod:`.seccomp_supervisor`, its refusals
   audited as "seccomp" and counted as denials.
 
+When it ends (the sandbox is gone, or the monitor stops), it writes one
+"summary" line: ``connections`` opened in all (intercepted and published),
+``still_open``, ``denials`` (every refusal above), ``bytes_up`` and
+``bytes_down``: the totals a guest session reads with Stats, for the
+sandbox, which has no control session to ask with.
+
 Resource handling: the DNS server gets duplicates of the sandbox's DNS
 sockets and closes them when it ends; the sandbox's own stay the handle's.
 Error handling: every server goes on past what a program does (see each
@@ -83,17 +89,20 @@ async def serve_sandbox(
 
     dns = SandboxDNS(policy_decisions(policy, resolver, audit_query), pool)
     intercept = Intercept(broker, pool)
-    async with trio.open_nursery() as nursery:
-        for listener in sandbox.intercept:
-            nursery.start_soon(intercept.serve, listener)
-        udp = [_duplicate(sock) for sock in sandbox.dns_udp]
-        tcp = [_duplicate(sock) for sock in sandbox.dns_tcp]
-        nursery.start_soon(dns.serve, udp, tcp)
-        nursery.start_soon(record_refusals, sandbox, broker)
-        nursery.start_soon(supervise, sandbox, broker)
-        publisher = Publisher(broker, sandbox)
-        for port in published:
-            nursery.start_soon(publisher.serve, port)
+    try:
+        async with trio.open_nursery() as nursery:
+            for listener in sandbox.intercept:
+                nursery.start_soon(intercept.serve, listener)
+            udp = [_duplicate(sock) for sock in sandbox.dns_udp]
+            tcp = [_duplicate(sock) for sock in sandbox.dns_tcp]
+            nursery.start_soon(dns.serve, udp, tcp)
+            nursery.start_soon(record_refusals, sandbox, broker)
+            nursery.start_soon(supervise, sandbox, broker)
+            publisher = Publisher(broker, sandbox)
+            for port in published:
+                nursery.start_soon(publisher.serve, port)
+    finally:
+        broker.record_summary()
 
 
 #: Why a UDP datagram was refused: no rule can allow it (so its audit line's ``rule`` is null).

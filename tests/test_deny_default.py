@@ -149,6 +149,15 @@ def test_arca_run_with_no_rule_allows_nothing_outside_and_each_refusal_names_its
     assert lines[1:] == ["session connect b'hello'", "denials 0", "own loopback own"]
     assert len(accepted) == 2
     assert refusals(audit) == []
+    # The sandbox's summary (session 0: curl's connection; the guest session is its own): one connection, every
+    # byte of it, and no denial but glibc's nscd probes.
+    [summary] = [r for r in audit if r["event"] == "summary"]
+    [closed] = [r for r in audit if r["event"] == "close" and r["session"] == 0]
+    assert summary["session"] == 0
+    assert (summary["connections"], summary["still_open"]) == (1, 0)
+    assert (summary["bytes_up"], summary["bytes_down"]) == (closed["bytes_up"], closed["bytes_down"])
+    assert summary["bytes_down"] == len(b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+    assert summary["denials"] == len(nscd_probes(audit))
     assert nscd_probes(audit)  # (the filter's refusals stay: no rule but --allow-unix-sockets lifts them)
 
 

@@ -481,7 +481,7 @@ async def test_the_audit_log_shows_what_left_the_sandboxs_loopback_and_nothing_e
         by_event.setdefault(str(record["event"]), []).append(record)
     # Nothing from the loopback exchange. glibc's lookup first tries nscd's path socket: each try is refused
     # by the seccomp filter, and has its line (how many, glibc decides).
-    assert set(by_event) - {"seccomp"} == {"intercept", "dns", "udp_refused"}
+    assert set(by_event) - {"seccomp"} == {"intercept", "dns", "udp_refused", "summary"}
     for probe in by_event.get("seccomp", []):
         assert (probe["call"], probe["decision"], probe["errno"], probe["rule"], probe["comm"]) == (
             "socket(AF_UNIX, SOCK_STREAM|SOCK_NONBLOCK|SOCK_CLOEXEC)", "denied", "EACCES", "--allow-unix-sockets",
@@ -495,6 +495,12 @@ async def test_the_audit_log_shows_what_left_the_sandboxs_loopback_and_nothing_e
     assert {(record["decision"], record["rcode"]) for record in by_event["dns"]} == {("failed", "NXDOMAIN")}
     [refused] = by_event["udp_refused"]
     assert (refused["destination"], refused["bytes"], refused["uid"]) == ("192.0.2.1:9", 1, 0)
+    # The last line sums it up: nothing connected, and every refusal above counted (the NXDOMAIN is no denial).
+    [summary] = by_event["summary"]
+    assert records[-1] == summary
+    assert {key: summary[key] for key in ("connections", "still_open", "denials", "bytes_up", "bytes_down")} == {
+        "connections": 0, "still_open": 0, "denials": 2 + len(by_event.get("seccomp", [])),
+        "bytes_up": 0, "bytes_down": 0}
 
 
 def test_messages_round_trip_and_bad_frames_are_refused():
