@@ -256,16 +256,32 @@ class Policy:
 
         The unnamed endpoint ("") is no place at all: it cannot be bound or
         connected to, so it is EINVAL whatever the rules say, never a denial.
+
+        Both the path as written and the path with its symbolic links
+        resolved must be under an allowed directory (itself resolved): a
+        link inside one that points at a socket outside (a container
+        runtime's, say) is denied. The kernel resolves the path again when
+        the monitor binds or connects, so a link swapped in between by a
+        process that can write in the allowed directory is not seen here:
+        allow only directories that what you run cannot write to, if that
+        matters.
         """
         if not path:
             raise OSError(errno.EINVAL, "an unnamed AF_UNIX address cannot be bound or connected to")
         if not os.path.isabs(path):  # the wire allows none, but commonpath would raise ValueError
             raise OSError(errno.EINVAL, f"an AF_UNIX path must be absolute, not {path!r}")
         path = os.path.normpath(path)
-        for rule in self.rules.get(Kind.UNIX, []):
-            if os.path.commonpath([rule.text, path]) == rule.text:
-                return
+        resolved = os.path.realpath(path)
+        directories = [(rule.text, os.path.realpath(rule.text)) for rule in self.rules.get(Kind.UNIX, [])]
+        if any(_under(path, written) for written, _ in directories) and any(
+                _under(resolved, real) for _, real in directories):
+            return
         raise Denied(Kind.UNIX, path)
+
+
+def _under(path: str, directory: str) -> bool:
+    """Whether the normalized absolute ``path`` is ``directory`` or inside it."""
+    return os.path.commonpath([directory, path]) == directory
 
 
 def _address(endpoint: Endpoint) -> IPAddress:

@@ -104,3 +104,31 @@ async def test_unix_paths_outside_the_allowed_directory_are_denied(session, tmp_
     assert "--allow-unix" in str(caught.value)
     with pytest.raises(PermissionError):
         await session.connect_unix(str(tmp_path) + "-sibling/x.sock")
+
+
+async def test_a_link_inside_the_allowed_directory_to_a_socket_outside_is_denied(session, tmp_path_factory, tmp_path):
+    outside_dir = tmp_path_factory.mktemp("outside")
+    outside = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    outside.bind(str(outside_dir / "host.sock"))
+    outside.listen()
+    with outside:
+        os.symlink(outside_dir / "host.sock", tmp_path / "escape.sock")
+        os.symlink(outside_dir, tmp_path / "escape-dir")
+        for attempt in (tmp_path / "escape.sock", tmp_path / "escape-dir" / "host.sock"):
+            with pytest.raises(PermissionError) as caught:
+                await session.connect_unix(str(attempt))
+            assert "--allow-unix" in str(caught.value)
+        with pytest.raises(PermissionError):
+            await session.listen_unix(str(tmp_path / "escape-dir" / "new.sock"))
+        outside.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            outside.accept()  # nothing reached the socket outside
+    # A link that stays inside the allowed directory is no escape: it works.
+    listener = await session.listen_unix(str(tmp_path / "real.sock"))
+    os.symlink(tmp_path / "real.sock", tmp_path / "alias.sock")
+    client = await session.connect_unix(str(tmp_path / "alias.sock"))
+    server = await listener.accept()
+    await client.send_all(b"via a link")
+    assert await server.receive_some(100) == b"via a link"
+    for stream in (client, server, listener):
+        await stream.aclose()
