@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import resource
 import socket
@@ -35,15 +36,18 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
 
 import arca_control
 import arca_control.aio
 import arca_control.sync
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 HOST = "127.0.0.1"
 MIB = 1 << 20
@@ -307,20 +311,36 @@ async def _aio_write(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
 # --- the variants ---------------------------------------------------------------------------------
 
 
+def _run_trio_down(nbytes: int, chunk: int, via: str) -> Result:
+    return trio.run(trio_down, nbytes, chunk, via)
+
+
+def _run_aio_down(nbytes: int, chunk: int, via: str) -> Result:
+    return asyncio.run(aio_down(nbytes, chunk, via))
+
+
+def _run_trio_up(nbytes: int, via: str) -> Result:
+    return trio.run(trio_up, nbytes, via)
+
+
+def _run_aio_up(nbytes: int, via: str) -> Result:
+    return asyncio.run(aio_up(nbytes, via))
+
+
 def _variants() -> dict[str, Callable[[int], Result]]:
     out: dict[str, Callable[[int], Result]] = {}
     for name, chunk in (("64k", 65536), ("1m", MIB)):
         for via in ("direct", "arca", "sock"):
-            out[f"trio-{via}-down-{name}"] = lambda n, c=chunk, v=via: trio.run(trio_down, n, c, v)
+            out[f"trio-{via}-down-{name}"] = functools.partial(_run_trio_down, chunk=chunk, via=via)
         for via in ("direct", "arca"):
-            out[f"sync-{via}-down-{name}"] = lambda n, c=chunk, v=via: sync_down(n, c, v)
-            out[f"aio-{via}-down-{name}"] = lambda n, c=chunk, v=via: asyncio.run(aio_down(n, c, v))
-    out["trio-into-down-1m"] = lambda n: trio.run(trio_down, n, MIB, "into")
+            out[f"sync-{via}-down-{name}"] = functools.partial(sync_down, chunk=chunk, via=via)
+            out[f"aio-{via}-down-{name}"] = functools.partial(_run_aio_down, chunk=chunk, via=via)
+    out["trio-into-down-1m"] = functools.partial(_run_trio_down, chunk=MIB, via="into")
     for via in ("direct", "arca", "sock"):
-        out[f"trio-{via}-up"] = lambda n, v=via: trio.run(trio_up, n, v)
+        out[f"trio-{via}-up"] = functools.partial(_run_trio_up, via=via)
     for via in ("direct", "arca"):
-        out[f"sync-{via}-up"] = lambda n, v=via: sync_up(n, v)
-        out[f"aio-{via}-up"] = lambda n, v=via: asyncio.run(aio_up(n, v))
+        out[f"sync-{via}-up"] = functools.partial(sync_up, via=via)
+        out[f"aio-{via}-up"] = functools.partial(_run_aio_up, via=via)
     return out
 
 
