@@ -68,6 +68,8 @@ class Result:
     mb_per_s: float
     guest_cpu: float
     monitor_cpu: float | None
+    #: Reads the guest made (downloads; 0 for uploads): bytes / reads is the mean chunk it got.
+    reads: int = 0
 
 
 class Peer:
@@ -122,10 +124,10 @@ class Clock:
         self.cpu = own_cpu()
         self.monitor_cpu = cpu_of(monitor) if monitor else 0.0
 
-    def stop(self, nbytes: int, seconds: float | None = None) -> Result:
+    def stop(self, nbytes: int, seconds: float | None = None, reads: int = 0) -> Result:
         elapsed = time.perf_counter() - self.start if seconds is None else seconds
         monitor = cpu_of(self.monitor) - self.monitor_cpu if self.monitor else None
-        return Result(nbytes / elapsed / 1e6, own_cpu() - self.cpu, monitor)
+        return Result(nbytes / elapsed / 1e6, own_cpu() - self.cpu, monitor, reads)
 
 
 # --- trio --------------------------------------------------------------------------------------
@@ -152,15 +154,17 @@ async def _trio_read(stream: trio.abc.HalfCloseableStream, nbytes: int, chunk: i
                      *, into: bool = False) -> Result:
     await stream.send_all(b"g")
     clock = Clock(monitor)
-    received = 0
+    received = reads = 0
     if into and isinstance(stream, arca_control.ArcaStream):
         buffer = bytearray(chunk)
         while count := await stream.receive_into(buffer):
             received += count
+            reads += 1
     else:
         while data := await stream.receive_some(chunk):
             received += len(data)
-    result = clock.stop(received)
+            reads += 1
+    result = clock.stop(received, reads=reads + 1)
     await stream.aclose()
     if received != nbytes:
         raise RuntimeError(f"got {received} of {nbytes} bytes")
@@ -215,10 +219,11 @@ def _sync_read(sock: socket.socket, nbytes: int, chunk: int, monitor: int | None
     with sock:
         sock.sendall(b"g")
         clock = Clock(monitor)
-        received = 0
+        received = reads = 0
         while data := sock.recv(chunk):
             received += len(data)
-        result = clock.stop(received)
+            reads += 1
+        result = clock.stop(received, reads=reads + 1)
     if received != nbytes:
         raise RuntimeError(f"got {received} of {nbytes} bytes")
     return result
@@ -269,10 +274,11 @@ async def _aio_read(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, 
     writer.write(b"g")
     await writer.drain()
     clock = Clock(monitor)
-    received = 0
+    received = reads = 0
     while data := await reader.read(chunk):
         received += len(data)
-    result = clock.stop(received)
+        reads += 1
+    result = clock.stop(received, reads=reads + 1)
     writer.close()
     await writer.wait_closed()
     if received != nbytes:
@@ -377,7 +383,7 @@ def main() -> None:
             runs[name].append(result)
             print(f"round {round_number} {name}: {result.mb_per_s:,.0f} MB/s", flush=True)
     print(f"load average {os.getloadavg()[0]:.2f}")
-    print(f"{'variant':24} {'MB/s':>8} {'ratio':>6} {'guest s/GiB':>12} {'monitor s/GiB':>14}")
+    print(f"{'variant':24} {'MB/s':>8} {'ratio':>6} {'guest s/GiB':>12} {'monitor s/GiB':>14} {'KiB/read':>9}")
     medians = {name: statistics.median(r.mb_per_s for r in results) for name, results in runs.items()}
     for name, results in runs.items():
         gib = nbytes / GIB
@@ -386,7 +392,9 @@ def main() -> None:
         monitor = f"{statistics.median(monitors) / gib:.3f}" if monitors else "-"
         base = twin(name)
         ratio = f"{medians[name] / medians[base]:.2f}" if base in medians and base != name else "-"
-        print(f"{name:24} {medians[name]:8,.0f} {ratio:>6} {guest:12.3f} {monitor:>14}")
+        reads = statistics.median(r.reads for r in results)
+        per_read = f"{nbytes / reads / 1024:,.0f}" if reads else "-"
+        print(f"{name:24} {medians[name]:8,.0f} {ratio:>6} {guest:12.3f} {monitor:>14} {per_read:>9}")
 
 
 if __name__ == "__main__":
