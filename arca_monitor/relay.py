@@ -36,8 +36,8 @@ from a reset.
 A session granted SOCKET_CHANNEL gets one AF_UNIX stream socket per
 connection instead (PROTOCOL.md section 5). The monitor's end then plays both
 ends, as two fds of one socket (so that each direction keeps its own epoll
-registration), and downstream bytes are copied too (through the same
-monitor-wide buffer), since splice needs a pipe on one side. Ends map onto shutdown(2): EOF to the
+registration), and downstream bytes are spliced through one monitor-wide
+pipe (TCP -> pipe -> socket; ``connection.splice_to_channel``). Ends map onto shutdown(2): EOF to the
 guest is SHUT_WR on the monitor's end, a dead upstream is SHUT_RD.
 """
 
@@ -57,7 +57,17 @@ import trio
 
 from arca_control.protocol.messages import ConnectionEnd
 
-from .connection import Connection, GuestGone, Wait, close_fd, copy_down, copy_up, readable_now, shutdown, splice_down
+from .connection import (
+    Connection,
+    GuestGone,
+    Wait,
+    close_fd,
+    copy_up,
+    readable_now,
+    shutdown,
+    splice_down,
+    splice_to_channel,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -176,7 +186,7 @@ class RelayEngine:
     def _pump_down(self, conn: Connection) -> None:
         for _ in range(SPLICES_PER_TURN):
             try:
-                moved = copy_down(conn) if conn.is_socket else splice_down(conn)
+                moved = splice_to_channel(conn) if conn.is_socket else splice_down(conn)
             except BlockingIOError:
                 # EAGAIN does not say which side is blocked; ask the source.
                 conn.down = Wait.SINK if readable_now(conn.sock_fd) else Wait.SOURCE
