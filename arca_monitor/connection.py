@@ -166,17 +166,17 @@ def copy_down(conn: Connection) -> int:
     return moved
 
 
-#: The pipe every socket-channel downstream splices through (see splice_to_channel), made on first use.
-_RELAY_PIPE: list[tuple[int, int]] = []
+def _make_relay_pipe() -> tuple[int, int]:
+    read_end, write_end = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+    return read_end, write_end
 
 
-def _relay_pipe() -> tuple[int, int]:
-    if not _RELAY_PIPE:
-        read_end, write_end = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-        with contextlib.suppress(OSError):
-            fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-        _RELAY_PIPE.append((read_end, write_end))
-    return _RELAY_PIPE[0]
+#: The pipe every socket-channel downstream splices through (see splice_to_channel): one for
+#: the whole monitor, like the copy buffer, made with the module so that it is part of the
+#: monitor's idle descriptors (a session's end leaves the monitor with the fds it started with).
+_RELAY_READ, _RELAY_WRITE = _make_relay_pipe()
 
 
 def splice_to_channel(conn: Connection) -> int:
@@ -191,30 +191,29 @@ def splice_to_channel(conn: Connection) -> int:
     """
     if conn.pending_down:
         return copy_down(conn)
-    pipe_read, pipe_write = _relay_pipe()
-    count = os.splice(conn.sock_fd, pipe_write, PIPE_SIZE, flags=SPLICE_FLAGS)
+    count = os.splice(conn.sock_fd, _RELAY_WRITE, PIPE_SIZE, flags=SPLICE_FLAGS)
     if count == 0:
         raise EOFError
     moved = 0
     try:
-        moved = os.splice(pipe_read, conn.rx_write, count, flags=SPLICE_FLAGS)
+        moved = os.splice(_RELAY_READ, conn.rx_write, count, flags=SPLICE_FLAGS)
     except BlockingIOError:
         pass
     except OSError as exc:
-        _drain(pipe_read, count)
+        _drain(count)
         if exc.errno in GUEST_GONE:
             raise GuestGone from None
         raise
     if moved < count:
-        conn.pending_down = _drain(pipe_read, count - moved)
+        conn.pending_down = _drain(count - moved)
     return moved
 
 
-def _drain(pipe_read: int, count: int) -> bytes:
+def _drain(count: int) -> bytes:
     """Read ``count`` bytes that are in the relay pipe out of it."""
     parts = []
     while count > 0:
-        part = os.read(pipe_read, count)
+        part = os.read(_RELAY_READ, count)
         parts.append(part)
         count -= len(part)
     return b"".join(parts)
