@@ -29,22 +29,31 @@ import fcntl
 import os
 import socket
 from collections import deque
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, Self
 
 import trio
 
 from .protocol.errors import error_from_errno, stream_failure
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Iterator
+    from collections.abc import Awaitable, Callable
+    from typing import TypeVar
 
     from .handle import Handle
     from .protocol.wire import Endpoint
 
+    T = TypeVar("T")
+    R = TypeVar("R")
+
 
 #: How long a failed send waits for the monitor to say why the connection failed.
 SEND_FAILURE_WAIT = 1.0
+#: What ``receive_some()`` with no size reads at most (trio's own default for its streams).
+DEFAULT_RECEIVE_SIZE = 65536
+
+
+def _readv_into(fd: int, buffer: bytearray | memoryview) -> int:
+    return os.readv(fd, [buffer])
 
 
 def _shutdown_write(fd: int) -> None:
@@ -58,21 +67,30 @@ def _shutdown_write(fd: int) -> None:
 
 
 class ConflictDetector:
-    """Raise BusyResourceError when two tasks use one side of a stream (or socket) at once."""
+    """Raise BusyResourceError when two tasks use one side of a stream (or socket) at once.
+
+    Use it as ``with detector:`` (or ``with detector.hold():``). A plain class
+    rather than a generator context manager: it is entered on every read and
+    write, and a generator's enter and exit cost more than the rest of a 64 KiB
+    ``send_all`` in Python (docs/PERFORMANCE.md, "Where the time goes").
+    """
+
+    __slots__ = ("_held", "_message")
 
     def __init__(self, message: str) -> None:
         self._message = message
         self._held = False
 
-    @contextmanager
-    def hold(self) -> Iterator[None]:
+    def hold(self) -> Self:
+        return self
+
+    def __enter__(self) -> None:
         if self._held:
             raise trio.BusyResourceError(self._message)
         self._held = True
-        try:
-            yield
-        finally:
-            self._held = False
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._held = False
 
 
 class EndStatus:
@@ -119,14 +137,32 @@ class ArcaStream(trio.abc.HalfCloseableStream):
         return f"<ArcaStream #{self.connection_id} {self.local[0]}:{self.local[1]} -> {self.peer[0]}:{self.peer[1]}>"
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        with self._send_conflict.hold():
+        # Writes tx directly, as trio's SocketStream writes its socket: a cancel point before
+        # the first write, a schedule point after it unless a wait was one already; one layer,
+        # not ArcaStream over FdStream (half the guest's CPU on a 64 KiB upload was Python).
+        with self._send_conflict:
             self._check_open()
             if self._eof_sent:
                 raise trio.ClosedResourceError("send_eof() was called on this stream")
-            try:
-                await self._tx.send_all(data)
-            except trio.BrokenResourceError as exc:
-                raise await self._send_failure(exc) from exc
+            fd = self._tx.fileno()
+            await trio.lowlevel.checkpoint_if_cancelled()
+            waited = False
+            with memoryview(data) as view:
+                sent, length = 0, len(view)
+                while sent < length:
+                    try:
+                        sent += os.write(fd, view[sent:] if sent else view)
+                    except BlockingIOError:
+                        waited = True
+                        await trio.lowlevel.wait_writable(fd)
+                    except OSError as exc:
+                        if exc.errno == errno.EBADF:
+                            raise trio.ClosedResourceError("this stream is closed") from None
+                        broken = trio.BrokenResourceError()
+                        broken.__cause__ = exc
+                        raise await self._send_failure(broken) from broken
+            if not waited:
+                await trio.lowlevel.cancel_shielded_checkpoint()
 
     async def wait_send_all_might_not_block(self) -> None:
         with self._send_conflict.hold():
@@ -149,9 +185,17 @@ class ArcaStream(trio.abc.HalfCloseableStream):
             await trio.lowlevel.checkpoint()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        with self._receive_conflict.hold():
+        with self._receive_conflict:
             self._check_open()
-            data = await self._rx.receive_some(max_bytes)
+            if max_bytes is None:
+                max_bytes = DEFAULT_RECEIVE_SIZE
+            elif not isinstance(max_bytes, int):
+                raise TypeError("max_bytes must be integer >= 1")
+            elif max_bytes < 1:
+                raise ValueError("max_bytes must be integer >= 1")
+            fd = self._rx.fileno()
+            await trio.lowlevel.checkpoint_if_cancelled()
+            data = await self._read(fd, os.read, max_bytes)
             if not data:
                 await self._confirm_eof()
             return data
@@ -162,22 +206,41 @@ class ArcaStream(trio.abc.HalfCloseableStream):
         Reads straight from the rx pipe into the caller's buffer, with no
         allocation per chunk: the fast way to take in bulk data.
         """
-        with self._receive_conflict.hold():
+        with self._receive_conflict:
             self._check_open()
             if not len(buffer):
                 raise ValueError("the buffer must not be empty")
             fd = self._rx.fileno()
             await trio.lowlevel.checkpoint_if_cancelled()
-            while True:
-                try:
-                    count = os.readv(fd, [buffer])
-                    break
-                except BlockingIOError:
-                    await trio.lowlevel.wait_readable(fd)
-            await trio.lowlevel.cancel_shielded_checkpoint()
+            count = await self._read(fd, _readv_into, buffer)
             if not count:
                 await self._confirm_eof()
             return count
+
+    @staticmethod
+    async def _read(fd: int, read: Callable[[int, T], R], arg: T) -> R:
+        """``read(fd, arg)`` on the non-blocking rx, waiting for it when it has nothing.
+
+        Tries before waiting, as trio's own sockets do: a read that finds bytes
+        costs no trip through the scheduler's I/O wait, and ends with a schedule
+        point; one that had to wait has had its checkpoint in the wait. The
+        caller has passed its cancel point (``checkpoint_if_cancelled``) already.
+        """
+        waited = False
+        while True:
+            try:
+                result = read(fd, arg)
+                break
+            except BlockingIOError:
+                waited = True
+                await trio.lowlevel.wait_readable(fd)
+            except OSError as exc:
+                if exc.errno == errno.EBADF:
+                    raise trio.ClosedResourceError("this stream is closed") from None
+                raise trio.BrokenResourceError from exc
+        if not waited:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        return result
 
     async def _send_failure(self, exc: trio.BrokenResourceError) -> BaseException:
         """Why tx broke: the monitor closes it when the connection failed, and says how

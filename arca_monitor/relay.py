@@ -37,11 +37,11 @@ A session granted SOCKET_CHANNEL gets one AF_UNIX stream socket per
 connection instead (PROTOCOL.md section 5). The monitor's end then plays both
 ends with one fd: ``rx_write`` and ``tx_read`` are the same number, registered
 once for what both directions wait on, and closed when the second of them is
-done with it; two fds per connection, not three. Downstream bytes are copied
-too (through the same monitor-wide buffer): splice needs a pipe on one side,
-and a pipe per connection for it would be the third fd. Ends map onto
-shutdown(2): EOF to the guest is SHUT_WR on the monitor's end, a dead upstream
-is SHUT_RD.
+done with it; two fds per connection, not three. Downstream bytes are spliced
+through one monitor-wide pipe (TCP -> pipe -> socket;
+``connection.splice_to_channel``), so no pipe per connection is needed for it.
+Ends map onto shutdown(2): EOF to the guest is SHUT_WR on the monitor's end, a
+dead upstream is SHUT_RD.
 """
 
 from __future__ import annotations
@@ -66,11 +66,11 @@ from .connection import (
     Wait,
     channel_fds,
     close_fd,
-    copy_down,
     copy_up,
     readable_now,
     shutdown,
     splice_down,
+    splice_to_channel,
 )
 
 if TYPE_CHECKING:
@@ -189,7 +189,7 @@ class RelayEngine:
     def _pump_down(self, conn: Connection) -> None:
         for _ in range(SPLICES_PER_TURN):
             try:
-                moved = copy_down(conn) if conn.is_socket else splice_down(conn)
+                moved = splice_to_channel(conn) if conn.is_socket else splice_down(conn)
             except BlockingIOError:
                 # EAGAIN does not say which side is blocked; ask the source.
                 conn.down = Wait.SINK if readable_now(conn.sock_fd) else Wait.SOURCE

@@ -1,0 +1,1 @@
+"""Standalone programs that move bytes the way an ordinary program does, for profiling (issue 15)."""
