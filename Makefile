@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint fuzz bench venv system-deps clean
+.PHONY: demo test lint fuzz bench venv system-deps profile-deps clean
 
 # How long `make fuzz` runs each mode (seconds).
 FUZZ_SECONDS ?= 600
@@ -44,6 +44,10 @@ fuzz: venv
 # Every performance case side by side, as ratios; results also in bench.json.
 bench: venv system-deps
 	$(PY) -m tools.bench --json bench.json
+
+# The profiler docs/PERFORMANCE.md's profiles were taken with (py-spy record --pid ...), into the venv.
+profile-deps: venv
+	$(PY) -m pip install py-spy
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

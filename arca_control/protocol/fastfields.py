@@ -56,6 +56,7 @@ _IPV6 = AddressFamily.IPV6
 _UNIX = AddressFamily.UNIX
 _pack_ipv4 = _IPV4_ENDPOINT.pack
 _pack_ipv6 = _IPV6_ENDPOINT.pack
+_iter_counts = _COUNT.iter_unpack
 
 
 # --- readers ---------------------------------------------------------------------------------
@@ -174,8 +175,9 @@ def read_counts(data: bytes, at: int) -> tuple[tuple[tuple[int, int], ...], int]
     count, at = data[at], at + 1
     if at + 6 * count > len(data):
         raise InvalidField(SHORT)
-    entries: tuple[tuple[int, int], ...] = tuple(_COUNT.unpack_from(data, at + 6 * i) for i in range(count))
-    return entries, at + 6 * count
+    end = at + 6 * count
+    entries: tuple[tuple[int, int], ...] = tuple(_iter_counts(data[at:end]))
+    return entries, end
 
 
 def pairs_reader(read_first: Reader[A], read_second: Reader[B]) -> Reader[tuple[tuple[A, B], ...]]:
