@@ -51,6 +51,9 @@ SHORT = "a length inside the payload lies"
 
 # Bound once: every endpoint read or written goes through these.
 _from_packed = Endpoint.from_packed
+# The IP forms skip from_packed's checks: the struct formats above fix the sizes and ranges.
+_from_ipv4 = Endpoint.from_wire_ipv4
+_from_ipv6 = Endpoint.from_wire_ipv6
 _IPV4 = AddressFamily.IPV4
 _IPV6 = AddressFamily.IPV6
 _UNIX = AddressFamily.UNIX
@@ -132,12 +135,12 @@ def read_endpoint(data: bytes, at: int) -> tuple[Endpoint, int]:
         if at + 7 > len(data):
             raise InvalidField(SHORT)
         packed, port = _unpack_ipv4(data, at + 1)
-        return _from_packed(_IPV4, packed, port), at + 7
+        return _from_ipv4(packed, port), at + 7
     if family == _IPV6:
         if at + 23 > len(data):
             raise InvalidField(SHORT)
         packed, scope_id, port = _unpack_ipv6(data, at + 1)
-        return _from_packed(_IPV6, packed, port, scope_id), at + 23
+        return _from_ipv6(packed, port, scope_id), at + 23
     if family == _UNIX:
         if at + 2 > len(data):
             raise InvalidField(SHORT)
