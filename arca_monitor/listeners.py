@@ -100,14 +100,17 @@ class Listener:
     async def run(self) -> None:
         """Accept connections for queued requests until the listener is closed."""
         while not self.closed:
-            # A fresh scope each round (a scope is entered once); close() cancels the current one.
-            self._wait_scope = trio.CancelScope()
-            with self._wait_scope:
-                while not self._waiting:
-                    self._wakeup = trio.Event()
-                    await self._wakeup.wait()
-            if self._wait_scope.cancel_called:  # by close(), meanwhile
-                return
+            if not self._waiting:
+                # A fresh scope for each wait (a scope is entered once); close() cancels the current one.
+                # Only when there is a wait: with Accepts queued ahead (prefetch), a connection
+                # after another goes through no cancel scope at all.
+                self._wait_scope = trio.CancelScope()
+                with self._wait_scope:
+                    while not self._waiting:
+                        self._wakeup = trio.Event()
+                        await self._wakeup.wait()
+                if self._wait_scope.cancel_called:  # by close(), meanwhile
+                    return
             if not _pending(self.sock):
                 # Nothing waiting in the kernel's queue: wait for a connection.
                 # (A busy listener skips this: connection after connection, no epoll round.)

@@ -184,7 +184,7 @@ class TcpRequests:
         sockets = self._sockets()
         try:
             self.broker.admit_connection()
-            sock.setblocking(False)
+            # No setblocking here: a Connect's socket is made SOCK_NONBLOCK and the listener sets an accepted one.
             local = net.endpoint_of(sock.getsockname())
             peer = net.endpoint_of(sock.getpeername())
             channel = make_socket_channel() if sockets else make_pipe_channel()
@@ -200,8 +200,10 @@ class TcpRequests:
             reply_type = AcceptOk if accepted else ConnectOk
         conn = Connection(self.broker.new_connection_id(), sock, local, peer, channel)
         # Register before announcing: the guest's next request may name this connection.
-        self.broker.connection_opened(conn, via="accept" if accepted else "connect",
-                                      channel="socket" if sockets else "pipes", local=shown(local), peer=shown(peer))
+        # The audit line's fields are formatted only when there is an audit log to write them to.
+        audited = {"via": "accept" if accepted else "connect", "channel": "socket" if sockets else "pipes",
+                   "local": shown(local), "peer": shown(peer)} if self.broker.auditing else {}
+        self.broker.connection_opened(conn, **audited)
         self.relay.add(conn)
         try:
             reply = reply_type(request_id=request.request_id, connection_id=conn.connection_id, local=local, peer=peer)

@@ -32,6 +32,11 @@ if TYPE_CHECKING:
 
 #: More descriptors than any frame carries, so an excess is seen, not cut silently.
 MAX_FDS_PER_FRAME = 4
+_FD_SIZE = array.array("i").itemsize
+_ANCILLARY_SIZE = socket.CMSG_SPACE(MAX_FDS_PER_FRAME * _FD_SIZE)
+# As plain ints: ``flags & socket.MSG_TRUNC`` would build an IntFlag member for each frame (a microsecond each).
+_MSG_TRUNC = int(socket.MSG_TRUNC)
+_MSG_CTRUNC = int(socket.MSG_CTRUNC)
 
 
 @dataclass(frozen=True)
@@ -95,19 +100,13 @@ class ControlChannel:
 
     async def receive(self) -> Datagram | None:
         """The next frame, or None at end of stream."""
-        ancillary_size = socket.CMSG_SPACE(MAX_FDS_PER_FRAME * array.array("i").itemsize)
         data, ancillary, flags, _ = await self.sock.recvmsg(
-            HEADER_SIZE + self.max_payload, ancillary_size, socket.MSG_CMSG_CLOEXEC
+            HEADER_SIZE + self.max_payload, _ANCILLARY_SIZE, socket.MSG_CMSG_CLOEXEC
         )
-        fds = _fds_from(ancillary)
+        fds = _fds_from(ancillary) if ancillary else []
         if not data and not fds:
             return None
-        return Datagram(
-            data,
-            fds,
-            truncated=bool(flags & socket.MSG_TRUNC),
-            fds_truncated=bool(flags & socket.MSG_CTRUNC),
-        )
+        return Datagram(data, fds, truncated=bool(flags & _MSG_TRUNC), fds_truncated=bool(flags & _MSG_CTRUNC))
 
     def close(self) -> None:
         self.sock.close()

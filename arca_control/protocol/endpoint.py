@@ -224,6 +224,29 @@ class Endpoint(tuple[str, int]):
         raise ValueError(f"not a packed address of family {family}: {packed!r} scope {scope_id}")
 
     @classmethod
+    def from_wire_ipv4(cls, packed: bytes, port: int) -> Self:
+        """:meth:`from_packed` for an IPv4 address as a wire reader unpacked it: ``packed`` exactly 4
+        bytes and ``port`` a u16, which ``struct`` guarantees, so nothing is checked again."""
+        endpoint = _new_tuple(cls, (_ntoa(packed), port))
+        fields = endpoint.__dict__
+        fields["family"] = _IPV4
+        fields["packed"] = packed
+        fields["scope_id"] = 0
+        return endpoint
+
+    @classmethod
+    def from_wire_ipv6(cls, packed: bytes, port: int, scope_id: int) -> Self:
+        """:meth:`from_packed` for an IPv6 address as a wire reader unpacked it: ``packed`` exactly 16
+        bytes, ``port`` a u16 and ``scope_id`` a u32, which ``struct`` guarantees."""
+        host = _ntop(_AF_INET6, packed)
+        endpoint = _new_tuple(cls, (f"{host}%{scope_id}" if scope_id else host, port))
+        fields = endpoint.__dict__
+        fields["family"] = _IPV6
+        fields["packed"] = packed
+        fields["scope_id"] = scope_id
+        return endpoint
+
+    @classmethod
     def from_sockaddr(cls, sockaddr: SockAddr | bytes) -> Self:
         """The Endpoint of an address Python's sockets returned (IPv4, IPv6 or AF_UNIX); ValueError if the
         wire could not carry it (an abstract-namespace name, a path over 107 bytes)."""

@@ -51,11 +51,15 @@ SHORT = "a length inside the payload lies"
 
 # Bound once: every endpoint read or written goes through these.
 _from_packed = Endpoint.from_packed
+# The IP forms skip from_packed's checks: the struct formats above fix the sizes and ranges.
+_from_ipv4 = Endpoint.from_wire_ipv4
+_from_ipv6 = Endpoint.from_wire_ipv6
 _IPV4 = AddressFamily.IPV4
 _IPV6 = AddressFamily.IPV6
 _UNIX = AddressFamily.UNIX
 _pack_ipv4 = _IPV4_ENDPOINT.pack
 _pack_ipv6 = _IPV6_ENDPOINT.pack
+_iter_counts = _COUNT.iter_unpack
 
 
 # --- readers ---------------------------------------------------------------------------------
@@ -131,12 +135,12 @@ def read_endpoint(data: bytes, at: int) -> tuple[Endpoint, int]:
         if at + 7 > len(data):
             raise InvalidField(SHORT)
         packed, port = _unpack_ipv4(data, at + 1)
-        return _from_packed(_IPV4, packed, port), at + 7
+        return _from_ipv4(packed, port), at + 7
     if family == _IPV6:
         if at + 23 > len(data):
             raise InvalidField(SHORT)
         packed, scope_id, port = _unpack_ipv6(data, at + 1)
-        return _from_packed(_IPV6, packed, port, scope_id), at + 23
+        return _from_ipv6(packed, port, scope_id), at + 23
     if family == _UNIX:
         if at + 2 > len(data):
             raise InvalidField(SHORT)
@@ -174,8 +178,9 @@ def read_counts(data: bytes, at: int) -> tuple[tuple[tuple[int, int], ...], int]
     count, at = data[at], at + 1
     if at + 6 * count > len(data):
         raise InvalidField(SHORT)
-    entries: tuple[tuple[int, int], ...] = tuple(_COUNT.unpack_from(data, at + 6 * i) for i in range(count))
-    return entries, at + 6 * count
+    end = at + 6 * count
+    entries: tuple[tuple[int, int], ...] = tuple(_iter_counts(data[at:end]))
+    return entries, end
 
 
 def pairs_reader(read_first: Reader[A], read_second: Reader[B]) -> Reader[tuple[tuple[A, B], ...]]:

@@ -13,20 +13,92 @@ of the layout, and the codec of reference.
 
 from __future__ import annotations
 
+import dataclasses
+import struct
 from collections.abc import Callable
 
-from . import errors
+from . import errors, fastfields
 from .messages import REGISTRY, Message, payload_fields
 from .wire import declared
 
 #: A message's payload fields in wire order: (field name, reader) to parse, (field name, writer) to build.
 ReadPlan = tuple[tuple[str, Callable[[bytes, int], tuple[object, int]]], ...]
 WritePlan = tuple[tuple[str, Callable[[object], bytes]], ...]
+#: Reads a run of plain integer fields with one ``struct`` call: (their values, the offset after them).
+RunReader = Callable[[bytes, int], tuple[tuple[int, ...], int]]
+#: A read step: one field (its name, its reader, None, ()), or a run of plain integer fields
+#: (its first name, None, the run's reader, every name in it).
+ReadStep = tuple[str, Callable[[bytes, int], tuple[object, int]] | None, RunReader | None, tuple[str, ...]]
 
-#: For each message type: its class, and how to read its payload.
+#: The fixed-size unsigned integers whose readers check nothing but the bounds: a run of them is one unpack.
+_UINT_FORMATS: dict[Callable[[bytes, int], tuple[object, int]], str] = {
+    fastfields.read_u16: "H",
+    fastfields.read_u32: "I",
+    fastfields.read_u64: "Q",
+}
+
+
+def _run_reader(formats: str) -> RunReader:
+    """One bounds check and one unpack for consecutive integer fields: what reading them one by one
+    does (a short payload is the same ``InvalidField`` whichever of them runs past the end)."""
+    layout = struct.Struct("<" + formats)
+    unpack, size = layout.unpack_from, layout.size
+
+    def read(data: bytes, at: int) -> tuple[tuple[int, ...], int]:
+        if at + size > len(data):
+            raise errors.InvalidField(fastfields.SHORT)
+        return unpack(data, at), at + size
+
+    return read
+
+
+def compile_steps(plan: ReadPlan) -> tuple[ReadStep, ...]:
+    """``plan`` with each run of two or more plain integer fields merged into one step."""
+    steps: list[ReadStep] = []
+
+    run: list[tuple[str, Callable[[bytes, int], tuple[object, int]], str]] = []
+
+    def flush() -> None:
+        if len(run) == 1:
+            name, read, _ = run[0]
+            steps.append((name, read, None, ()))
+        elif run:
+            steps.append((run[0][0], None, _run_reader("".join(fmt for _, _, fmt in run)), tuple(n for n, _, _ in run)))
+        run.clear()
+
+    for name, read in plan:
+        fmt = _UINT_FORMATS.get(read)
+        if fmt is None:
+            flush()
+            steps.append((name, read, None, ()))
+        else:
+            run.append((name, read, fmt))
+    flush()
+    return tuple(steps)
+
+
+def _plain_fields(cls: type[Message]) -> bool:
+    """Whether a ``cls`` is made by setting its fields and nothing else: every field is ``request_id``
+    or a payload field, each taken by ``__init__``, and no ``__post_init__`` (true of every message
+    today; a class for which it is not is built through its ``__init__``)."""
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    every = {f.name for f in dataclasses.fields(cls)}
+    return (
+        names == every == {"request_id", *(f.name for f in payload_fields(cls))}
+        and not hasattr(cls, "__post_init__")
+        and not hasattr(cls, "__slots__")
+    )
+
+
+#: For each message type: its class, and how to read its payload, field by field.
 PLANS: dict[int, tuple[type[Message], ReadPlan]] = {
     int(kind): (cls, tuple((f.name, declared(f).read) for f in payload_fields(cls))) for kind, cls in REGISTRY.items()
 }
+#: The same, as the parser runs it: runs of integers merged, and whether the class is built without ``__init__``.
+_STEPS: dict[int, tuple[type[Message], tuple[ReadStep, ...], bool]] = {
+    kind: (cls, compile_steps(plan), _plain_fields(cls)) for kind, (cls, plan) in PLANS.items()
+}
+_new = object.__new__
 
 #: For each message class: how to build its payload.
 BUILD_PLANS: dict[type[Message], WritePlan] = {
@@ -44,15 +116,27 @@ def build_payload(msg: Message) -> bytes:
 
 def parse_payload(kind: int, request_id: int, payload: bytes) -> Message:
     """The message of type ``kind`` whose payload is exactly ``payload`` (header already checked)."""
-    cls, plan = PLANS[kind]
-    values = {}
+    cls, steps, plain = _STEPS[kind]
+    values: dict[str, object] = {}
     at = 0
     try:
-        for name, read in plan:
-            values[name], at = read(payload, at)
+        for name, read, read_run, names in steps:
+            if read is not None:
+                values[name], at = read(payload, at)
+            elif read_run is not None:
+                got, at = read_run(payload, at)
+                values.update(zip(names, got, strict=True))
     except errors.RemoteProtocolError as exc:
         # The field's reader says what is wrong and with which class; the message and id are known here.
         raise type(exc)(f"{cls.__name__}: {exc}", request_id=request_id) from None
     if at != len(payload):
         raise errors.TrailingBytes(f"{cls.__name__}: bytes left after the last field", request_id=request_id)
-    return cls(request_id=request_id, **values)
+    if not plain:
+        return cls(request_id=request_id, **values)
+    # A frozen dataclass's __init__ sets each field through object.__setattr__, which costs
+    # more than reading the whole payload; the fields set here are exactly the ones it sets.
+    msg = _new(cls)
+    fields = msg.__dict__
+    fields["request_id"] = request_id
+    fields.update(values)
+    return msg
