@@ -3,7 +3,7 @@
     .venv/bin/python -m tools.bench.profile.channel_copy [--size MIB] [--rounds N] [--modes copy,splice,splice4]
 
 Measures a candidate of issue 15 without the monitor around it. A sender
-process (``serve_source.py``) writes NBYTES into loopback TCP; this process
+process (``helpers/peer.py send``) writes NBYTES into loopback TCP; this process
 relays them into one end of an AF_UNIX socketpair (1 MiB send buffer, as
 ``arca_monitor/channels.py`` sets), and a forked reader takes them from the
 other end with ``recv_into``. The relay is blocking and does nothing else, so
@@ -38,7 +38,7 @@ import sys
 import time
 from pathlib import Path
 
-SERVE_SOURCE = Path(__file__).resolve().parent / "serve_source.py"
+PEER = Path(__file__).resolve().parents[1] / "helpers" / "peer.py"
 SINK = Path(__file__).resolve().parent.parent / "helpers" / "sink.py"
 MIB = 1 << 20
 GIB = 1 << 30
@@ -104,7 +104,7 @@ def relay(mode: str, nbytes: int) -> tuple[float, float]:
     if mode.startswith("up-"):
         return relay_up(mode, nbytes)
     buffer_size = 4 * MIB if mode == "splice4" else MIB
-    source = subprocess.Popen([sys.executable, str(SERVE_SOURCE), "600", str(nbytes)], stdout=subprocess.PIPE, text=True)
+    source = subprocess.Popen([sys.executable, str(PEER), "600", "send", str(nbytes)], stdout=subprocess.PIPE, text=True)
     assert source.stdout is not None
     port = int(source.stdout.readline())
     tcp = socket.create_connection(("127.0.0.1", port))
@@ -140,6 +140,7 @@ def relay(mode: str, nbytes: int) -> tuple[float, float]:
     seconds, cpu = time.perf_counter() - start, _cpu() - cpu
     tcp.close()
     ours.close()
+    source.kill()  # the peer serves one connection after another: this run's is done
     source.wait()
     source.stdout.close()
     if moved != nbytes or status:

@@ -5,7 +5,7 @@
 Each variant is one program doing one transfer the plain way: downloads read
 with ``receive_some(65536)`` or ``receive_some(1 << 20)`` (``recv``, ``read``
 in the other APIs), uploads write 64 KiB chunks with ``send_all`` (``sendall``,
-``write`` + ``drain``). The peer is a separate process: ``serve_source.py``
+``write`` + ``drain``). The peer is a separate process: ``helpers/peer.py send``
 (the guest connects and reads) or ``tools/bench/helpers/sink.py`` (the guest
 connects and writes; the sink times it). "arca" variants open their own session,
 so each starts its own monitor process; "direct" ones use the same API on a
@@ -55,7 +55,7 @@ GIB = 1 << 30
 UP_CHUNK = 65536
 ALARM = 600
 HERE = Path(__file__).resolve().parent
-SERVE_SOURCE = HERE / "serve_source.py"
+PEER = HERE.parent / "helpers" / "peer.py"
 SINK = HERE.parent / "helpers" / "sink.py"
 CLOCK_TICK = os.sysconf("SC_CLK_TCK")
 HOLD = False
@@ -81,12 +81,15 @@ class Peer:
         assert self.process.stdout is not None
         self.stdout = self.process.stdout
         self.port = int(self.stdout.readline())
+        self.serves_many = program == PEER
 
     def result(self) -> tuple[int, float]:
         received, seconds = self.stdout.readline().split()
         return int(received), float(seconds)
 
     def close(self) -> None:
+        if self.serves_many:
+            self.process.kill()  # helpers/peer.py serves one connection after another: this one is done
         self.process.wait(timeout=60)
         self.stdout.close()
 
@@ -134,7 +137,7 @@ class Clock:
 
 
 async def trio_down(nbytes: int, chunk: int, via: str) -> Result:
-    peer = Peer(SERVE_SOURCE, nbytes)
+    peer = Peer(PEER, "send", nbytes)
     stream: trio.abc.HalfCloseableStream
     try:
         if via == "direct":
@@ -204,7 +207,7 @@ async def _trio_write(stream: trio.abc.HalfCloseableStream, peer: Peer, nbytes: 
 
 
 def sync_down(nbytes: int, chunk: int, via: str) -> Result:
-    peer = Peer(SERVE_SOURCE, nbytes)
+    peer = Peer(PEER, "send", nbytes)
     try:
         if via == "direct":
             return _sync_read(socket.create_connection((HOST, peer.port)), nbytes, chunk, None)
@@ -258,7 +261,7 @@ def _sync_write(sock: socket.socket, peer: Peer, nbytes: int, monitor: int | Non
 
 
 async def aio_down(nbytes: int, chunk: int, via: str) -> Result:
-    peer = Peer(SERVE_SOURCE, nbytes)
+    peer = Peer(PEER, "send", nbytes)
     try:
         if via == "direct":
             return await _aio_read(*await asyncio.open_connection(HOST, peer.port), nbytes, chunk, None)
