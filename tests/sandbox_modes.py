@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shutil
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import textwrap
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from arca_control.protocol import launch as launch_env
 from arca_monitor.sandbox import launch
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 AS_NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"]
 
@@ -55,3 +61,14 @@ def nobody_mode() -> Mode | None:
         if os.path.exists(python) and runs_as_nobody(unshare, python, env):
             return Mode("user", AS_NOBODY, python, env)
     return None
+
+
+@contextlib.contextmanager
+def host_directory(prefix: str, permissions: int) -> Iterator[str]:
+    """A fresh directory of the host with ``permissions`` (so that nobody's sandbox or monitor can reach it), removed after."""
+    path = tempfile.mkdtemp(prefix=prefix)
+    os.chmod(path, permissions)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path)

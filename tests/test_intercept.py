@@ -27,7 +27,6 @@ import socket
 import socketserver
 import subprocess
 import sys
-import tempfile
 import threading
 import zipfile
 from contextlib import contextmanager
@@ -38,7 +37,7 @@ import trio
 
 from .conftest import serving
 from .dns_server import dns_server
-from .sandbox_modes import Mode
+from .sandbox_modes import Mode, host_directory
 from .test_sandbox import processes_with
 
 if TYPE_CHECKING:
@@ -52,12 +51,8 @@ HOST = "host.arca.internal"
 @pytest.fixture
 def shared() -> Iterator[str]:
     """A directory the monitor may read in either mode (it runs as nobody in the user mode)."""
-    path = tempfile.mkdtemp(prefix="arca-intercept-")
-    os.chmod(path, 0o755)
-    try:
+    with host_directory("arca-intercept-", 0o755) as path:
         yield path
-    finally:
-        shutil.rmtree(path)
 
 
 def tool(name: str) -> str:

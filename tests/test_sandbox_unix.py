@@ -6,11 +6,9 @@ from __future__ import annotations
 import errno
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import textwrap
 from typing import TYPE_CHECKING
 
@@ -30,6 +28,7 @@ from arca_monitor.seccomp_notify import is_listener
 from arca_monitor.server import serve_doorbell
 
 from .netns import ROOT
+from .sandbox_modes import host_directory
 from .test_sandbox import fake_handoff, hand
 
 if TYPE_CHECKING:
@@ -233,12 +232,8 @@ async def test_outside_a_sandbox_a_bad_doorbell_is_an_oserror(monkeypatch):
 @pytest.fixture
 def public() -> Iterator[str]:
     """A directory of the host that the sandbox's user can reach in either mode (nobody's too)."""
-    path = tempfile.mkdtemp(prefix="arca-unix-")
-    os.chmod(path, 0o777)
-    try:
+    with host_directory("arca-unix-", 0o777) as path:
         yield path
-    finally:
-        shutil.rmtree(path)
 
 
 def audited(mode: Mode, *argv: str) -> tuple[list[str], list[dict[str, object]]]:
