@@ -29,6 +29,9 @@ from arca_control.protocol.channel import close_fds
 PIPE_SIZE = 1 << 20
 #: Each guest-side AF_UNIX socket's send buffer.
 CHANNEL_BUFFER = 1 << 20
+#: The monitor's end of a socket channel: its send buffer bounds the downstream bytes queued
+#: for the guest. Twice the guest's: fewer full-socket waits per GiB (docs/PERFORMANCE.md, issue 15).
+DOWNSTREAM_BUFFER = 2 << 20
 
 
 def make_pipe() -> tuple[int, int]:
@@ -85,8 +88,8 @@ def make_socket_channel() -> DataChannel:
     """An AF_UNIX stream socketpair: the guest gets one end, the monitor the other (as rx and tx both)."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        for end in (ours, theirs):
-            _grow_send_buffer(end)
+        _grow_send_buffer(ours, DOWNSTREAM_BUFFER)
+        _grow_send_buffer(theirs)
         ours.setblocking(False)
     except OSError:
         ours.close()
@@ -96,12 +99,12 @@ def make_socket_channel() -> DataChannel:
     return DataChannel(fd, fd, [theirs.detach()], is_socket=True)
 
 
-def _grow_send_buffer(sock: socket.socket) -> None:
+def _grow_send_buffer(sock: socket.socket, size: int = CHANNEL_BUFFER) -> None:
     # An AF_UNIX stream socket queues what it sends on the receiver, counted against the
     # sender's SO_SNDBUF: the default (~208 KiB) costs a wakeup per 200 KiB.
     for option in (getattr(socket, "SO_SNDBUFFORCE", 32), socket.SO_SNDBUF):
         try:
-            sock.setsockopt(socket.SOL_SOCKET, option, CHANNEL_BUFFER)
+            sock.setsockopt(socket.SOL_SOCKET, option, size)
             return
         except OSError:
             continue
