@@ -89,10 +89,14 @@ class _Fd:
             raise trio.ClosedResourceError("file was already closed")
         await trio.lowlevel.wait_writable(self.fd)
 
-    def close(self) -> None:
+    def close(self, *, waited_on: bool = True) -> None:
+        """Close it; ``waited_on=False`` says no task can be waiting on it, so there is none to wake
+        (trio's ``notify_closing`` also unregisters the fd from epoll: a failing syscall for an fd
+        no task waits on, which the kernel drops from epoll at close anyway)."""
         fd, self.fd = self.fd, -1
         if fd >= 0:
-            trio.lowlevel.notify_closing(fd)  # wakes a task still waiting on it, with ClosedResourceError
+            if waited_on:
+                trio.lowlevel.notify_closing(fd)  # wakes a task still waiting on it, with ClosedResourceError
             os.close(fd)
 
     def __del__(self) -> None:
@@ -126,6 +130,11 @@ class ConflictDetector:
 
     def __exit__(self, *exc_info: object) -> None:
         self._held = False
+
+    @property
+    def held(self) -> bool:
+        """Whether a task is inside it now (so perhaps waiting on the stream's fds)."""
+        return self._held
 
 
 class EndStatus:
@@ -345,8 +354,11 @@ class ArcaStream(trio.abc.HalfCloseableStream):
             # Wake a receive_some still waiting for the end status.
             self._end.set(errno.EBADF)
         # Close both before the checkpoint: a cancelled aclose must still close everything.
-        self._rx.close()
-        self._tx.close()
+        # Every wait on the fds is inside one of the conflict detectors: with neither held,
+        # no task waits on them, and there is no one for notify_closing to wake.
+        waited_on = self._send_conflict.held or self._receive_conflict.held
+        self._rx.close(waited_on=waited_on)
+        self._tx.close(waited_on=waited_on)
         await trio.lowlevel.checkpoint()
 
     def _check_open(self) -> None:
