@@ -7,9 +7,9 @@ import itertools
 import pytest
 
 from arca_control.protocol import errors, fastpath
-from arca_control.protocol.codec import HEADER_SIZE, decode, decode_with_construct, encode
-from arca_control.protocol.messages import REGISTRY, AcceptOk, Connect, ConnectOk, ConnectSocketOk, StatsOk
-from arca_control.protocol.wire import Endpoint
+from arca_control.protocol.codec import decode, decode_with_construct, encode
+from arca_control.protocol.messages import REGISTRY, AcceptOk, Connect, ConnectionReady, ConnectOk, ConnectSocketOk, StatsOk
+from arca_control.protocol.wire import HEADER_SIZE, Endpoint
 
 ENDPOINTS = [
     Endpoint("192.0.2.1", 8080),
@@ -42,6 +42,7 @@ def test_every_family_pair_reads_as_construct_reads_it(cls, local, peer):
     msg = cls(request_id=9, connection_id=0xFFFFFFFF, local=local, peer=peer)
     frame = encode(msg)
     got = decode(frame)
+    assert isinstance(got, ConnectionReady)
     assert got == decode_with_construct(frame) == msg
     assert vars(got) == vars(msg)  # the same fields, set in the same order as __init__ sets them
     for endpoint, want in ((got.local, local), (got.peer, peer)):
