@@ -8,7 +8,15 @@ import pytest
 
 from arca_control.protocol import errors, fastpath
 from arca_control.protocol.codec import decode, decode_with_construct, encode
-from arca_control.protocol.messages import REGISTRY, AcceptOk, Connect, ConnectionReady, ConnectOk, ConnectSocketOk, StatsOk
+from arca_control.protocol.messages import (
+    REGISTRY,
+    AcceptOk,
+    Connect,
+    ConnectionReady,
+    ConnectOk,
+    ConnectSocketOk,
+    StatsOk,
+)
 from arca_control.protocol.wire import HEADER_SIZE, Endpoint
 
 ENDPOINTS = [
