@@ -131,9 +131,6 @@ class RelayEngine:
             nursery.start_soon(self._send_ends)
             while True:
                 await trio.lowlevel.wait_readable(self._epoll.fileno())
-                # One scheduling round first: a request that woke with these events (a guest that
-                # closed a stream and asked for the next) is answered before the teardown.
-                await trio.lowlevel.cancel_shielded_checkpoint()
                 for fd, events in self._epoll.poll(0, 1024):
                     conn = self._owners.get(fd)
                     if conn is not None:
