@@ -66,6 +66,45 @@ def _shutdown_write(fd: int) -> None:
         sock.detach()
 
 
+class _Fd:
+    """One descriptor a stream owns, non-blocking; its number is -1 once closed.
+
+    What trio's FdStream holds, without what this stream does not need: FdStream reads the
+    blocking mode, sets it, and sets it back at close (3 syscalls per descriptor, 6 per
+    connection), for a descriptor the guest shares with no one. A use after close finds -1
+    (EBADF), never another descriptor that reused the number.
+    """
+
+    __slots__ = ("fd",)
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd  # owned from here on: __del__ closes it if setting the mode fails
+        os.set_blocking(fd, False)
+
+    def fileno(self) -> int:
+        return self.fd
+
+    async def wait_writable(self) -> None:
+        if self.fd < 0:
+            raise trio.ClosedResourceError("file was already closed")
+        await trio.lowlevel.wait_writable(self.fd)
+
+    def close(self, *, waited_on: bool = True) -> None:
+        """Close it; ``waited_on=False`` says no task can be waiting on it, so there is none to wake
+        (trio's ``notify_closing`` also unregisters the fd from epoll: a failing syscall for an fd
+        no task waits on, which the kernel drops from epoll at close anyway)."""
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            if waited_on:
+                trio.lowlevel.notify_closing(fd)  # wakes a task still waiting on it, with ClosedResourceError
+            os.close(fd)
+
+    def __del__(self) -> None:
+        # Garbage without aclose(): no task can be waiting on it, so there is none to wake.
+        if self.fd >= 0:
+            os.close(self.fd)
+
+
 class ConflictDetector:
     """Raise BusyResourceError when two tasks use one side of a stream (or socket) at once.
 
@@ -91,6 +130,11 @@ class ConflictDetector:
 
     def __exit__(self, *exc_info: object) -> None:
         self._held = False
+
+    @property
+    def held(self) -> bool:
+        """Whether a task is inside it now (so perhaps waiting on the stream's fds)."""
+        return self._held
 
 
 class EndStatus:
@@ -123,10 +167,10 @@ class ArcaStream(trio.abc.HalfCloseableStream):
         self.peer = peer
         #: True on the socket channel: one AF_UNIX stream socket, not an rx pipe and a tx socket.
         self.is_socket = len(fds) == 1
-        self._rx = trio.lowlevel.FdStream(fds[0])
-        # On the socket channel one FdStream serves both directions (it guards each on its own):
-        # one fd per connection, not two, so that as many connections fit as the monitor can hold.
-        self._tx = self._rx if self.is_socket else trio.lowlevel.FdStream(fds[1])
+        self._rx = _Fd(fds[0])
+        # On the socket channel one descriptor serves both directions: one fd per connection,
+        # not two, so that as many connections fit as the monitor can hold.
+        self._tx = self._rx if self.is_socket else _Fd(fds[1])
         self._end = end
         self._send_conflict = ConflictDetector("another task is using this stream for sending")
         self._receive_conflict = ConflictDetector("another task is receiving on this stream")
@@ -169,7 +213,7 @@ class ArcaStream(trio.abc.HalfCloseableStream):
             self._check_open()
             if self._eof_sent:
                 raise trio.ClosedResourceError("send_eof() was called on this stream")
-            await self._tx.wait_send_all_might_not_block()
+            await self._tx.wait_writable()
 
     async def send_eof(self) -> None:
         with self._send_conflict.hold():
@@ -310,8 +354,11 @@ class ArcaStream(trio.abc.HalfCloseableStream):
             # Wake a receive_some still waiting for the end status.
             self._end.set(errno.EBADF)
         # Close both before the checkpoint: a cancelled aclose must still close everything.
-        self._rx.close()
-        self._tx.close()
+        # Every wait on the fds is inside one of the conflict detectors: with neither held,
+        # no task waits on them, and there is no one for notify_closing to wake.
+        waited_on = self._send_conflict.held or self._receive_conflict.held
+        self._rx.close(waited_on=waited_on)
+        self._tx.close(waited_on=waited_on)
         await trio.lowlevel.checkpoint()
 
     def _check_open(self) -> None:

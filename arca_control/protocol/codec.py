@@ -50,6 +50,8 @@ FRAME = Struct(
 )
 
 _CLASSES: dict[int, type[Message]] = {int(kind): cls for kind, cls in REGISTRY.items()}
+#: For each message type, whether it is an event (request id 0) or not (any other).
+_IS_EVENT: dict[int, bool] = {kind: issubclass(cls, ControlEvent) for kind, cls in _CLASSES.items()}
 # The header is written and read on every frame: its struct methods bound once. (Called as
 # HEADER_STRUCT.pack(...), an imported name, each call would make a bound method first.)
 _pack_header = HEADER_STRUCT.pack
@@ -97,6 +99,12 @@ def peek_header(data: bytes | bytearray) -> tuple[int, int, int] | None:
 
 def decode(data: bytes, *, max_payload: int = DEFAULT_MAX_PAYLOAD) -> Message:
     """The one message that ``data`` holds, exactly and entirely."""
+    if len(data) >= HEADER_SIZE:
+        kind, length, request_id = _unpack_header(data)
+        # Every check _check_frame makes, at once, for a frame that passes them all (a u32 request id
+        # is always in range); any other goes through it, to its error.
+        if len(data) - HEADER_SIZE == length <= max_payload and _IS_EVENT.get(kind) is (request_id == EVENT_REQUEST_ID):
+            return fastpath.parse_payload(kind, request_id, bytes(data[HEADER_SIZE:]))
     kind, request_id = _check_frame(data, max_payload)
     return fastpath.parse_payload(kind, request_id, bytes(data[HEADER_SIZE:]))
 

@@ -14,11 +14,13 @@ of the layout, and the codec of reference.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import struct
 from collections.abc import Callable
 
 from . import errors, fastfields
 from .messages import REGISTRY, Message, payload_fields
+from .values import AddressFamily, Endpoint
 from .wire import declared
 
 #: A message's payload fields in wire order: (field name, reader) to parse, (field name, writer) to build.
@@ -90,13 +92,89 @@ def _plain_fields(cls: type[Message]) -> bool:
     )
 
 
+#: A whole payload of a fixed layout: the (offset, family) of each endpoint's family byte, one struct
+#: for every field, and for each field its name and what it is (0 an integer, else an endpoint's family).
+Shape = tuple[tuple[tuple[int, int], ...], struct.Struct, tuple[tuple[str, int], ...]]
+
+#: An IP endpoint after its family byte, as ``fastfields.read_endpoint`` unpacks it: (format, size).
+_ENDPOINT_FORMATS = {AddressFamily.IPV4: ("4sH", 7), AddressFamily.IPV6: ("16sIH", 23)}
+
+
+def compile_shapes(plan: ReadPlan) -> dict[int, tuple[Shape, ...]]:
+    """For a payload of nothing but plain integers and at least one endpoint: each layout it has when every
+    endpoint is IPv4 or IPv6, by the payload's length; empty for any other payload.
+
+    A payload of one of these lengths whose family bytes say that layout holds exactly what the
+    field-by-field readers would read from it (the same struct formats, back to back, and nothing
+    left over), so one unpack reads it whole; any other payload (AF_UNIX, a bad family, a short
+    or long one) goes field by field, to the same values or the same error.
+    """
+    fields: list[tuple[str, str | None]] = []
+    for name, read in plan:
+        if read is fastfields.read_endpoint:
+            fields.append((name, None))
+        elif read in _UINT_FORMATS:
+            fields.append((name, _UINT_FORMATS[read]))
+        else:
+            return {}
+    endpoints = sum(fmt is None for _, fmt in fields)
+    shapes: dict[int, list[Shape]] = {}
+    for families in itertools.product(_ENDPOINT_FORMATS, repeat=endpoints):
+        which = iter(families)
+        formats, offsets, takes, at = ["<"], [], [], 0
+        for name, fmt in fields:
+            if fmt is None:
+                family = next(which)
+                fmt, size = _ENDPOINT_FORMATS[family]
+                offsets.append((at, int(family)))
+                formats.append("x" + fmt)
+                takes.append((name, int(family)))
+                at += size
+            else:
+                formats.append(fmt)
+                takes.append((name, 0))
+                at += struct.calcsize("<" + fmt)
+        shapes.setdefault(at, []).append((tuple(offsets), struct.Struct("".join(formats)), tuple(takes)))
+    return {size: tuple(found) for size, found in shapes.items()} if endpoints else {}
+
+
+def _fixed(payload: bytes, shapes: dict[int, tuple[Shape, ...]]) -> dict[str, object] | None:
+    """The fields of ``payload`` read by the one shape that fits it exactly, or None if none does."""
+    for offsets, layout, takes in shapes.get(len(payload), ()):
+        for at, family in offsets:
+            if payload[at] != family:
+                break
+        else:
+            got = layout.unpack(payload)
+            values: dict[str, object] = {}
+            i = 0
+            for name, family in takes:
+                if not family:
+                    values[name] = got[i]
+                    i += 1
+                elif family == _IPV4:
+                    values[name] = _from_ipv4(got[i], got[i + 1])
+                    i += 2
+                else:
+                    values[name] = _from_ipv6(got[i], got[i + 2], got[i + 1])
+                    i += 3
+            return values
+    return None
+
+
+_IPV4 = int(AddressFamily.IPV4)
+# The same constructors as fastfields.read_endpoint's, so a fixed shape builds the same endpoints.
+_from_ipv4 = Endpoint.from_wire_ipv4
+_from_ipv6 = Endpoint.from_wire_ipv6
+
 #: For each message type: its class, and how to read its payload, field by field.
 PLANS: dict[int, tuple[type[Message], ReadPlan]] = {
     int(kind): (cls, tuple((f.name, declared(f).read) for f in payload_fields(cls))) for kind, cls in REGISTRY.items()
 }
-#: The same, as the parser runs it: runs of integers merged, and whether the class is built without ``__init__``.
-_STEPS: dict[int, tuple[type[Message], tuple[ReadStep, ...], bool]] = {
-    kind: (cls, compile_steps(plan), _plain_fields(cls)) for kind, (cls, plan) in PLANS.items()
+#: The same, as the parser runs it: runs of integers merged, whether the class is built without
+#: ``__init__``, and its fixed shapes.
+_STEPS: dict[int, tuple[type[Message], tuple[ReadStep, ...], bool, dict[int, tuple[Shape, ...]]]] = {
+    kind: (cls, compile_steps(plan), _plain_fields(cls), compile_shapes(plan)) for kind, (cls, plan) in PLANS.items()
 }
 _new = object.__new__
 
@@ -116,7 +194,23 @@ def build_payload(msg: Message) -> bytes:
 
 def parse_payload(kind: int, request_id: int, payload: bytes) -> Message:
     """The message of type ``kind`` whose payload is exactly ``payload`` (header already checked)."""
-    cls, steps, plain = _STEPS[kind]
+    cls, steps, plain, shapes = _STEPS[kind]
+    values = _fixed(payload, shapes) if shapes else None
+    if values is None:
+        values = _read_steps(cls, steps, request_id, payload)
+    if not plain:
+        return cls(request_id=request_id, **values)
+    # A frozen dataclass's __init__ sets each field through object.__setattr__, which costs
+    # more than reading the whole payload; the fields set here are exactly the ones it sets.
+    msg = _new(cls)
+    fields = msg.__dict__
+    fields["request_id"] = request_id
+    fields.update(values)
+    return msg
+
+
+def _read_steps(cls: type[Message], steps: tuple[ReadStep, ...], request_id: int, payload: bytes) -> dict[str, object]:
+    """The fields of ``payload``, read field by field (and run by run)."""
     values: dict[str, object] = {}
     at = 0
     try:
@@ -131,12 +225,4 @@ def parse_payload(kind: int, request_id: int, payload: bytes) -> Message:
         raise type(exc)(f"{cls.__name__}: {exc}", request_id=request_id) from None
     if at != len(payload):
         raise errors.TrailingBytes(f"{cls.__name__}: bytes left after the last field", request_id=request_id)
-    if not plain:
-        return cls(request_id=request_id, **values)
-    # A frozen dataclass's __init__ sets each field through object.__setattr__, which costs
-    # more than reading the whole payload; the fields set here are exactly the ones it sets.
-    msg = _new(cls)
-    fields = msg.__dict__
-    fields["request_id"] = request_id
-    fields.update(values)
-    return msg
+    return values
