@@ -133,7 +133,10 @@ SESSIONS = textwrap.dedent(
         async with arca_control.open_session() as session:
             stream = await session.connect("127.0.0.1", port)
             await stream.send_all(name.encode())
-            print(name, (await stream.receive_some()).decode(), flush=True)
+            # One string, one write: the two children share stdout, and with PYTHONUNBUFFERED set a
+            # print of several arguments is several writes, which the other child's can split.
+            sys.stdout.write(f"{name} {(await stream.receive_some()).decode()}\n")
+            sys.stdout.flush()
     if sys.argv[2] == "parent":
         # Two processes at once: each rings the doorbell it inherited (pass_fds: subprocess closes the rest).
         fd = int(os.environ["ARCA_MONITOR_FD"])
