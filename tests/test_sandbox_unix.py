@@ -135,7 +135,7 @@ SESSIONS = textwrap.dedent(
             await stream.send_all(name.encode())
             # One string, one write: the two children share stdout, and with PYTHONUNBUFFERED set a
             # print of several arguments is several writes, which the other child's can split.
-            sys.stdout.write(f"{name} {(await stream.receive_some()).decode()}\n")
+            sys.stdout.write(f"{name} {(await stream.receive_some()).decode()}\\n")
             sys.stdout.flush()
     if sys.argv[2] == "parent":
         # Two processes at once: each rings the doorbell it inherited (pass_fds: subprocess closes the rest).
