@@ -198,21 +198,11 @@ class Endpoint(tuple[str, int]):
         """The Endpoint of an address in packed form (as the wire carries it); ValueError if it is not one."""
         # Every endpoint the codec reads comes through here: the IP cases build it inline (see _build).
         if isinstance(port, int) and 0 <= port <= 0xFFFF:
+            # Checked here what the wire readers' struct layouts guarantee; then built the same way.
             if family == _IPV4 and len(packed) == 4 and not scope_id:
-                endpoint = _new_tuple(cls, (_ntoa(packed), port))
-                fields = endpoint.__dict__
-                fields["family"] = _IPV4
-                fields["packed"] = packed
-                fields["scope_id"] = 0
-                return endpoint
+                return cls.from_wire_ipv4(packed, port)
             if family == _IPV6 and len(packed) == 16 and 0 <= scope_id <= _SCOPE_MAX:
-                host = _ntop(_AF_INET6, packed)
-                endpoint = _new_tuple(cls, (f"{host}%{scope_id}" if scope_id else host, port))
-                fields = endpoint.__dict__
-                fields["family"] = _IPV6
-                fields["packed"] = packed
-                fields["scope_id"] = scope_id
-                return endpoint
+                return cls.from_wire_ipv6(packed, port, scope_id)
         _check_port(port, family)
         if family == AddressFamily.UNIX and not scope_id:
             try:
