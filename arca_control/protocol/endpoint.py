@@ -185,7 +185,7 @@ class Endpoint(tuple[str, int]):
 
     @classmethod
     def _build(cls, host: str, port: int, family: AddressFamily, packed: bytes, scope_id: int) -> Self:
-        """An Endpoint assembled from values already checked (``from_packed`` does the same inline, for speed)."""
+        """An Endpoint assembled from values already checked (``from_wire_ipv4``/``ipv6`` do the same inline, for speed)."""
         endpoint = tuple.__new__(cls, (host, port))
         fields = endpoint.__dict__
         fields["family"] = family
@@ -196,9 +196,8 @@ class Endpoint(tuple[str, int]):
     @classmethod
     def from_packed(cls, family: AddressFamily, packed: bytes, port: int = 0, scope_id: int = 0) -> Self:
         """The Endpoint of an address in packed form (as the wire carries it); ValueError if it is not one."""
-        # Every endpoint the codec reads comes through here: the IP cases build it inline (see _build).
+        # The checks a wire reader's struct layout cannot give; the IP cases are then built by from_wire_ipv4/6.
         if isinstance(port, int) and 0 <= port <= 0xFFFF:
-            # Checked here what the wire readers' struct layouts guarantee; then built the same way.
             if family == _IPV4 and len(packed) == 4 and not scope_id:
                 return cls.from_wire_ipv4(packed, port)
             if family == _IPV6 and len(packed) == 16 and 0 <= scope_id <= _SCOPE_MAX:
